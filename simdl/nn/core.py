@@ -1,0 +1,100 @@
+"""The contract every kernel keeps: explicit caches, grads by name, cost beside the math.
+
+`forward(x, train)` returns `(y, cache)`; `backward(dy, cache)` returns `dx` and
+*adds* into `grads[name]`. Nothing about an input hides in the layer, so several
+micro-batches can be in flight through one layer at once. `cost(in_shape)` gives
+the FLOPs and bytes of one call without running it (timing-only mode).
+Knows nothing of devices or time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+Shape = tuple[int, ...]
+Cache = Any
+DTYPE = np.float32
+ITEMSIZE = 4  # bytes per float32 activation
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one forward (and its backward) of a layer or block costs for one input shape.
+
+    FLOPs count a multiply-add as 2. Bytes are what a roofline needs: the memory
+    moved by the kernel (inputs + parameters read, outputs written).
+    """
+
+    out_shape: Shape
+    fwd_flops: float = 0.0
+    bwd_flops: float = 0.0
+    param_bytes: int = 0     # parameters (and buffers) stored
+    in_bytes: int = 0        # input activation
+    out_bytes: int = 0       # output activation
+    fwd_bytes: int = 0       # bytes read + written by forward
+    bwd_bytes: int = 0       # bytes read + written by backward
+    saved_bytes: int = 0     # activations kept from forward for backward
+
+    def then(self, nxt: Cost) -> Cost:
+        """The cost of running `self` and then `nxt` on its output."""
+        return Cost(
+            out_shape=nxt.out_shape,
+            fwd_flops=self.fwd_flops + nxt.fwd_flops,
+            bwd_flops=self.bwd_flops + nxt.bwd_flops,
+            param_bytes=self.param_bytes + nxt.param_bytes,
+            in_bytes=self.in_bytes,
+            out_bytes=nxt.out_bytes,
+            fwd_bytes=self.fwd_bytes + nxt.fwd_bytes,
+            bwd_bytes=self.bwd_bytes + nxt.bwd_bytes,
+            saved_bytes=self.saved_bytes + nxt.saved_bytes,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def nbytes(shape: Shape, itemsize: int = ITEMSIZE) -> int:
+    """Bytes of a dense tensor of `shape`."""
+    return int(np.prod(shape, dtype=np.int64)) * itemsize
+
+
+class Layer:
+    """Base of all kernels. Subclasses set `params` and call `_init_grads()`.
+
+    `params` and `grads` map a name to an array; composite layers (a residual
+    block) expose their children's arrays under dotted names ("body.0.W") so a
+    whole chain has one flat namespace of parameters.
+    """
+
+    params: dict[str, np.ndarray]
+    grads: dict[str, np.ndarray]
+    buffers: dict[str, np.ndarray]  # state that is not trained (BatchNorm running stats)
+
+    def __init__(self) -> None:
+        self.params, self.grads, self.buffers = {}, {}, {}
+
+    def _init_grads(self) -> None:
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    def forward(self, x: np.ndarray, train: bool = False) -> tuple[np.ndarray, Cache]:
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray, cache: Cache) -> np.ndarray:
+        raise NotImplementedError
+
+    def cost(self, in_shape: Shape) -> Cost:
+        raise NotImplementedError
+
+    def zero_grad(self) -> None:
+        for g in self.grads.values():
+            g.fill(0)
+
+    def param_bytes(self) -> int:
+        return sum(int(p.nbytes) for p in self.params.values()) + sum(
+            int(b.nbytes) for b in self.buffers.values())
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}={tuple(v.shape)}" for k, v in self.params.items())
+        return f"{type(self).__name__}({shapes})"
