@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m simdl.nn.models mobilenet_small
+	$(BIN)/simdl run scenarios/quickstart.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

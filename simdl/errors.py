@@ -10,8 +10,11 @@ class SimdlError(Exception):
     """A problem the user can fix. str() is one line: where, what, what is allowed."""
 
     def __init__(self, where: str, value: object, allowed: str):
-        super().__init__(f"{where}: {value!r} is not valid; {allowed}")
+        super().__init__(where, value, allowed)  # args rebuild the error (simpy, pickle)
         self.where, self.value, self.allowed = where, value, allowed
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.value!r} is not valid; {self.allowed}"
 
 
 class UnitError(SimdlError):
@@ -30,21 +33,23 @@ class CapacityError(SimdlError):
     """A device asked to hold more memory than it has."""
 
     def __init__(self, device: str, need: float, free: float, capacity: float, label: str = ""):
-        what = f" for {label}" if label else ""
-        Exception.__init__(
-            self,
-            f"devices.{device}.memory: needs {need / 2**20:.2f} MiB{what} but only "
-            f"{free / 2**20:.2f} MiB of {capacity / 2**20:.2f} MiB is free",
-        )
-        self.where, self.value = f"devices.{device}.memory", need
-        self.allowed = f"at most {free} bytes free"
-        self.device, self.need, self.free, self.capacity = device, need, free, capacity
+        super().__init__(f"devices.{device}.memory", need, f"at most {free} bytes are free")
+        self.args = (device, need, free, capacity, label)
+        self.device, self.need, self.free, self.capacity, self.label = self.args
+
+    def __str__(self) -> str:
+        what = f" for {self.label}" if self.label else ""
+        return (f"{self.where}: needs {self.need / 2**20:.2f} MiB{what} but only "
+                f"{self.free / 2**20:.2f} MiB of {self.capacity / 2**20:.2f} MiB is free")
 
 
 class DeviceGone(SimdlError):
     """Work sent to a device that has left the pool (battery empty, failed, departed)."""
 
     def __init__(self, device: str, at: float, why: str):
-        Exception.__init__(self, f"devices.{device}: left the pool at t={at:.6g} s ({why})")
-        self.where, self.value, self.allowed = f"devices.{device}", at, why
+        super().__init__(f"devices.{device}", at, why)
+        self.args = (device, at, why)
         self.device, self.at, self.why = device, at, why
+
+    def __str__(self) -> str:
+        return f"{self.where}: left the pool at t={self.at:.6g} s ({self.why})"

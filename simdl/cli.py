@@ -1,0 +1,110 @@
+"""The `simdl` command: run, compare, validate scenarios and list the device catalogue.
+
+A problem the user can fix prints one line and exits 2, with no traceback;
+anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from simdl import __version__, api
+from simdl.errors import SimdlError
+from simdl.report.store import new_run_id
+from simdl.report.tables import HEADLINE, format_table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.command(args)
+    except SimdlError as err:
+        print(f"simdl: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("simdl: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    result = _execute(args)
+    out = Path(args.out) if args.out else Path(args.results) / result.scenario.name / new_run_id(
+        Path(args.results) / result.scenario.name)
+    result.write(out)
+    print(format_table(result.comparison, HEADLINE))
+    print(f"\nresults: {out}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    result = _execute(args)
+    print(format_table(result.comparison, HEADLINE))
+    if args.csv:
+        from simdl.report.store import write_csv
+        write_csv(result.comparison, Path(args.csv))
+    return 0
+
+
+def _execute(args: argparse.Namespace) -> api.Run:
+    scenario = api.resolve(args.scenario, args.seed)
+    chosen = api.selected(scenario, getattr(args, "strategy", None))
+    total = scenario.workload.requests * len(chosen)
+    with tqdm(total=total, unit="req", delay=0.5, leave=False, file=sys.stderr,
+              desc=scenario.name) as bar:
+        return api.run(scenario, getattr(args, "strategy", None),
+                       timing_only=args.timing_only, progress=bar.update)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    scenario = api.resolve(args.scenario)
+    world = api.build(scenario)
+    plans = [api.plan(world, entry, i) for i, entry in api.selected(scenario, None)]
+    print(f"{args.scenario}: valid. {len(world.devices)} devices, model "
+          f"{world.chain.name} ({world.chain.n_params():,} parameters, {len(world.chain)} blocks), "
+          f"{scenario.workload.requests} requests")
+    for p in plans:
+        print(f"  {p.describe()}")
+    return 0
+
+
+def _devices(args: argparse.Namespace) -> int:
+    from simdl.hw.devices import catalogue_frame
+    print(catalogue_frame().to_string(index=False))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="simdl", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"simdl {__version__}")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def scenario_command(name: str, fn, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("scenario", metavar="SCENARIO", help="a scenario YAML file")
+        p.set_defaults(command=fn)
+        return p
+
+    run = scenario_command("run", _run, "run a scenario's strategies and write the results")
+    run.add_argument("--out", metavar="DIR", help="write the run's files in DIR itself")
+    run.add_argument("--results", metavar="DIR", default="results",
+                     help="root of run folders when --out is not given (default: results)")
+    run.add_argument("--strategy", metavar="NAME", help="run only this strategy (by label)")
+    compare = scenario_command("compare", _compare, "one row per strategy: throughput, "
+                               "latency, bytes, energy, memory, utilisation")
+    compare.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
+    for p in (run, compare):
+        p.add_argument("--timing-only", action="store_true",
+                       help="skip the numpy kernels; the timeline is identical")
+        p.add_argument("--seed", type=int, help="override the scenario's seed")
+    scenario_command("validate", _validate, "check a scenario and its plans without running")
+    devices = sub.add_parser("devices", help="the device catalogue as a table")
+    devices.set_defaults(command=_devices)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,424 @@
+"""The network: links, shared media, routes, and the topology builders.
+
+Knows bytes/s, seconds and routes between named nodes; knows nothing of layers, plans
+or the clock (sim/flows.py shares bandwidth over time). A resource is a directed link
+"u>v" or a shared medium (a Wi-Fi access point's airtime, a Wi-Fi Direct channel).
+"""
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import networkx as nx
+
+from simdl import units
+from simdl.errors import PlanError, ScenarioError
+
+
+class HasInterfaces(Protocol):
+    """What the builders read of a DeviceSpec: interface kind -> goodput (bytes/s)."""
+
+    interfaces: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """An edge a-b. `bandwidth` is bytes/s in each direction (a->b, and b->a unless
+    `bandwidth_back` is set); every flow over the link also consumes `medium`, if any."""
+
+    a: str
+    b: str
+    bandwidth: float
+    latency: float
+    kind: str = "ethernet"
+    medium: str | None = None
+    bandwidth_back: float | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    """Nodes from source to destination, the resources crossed in order (a medium twice
+    if two hops share it) and the latency summed over hops (s)."""
+
+    nodes: tuple[str, ...]
+    resources: tuple[str, ...]
+    latency: float
+
+
+class Network:
+    """A graph of devices and infrastructure, the capacity of every resource, and the
+    per-message overhead (s). Routes are lowest-latency, then fewest hops, then the
+    first sequence of node names in sort order; they are computed once and cached."""
+
+    def __init__(self, nodes: Mapping[str, str], links: Iterable[LinkSpec],
+                 media: Mapping[str, float] | None = None, overhead: float = 0.0):
+        media = dict(media or {})
+        self.graph = nx.Graph()
+        for name, kind in nodes.items():
+            if ">" in name:
+                raise ScenarioError(f"network.nodes.{name}", name, "node names cannot contain '>'")
+            self.graph.add_node(name, kind=kind)
+        self.links: tuple[LinkSpec, ...] = tuple(links)
+        self.capacity: dict[str, float] = {}
+        for i, link in enumerate(self.links):
+            _check_link(f"network.links[{i}]", link, self.graph, media)
+            self.graph.add_edge(link.a, link.b, link=link)
+            self.capacity[f"{link.a}>{link.b}"] = link.bandwidth
+            back = link.bandwidth if link.bandwidth_back is None else link.bandwidth_back
+            self.capacity[f"{link.b}>{link.a}"] = back
+        for name, cap in media.items():
+            if not cap > 0:
+                raise ScenarioError(f"network.media.{name}", cap, "a capacity must be > 0 bytes/s")
+            self.capacity[name] = float(cap)
+        if overhead < 0:
+            raise ScenarioError("network.overhead", overhead, "must be >= 0 s")
+        self.overhead = float(overhead)
+        self.devices: tuple[str, ...] = tuple(n for n, k in nodes.items() if k == "device")
+        self._routes: dict[tuple[str, str], Route] = {}
+
+    def route(self, src: str, dst: str) -> Route:
+        """The route from src to dst; PlanError if either is unknown or they are apart."""
+        found = self._routes.get((src, dst))
+        if found is None:
+            found = self._routes[(src, dst)] = self._find(src, dst)
+        return found
+
+    def _find(self, src: str, dst: str) -> Route:
+        for name in (src, dst):
+            if name not in self.graph:
+                raise PlanError("network.route", name,
+                                f"not a node of this network; devices: {', '.join(self.devices)}")
+        path = self._path(src, dst)
+        if path is None:
+            raise PlanError("network.route", f"{src} -> {dst}",
+                            f"no route between {src} and {dst} in this network")
+        adj = self.graph.adj
+        latency, resources = 0.0, []
+        for u, v in zip(path, path[1:]):
+            link: LinkSpec = adj[u][v]["link"]
+            latency += link.latency
+            resources.append(f"{u}>{v}")
+            if link.medium is not None:
+                resources.append(link.medium)
+        return Route(path, tuple(resources), latency)
+
+    def _path(self, src: str, dst: str) -> tuple[str, ...] | None:
+        # A leaf (a device on one AP or switch) has one way out, so its routes are its hop
+        # plus its neighbour's route: a star of 1,000 devices never runs Dijkstra.
+        adj = self.graph.adj
+        head: tuple[str, ...] = ()
+        tail: tuple[str, ...] = ()
+        if src != dst and len(adj[src]) == 1:
+            head, src = (src,), next(iter(adj[src]))
+        if src != dst and len(adj[dst]) == 1:
+            tail, dst = (dst,), next(iter(adj[dst]))
+        core = self._dijkstra(src, dst)
+        return None if core is None else head + core + tail
+
+    def _dijkstra(self, src: str, dst: str) -> tuple[str, ...] | None:
+        # Keys (latency, hops, path) make ties fall to the sort order of node names.
+        adj = self.graph.adj
+        best: dict[str, tuple[float, int, tuple[str, ...]]] = {src: (0.0, 0, (src,))}
+        heap = [best[src]]
+        settled: dict[str, None] = {}
+        while heap:
+            latency, hops, path = heapq.heappop(heap)
+            u = path[-1]
+            if u in settled:
+                continue
+            if u == dst:
+                return path
+            settled[u] = None
+            for v, data in adj[u].items():
+                if v in settled:
+                    continue
+                key = (latency + data["link"].latency, hops + 1, path + (v,))
+                if v not in best or key < best[v]:
+                    best[v] = key
+                    heapq.heappush(heap, key)
+        return None
+
+
+def _check_link(where: str, link: LinkSpec, graph: nx.Graph, media: Mapping[str, float]) -> None:
+    for end in (link.a, link.b):
+        if end not in graph:
+            raise ScenarioError(f"{where}.a/b", end, "both ends must be nodes of the network")
+    if link.a == link.b or graph.has_edge(link.a, link.b):
+        raise ScenarioError(where, f"{link.a}-{link.b}", "one link per pair of distinct nodes")
+    for name, value in (("bandwidth", link.bandwidth), ("bandwidth_back", link.bandwidth_back)):
+        if value is not None and not 0 < value < float("inf"):
+            raise ScenarioError(f"{where}.{name}", value, "must be a finite bytes/s > 0")
+    if not 0 <= link.latency < float("inf"):
+        raise ScenarioError(f"{where}.latency", link.latency, "must be a finite time >= 0 s")
+    if link.medium is not None and link.medium not in media:
+        raise ScenarioError(f"{where}.medium", link.medium, "give the medium a capacity")
+
+
+# Default figures. Keep `kind` (spec / measured / estimate) and the source beside each.
+# Wi-Fi 6 2x2 80 MHz is 1201 Mbps PHY (spec; HE MCS tables, semfionetworks.com/blog
+# 04-2019); Wi-Fi 5 2x2 gives ~520 of its 866.7 Mbps PHY as TCP goodput (measured,
+# duckware/wiisfi guide), ~60-65 %. x 0.65 = 780 Mbps of airtime goodput (estimate), the
+# same figure as a 2x2 station's goodput in catalogue.yaml (wifi6_2x2).
+WIFI6_AIRTIME = "780Mbps"
+# One unloaded Wi-Fi hop, one way (estimate; the first Wi-Fi hop dominates home RTT,
+# NCTA technical paper 2024 WLESS04 Malladi).
+WIFI_LATENCY = "1ms"
+# 1000BASE-T gives ~941 Mbps of TCP goodput at 1500 B MTU (spec arithmetic); a switched hop
+# is tens of microseconds (estimate).
+ETHERNET = "941Mbps"
+ETHERNET_LATENCY = "50us"
+# Home-to-metro edge over FTTH: a 1 Gbps tier, ~2 ms one way (estimate).
+FIBRE = "1Gbps"
+FIBRE_LATENCY = "2ms"
+# WANs (one way latency). 5G mid-band down 100-200 Mbps (measured, Narayanan et al. WWW 2020,
+# 5Gophers); uplink a fifth of that (estimate); only the top 5 % of mobile users see under
+# 20 ms minimum RTT (measured, Rizvi, Heidemann, Plonka arXiv 2507.18834) -> 25 ms one way.
+# Broadband: a 500/100 Mbps fibre plan and 10 ms one way to a cloud region (estimate).
+WAN: dict[str, dict[str, str]] = {
+    "5g": {"up": "30Mbps", "down": "150Mbps", "latency": "25ms", "kind": "cellular"},
+    "broadband": {"up": "100Mbps", "down": "500Mbps", "latency": "10ms", "kind": "wan"},
+}
+# Wi-Fi Direct hop (estimate, as a Wi-Fi hop). BLE: one connection interval per message,
+# 7.5 ms - 4 s allowed (spec, Silicon Labs BLE docs); 15 ms is Android's high-priority
+# interval (estimate). BLE goodput comes from each device's own interfaces["bluetooth"].
+P2P_LATENCY = "1ms"
+BLUETOOTH_LATENCY = "15ms"
+# Software cost of one message (serialise, syscalls, socket), per transfer (estimate).
+OVERHEAD = "100us"
+
+Devices = Mapping[str, HasInterfaces]
+Quantity = float | str
+
+
+def _bw(value: Quantity, name: str) -> float:
+    return units.parse(value, "bandwidth", where=f"network.{name}")
+
+
+def _time(value: Quantity, name: str) -> float:
+    return units.parse(value, "time", where=f"network.{name}")
+
+
+def _has(spec: HasInterfaces, kind: str) -> bool:
+    return spec.interfaces.get(kind, 0) > 0
+
+
+class _Parts:
+    """Nodes, links and media collected by a builder before the Network is made."""
+
+    def __init__(self, devices: Iterable[str]):
+        self.nodes: dict[str, str] = {d: "device" for d in devices}
+        self.links: list[LinkSpec] = []
+        self.media: dict[str, float] = {}
+
+    def build(self, overhead: Quantity) -> Network:
+        return Network(self.nodes, self.links, self.media, _time(overhead, "overhead"))
+
+
+def _lan(parts: _Parts, devices: Devices, names: Sequence[str], airtime: float,
+         wifi_latency: float, wired_to: str | None, port: float, port_latency: float) -> None:
+    """Put `names` on the LAN: by Ethernet to `wired_to` when both allow it, else on the
+    Wi-Fi AP "ap", else by Bluetooth to a device on the LAN that has Bluetooth."""
+    parts.nodes.setdefault("ap", "ap")
+    parts.media["ap.air"] = airtime
+    tethered = []
+    for name in names:
+        spec = devices[name]
+        if _has(spec, "ethernet") and (wired_to is not None or not _has(spec, "wifi")):
+            to = wired_to or "ap"
+            parts.links.append(LinkSpec(name, to, min(spec.interfaces["ethernet"], port),
+                                        port_latency, "ethernet"))
+        elif _has(spec, "wifi"):
+            parts.links.append(LinkSpec(name, "ap", spec.interfaces["wifi"], wifi_latency,
+                                        "wifi", "ap.air"))
+        else:
+            tethered.append(name)
+    for name in tethered:
+        _tether(parts, devices, name, [n for n in names if n not in tethered])
+
+
+def _tether(parts: _Parts, devices: Devices, name: str, lan: list[str]) -> None:
+    # A watch with only Bluetooth reaches the LAN through the first LAN device with Bluetooth.
+    spec = devices[name]
+    hosts = [h for h in lan if _has(devices[h], "bluetooth")]
+    if not _has(spec, "bluetooth") or not hosts:
+        raise ScenarioError(f"devices.{name}.interfaces", sorted(spec.interfaces),
+                            "needs 'wifi' or 'ethernet', or 'bluetooth' and a device with "
+                            "Bluetooth on the LAN")
+    host = hosts[0]
+    bw = min(spec.interfaces["bluetooth"], devices[host].interfaces["bluetooth"])
+    medium = f"bluetooth:{host}-{name}"
+    parts.media[medium] = bw
+    parts.links.append(LinkSpec(name, host, bw, _time(BLUETOOTH_LATENCY, "bluetooth_latency"),
+                                "bluetooth", medium))
+
+
+def wifi_star(devices: Devices, airtime: Quantity = WIFI6_AIRTIME,
+              latency: Quantity = WIFI_LATENCY, overhead: Quantity = OVERHEAD) -> Network:
+    """Every device on one access point "ap" whose airtime ("ap.air") all flows share,
+    both directions; each station's link is capped by its own Wi-Fi goodput. A device
+    without Wi-Fi is wired to the AP, or tethered over Bluetooth."""
+    parts = _Parts(devices)
+    _lan(parts, devices, list(devices), _bw(airtime, "airtime"), _time(latency, "latency"),
+         None, _bw(ETHERNET, "ethernet"), _time(ETHERNET_LATENCY, "ethernet_latency"))
+    return parts.build(overhead)
+
+
+def _home(parts: _Parts, devices: Devices, names: Sequence[str], airtime: Quantity,
+          wifi_latency: Quantity, ethernet: Quantity, ethernet_latency: Quantity) -> None:
+    parts.nodes["router"] = "router"
+    port, port_latency = _bw(ethernet, "ethernet"), _time(ethernet_latency, "ethernet_latency")
+    _lan(parts, devices, names, _bw(airtime, "airtime"), _time(wifi_latency, "wifi_latency"),
+         "router", port, port_latency)
+    parts.links.append(LinkSpec("ap", "router", port, port_latency, "ethernet"))
+
+
+def home(devices: Devices, airtime: Quantity = WIFI6_AIRTIME,
+         wifi_latency: Quantity = WIFI_LATENCY, ethernet: Quantity = ETHERNET,
+         ethernet_latency: Quantity = ETHERNET_LATENCY, overhead: Quantity = OVERHEAD) -> Network:
+    """A home: devices with Ethernet (PC, TV, hub) wired to the "router" (a switching
+    router), the rest on the Wi-Fi AP "ap", which hangs off the router by Ethernet."""
+    parts = _Parts(devices)
+    _home(parts, devices, list(devices), airtime, wifi_latency, ethernet, ethernet_latency)
+    return parts.build(overhead)
+
+
+def _pick(devices: Devices, name: str | None, types: tuple[str, ...], param: str) -> str | None:
+    if name is not None:
+        if name not in devices:
+            raise ScenarioError(f"network.{param}", name,
+                                f"name a device of the pool: {', '.join(devices)}")
+        return name
+    return next((d for d, s in devices.items() if getattr(s, "type", None) in types), None)
+
+
+def edge(devices: Devices, edge_device: str | None = None, uplink: Quantity = FIBRE,
+         uplink_latency: Quantity = FIBRE_LATENCY, airtime: Quantity = WIFI6_AIRTIME,
+         wifi_latency: Quantity = WIFI_LATENCY, overhead: Quantity = OVERHEAD) -> Network:
+    """The home LAN plus a fibre uplink from the router to an edge server: `edge_device`,
+    else the first device of type "edge" or "server", else a non-device node "edge"."""
+    server = _pick(devices, edge_device, ("edge", "server"), "edge_device")
+    parts = _Parts(devices)
+    others = [d for d in devices if d != server]
+    _home(parts, devices, others, airtime, wifi_latency, ETHERNET, ETHERNET_LATENCY)
+    bw = _bw(uplink, "uplink")
+    if server is None:
+        server = parts.nodes.setdefault("edge", "edge")
+    elif _has(devices[server], "ethernet"):
+        bw = min(bw, devices[server].interfaces["ethernet"])
+    parts.links.append(LinkSpec("router", server, bw, _time(uplink_latency, "uplink_latency"),
+                                "fibre"))
+    return parts.build(overhead)
+
+
+def cloud(devices: Devices, cloud_device: str | None = None,
+          wan: Literal["5g", "broadband"] = "5g", up: Quantity | None = None,
+          down: Quantity | None = None, wan_latency: Quantity | None = None,
+          airtime: Quantity = WIFI6_AIRTIME, wifi_latency: Quantity = WIFI_LATENCY,
+          overhead: Quantity = OVERHEAD) -> Network:
+    """The home LAN plus a WAN (5G or broadband) from the router to the cloud: `up` is
+    home->cloud, `down` cloud->home (preset by `wan`). The cloud is `cloud_device`, else the
+    first device of type "cloud", else a non-device node "cloud"."""
+    if wan not in WAN:
+        raise ScenarioError("network.wan", wan, f"choose one of: {', '.join(sorted(WAN))}")
+    preset = WAN[wan]
+    server = _pick(devices, cloud_device, ("cloud",), "cloud_device")
+    parts = _Parts(devices)
+    _home(parts, devices, [d for d in devices if d != server], airtime, wifi_latency,
+          ETHERNET, ETHERNET_LATENCY)
+    if server is None:
+        server = parts.nodes.setdefault("cloud", "cloud")
+    parts.links.append(LinkSpec(
+        "router", server, _bw(preset["up"] if up is None else up, "up"),
+        _time(preset["latency"] if wan_latency is None else wan_latency, "wan_latency"),
+        preset["kind"], None, _bw(preset["down"] if down is None else down, "down")))
+    return parts.build(overhead)
+
+
+def p2p_mesh(devices: Devices, pairs: Sequence[tuple[str, str]] | None = None,
+             p2p_latency: Quantity = P2P_LATENCY, bluetooth_latency: Quantity = BLUETOOTH_LATENCY,
+             overhead: Quantity = OVERHEAD) -> Network:
+    """Direct links, no AP: Wi-Fi Direct ("p2p") between devices that both have it, else
+    Bluetooth. Each link is its own medium (both directions share one channel) with the
+    smaller goodput of its two ends. `pairs` defaults to every pair in the pool; devices
+    without a direct link reach each other through others (multi-hop)."""
+    latency = {"p2p": _time(p2p_latency, "p2p_latency"),
+               "bluetooth": _time(bluetooth_latency, "bluetooth_latency")}
+    names = list(devices)
+    todo = pairs if pairs is not None else [(a, b) for i, a in enumerate(names)
+                                            for b in names[i + 1:]]
+    parts = _Parts(devices)
+    for i, (a, b) in enumerate(todo):
+        for end in (a, b):
+            if end not in devices:
+                raise ScenarioError(f"network.pairs[{i}]", end, "name devices of the pool")
+        kind = next((k for k in ("p2p", "bluetooth")
+                     if _has(devices[a], k) and _has(devices[b], k)), None)
+        if kind is None:
+            if pairs is not None:
+                raise ScenarioError(f"network.pairs[{i}]", f"{a}-{b}",
+                                    "both devices need 'p2p' or both 'bluetooth'")
+            continue
+        bw = min(devices[a].interfaces[kind], devices[b].interfaces[kind])
+        medium = f"{kind}:{a}-{b}"
+        parts.media[medium] = bw
+        parts.links.append(LinkSpec(a, b, bw, latency[kind], kind, medium))
+    return parts.build(overhead)
+
+
+_LINK_KEYS = ("a", "b", "bandwidth", "latency", "kind", "medium", "bandwidth_back")
+
+
+def links(devices: Devices, links: Sequence[Mapping[str, Any]] = (),
+          media: Mapping[str, Quantity] | None = None, nodes: Mapping[str, str] | None = None,
+          overhead: Quantity = OVERHEAD) -> Network:
+    """An explicit list of links ({a, b, bandwidth, latency, kind, medium, bandwidth_back}).
+    Ends that are not devices become nodes of kind `nodes[name]` (default "switch"). A
+    medium without a capacity in `media` gets the largest bandwidth among its links."""
+    parts = _Parts(devices)
+    for i, raw in enumerate(links):
+        where = f"network.links[{i}]"
+        for key in raw:
+            if key not in _LINK_KEYS:
+                raise ScenarioError(f"{where}.{key}", raw[key], f"keys are {', '.join(_LINK_KEYS)}")
+        for key in ("a", "b", "bandwidth"):
+            if key not in raw:
+                raise ScenarioError(where, dict(raw), f"'{key}' is required")
+        for end in (raw["a"], raw["b"]):
+            parts.nodes.setdefault(end, (nodes or {}).get(end, "switch"))
+        back = raw.get("bandwidth_back")
+        link = LinkSpec(
+            raw["a"], raw["b"], units.parse(raw["bandwidth"], "bandwidth", f"{where}.bandwidth"),
+            units.parse(raw.get("latency", 0.0), "time", f"{where}.latency"),
+            raw.get("kind", "ethernet"), raw.get("medium"),
+            None if back is None else units.parse(back, "bandwidth", f"{where}.bandwidth_back"))
+        parts.links.append(link)
+        if link.medium is not None:
+            given = (media or {}).get(link.medium)
+            widest = max(parts.media.get(link.medium, 0.0), link.bandwidth,
+                         link.bandwidth_back or 0.0)
+            parts.media[link.medium] = (widest if given is None
+                                        else _bw(given, f"media.{link.medium}"))
+    return parts.build(overhead)
+
+
+Topology = Callable[..., Network]          # (devices, **params) -> Network
+
+TOPOLOGIES: dict[str, Topology] = {
+    "wifi_star": wifi_star,
+    "home": home,
+    "p2p_mesh": p2p_mesh,
+    "edge": edge,
+    "cloud": cloud,
+    "links": links,
+}
+
+
+def get(name: str) -> Topology:
+    """The builder called `name`, or a ScenarioError listing the choices."""
+    try:
+        return TOPOLOGIES[name]
+    except KeyError:
+        raise ScenarioError("network.kind", name,
+                            f"choose one of: {', '.join(sorted(TOPOLOGIES))}") from None

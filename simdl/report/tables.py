@@ -1,0 +1,280 @@
+"""The run-folder tables, derived from the event log with pandas group-bys only.
+
+Owns the meaning of every reported number (requests, devices, links, summary,
+comparison) and the terminal table. Knows the log's columns and row kinds;
+knows nothing of the engine's objects: specs and energy come in as plain
+mappings, link counters as dicts, so a table never measures anything twice.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from simdl.sim.recorder import COLUMNS
+
+NAN = float("nan")
+REQUEST_COLUMNS = ["request", "class", "status", "arrival", "start", "finish", "latency", "path"]
+LINK_COLUMNS = ["resource", "bytes", "busy_s", "utilisation"]
+#: Rows that are work or its end; their last t_end is the makespan.
+WORK_KINDS = ("compute", "transfer", "request", "dropped", "step")
+#: Rows that held a unit: a kernel lost mid-run occupied (and powered) its unit too.
+BUSY_KINDS = ("compute", "lost")
+PERCENTILES = (50, 95, 99)
+#: The summary columns worth a terminal line (pass as `format_table(df, HEADLINE)`).
+HEADLINE = ("scenario", "strategy", "seed", "requests_done", "requests_dropped", "makespan_s",
+            "throughput_rps", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
+            "network_bytes", "energy_J", "peak_memory_max_MiB", "mean_utilisation")
+MIB = 2**20
+
+
+class DeviceLike(Protocol):
+    """What a table needs of a DeviceSpec."""
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def units(self) -> Mapping[str, Any]: ...
+
+
+class EnergyLike(Protocol):
+    """What a table needs of an Energy record (joules)."""
+
+    @property
+    def idle(self) -> float: ...
+
+    @property
+    def compute(self) -> float: ...
+
+    @property
+    def radio(self) -> float: ...
+
+    @property
+    def total(self) -> float: ...
+
+
+def clean(events: pd.DataFrame) -> pd.DataFrame:
+    """The log with its fixed columns and dtypes (also for a log read back from CSV)."""
+    missing = [c for c in COLUMNS if c not in events.columns]
+    if missing:
+        raise ValueError(f"event log lacks columns {missing}; expected {list(COLUMNS)}")
+    out = events if list(events.columns) == list(COLUMNS) else events.loc[:, list(COLUMNS)]
+    fixes: dict[str, pd.Series] = {}
+    for c in ("t_start", "t_end", "flops", "nbytes"):
+        if out[c].dtype != "float64":
+            fixes[c] = out[c].astype("float64")
+    for c in ("request", "step"):
+        if out[c].dtype != "int64":
+            fixes[c] = out[c].astype("int64")
+    for c in ("kind", "device", "resource", "label"):
+        if not pd.api.types.is_string_dtype(out[c]) or out[c].isna().any():
+            fixes[c] = out[c].fillna("").astype(str)
+    # A log that is already clean is returned as is (the tables never modify it).
+    return out.assign(**fixes) if fixes else out
+
+
+def requests_table(events: pd.DataFrame) -> pd.DataFrame:
+    """One row per request that finished ("done") or could not be served ("dropped").
+
+    start is the t_start of the request's first completed kernel; a dropped
+    request has no finish and no latency. Times in seconds, sorted by request.
+    """
+    events = clean(events)
+    rows = events[events["kind"].isin(("request", "dropped"))]
+    compute = events[events["kind"] == "compute"]
+    first = compute.groupby("request")["t_start"].min()
+    done = rows["kind"] == "request"
+    out = pd.DataFrame({
+        "request": rows["request"],
+        "class": rows["resource"],
+        "status": np.where(done, "done", "dropped").astype(object),
+        "arrival": rows["t_start"],
+        "start": rows["request"].map(first).astype("float64"),
+        "finish": rows["t_end"].where(done),
+        "path": rows["label"],
+    })
+    out["latency"] = out["finish"] - out["arrival"]
+    return out[REQUEST_COLUMNS].sort_values("request", kind="stable").reset_index(drop=True)
+
+
+def devices_table(events: pd.DataFrame, specs: Mapping[str, DeviceLike],
+                  energy: Mapping[str, EnergyLike], duration: float) -> pd.DataFrame:
+    """One row per device of `specs`, in its order.
+
+    busy_<unit>_s is NaN for a unit the device does not have; utilisation is
+    the busiest unit's busy time over `duration`; peak memory is the running
+    sum of alloc rows in log order (0 if none); left_at is NaN if it stayed.
+    """
+    events = clean(events)
+    units = sorted({u for spec in specs.values() for u in spec.units})
+    worked = events[events["kind"].isin(BUSY_KINDS)]
+    busy = (worked["t_end"] - worked["t_start"]).groupby(
+        [worked["device"], worked["resource"]]).sum().to_dict()
+    flops = events[events["kind"] == "compute"].groupby("device")["flops"].sum()
+    transfers = events[events["kind"] == "transfer"]
+    sent = transfers.groupby("device")["nbytes"].sum()
+    received = transfers.groupby("resource")["nbytes"].sum()
+    allocs = events[events["kind"] == "alloc"]
+    held = allocs.groupby("device")["nbytes"].cumsum()
+    peak = held.groupby(allocs["device"]).max().clip(lower=0.0)
+    left = events[events["kind"] == "leave"].groupby("device")["t_start"].min()
+
+    records = []
+    for name, spec in specs.items():
+        row: dict[str, Any] = {"device": name, "type": spec.type}
+        for u in units:
+            row[f"busy_{u}_s"] = float(busy.get((name, u), 0.0)) if u in spec.units else NAN
+        busiest = max((busy.get((name, u), 0.0) for u in spec.units), default=0.0)
+        e = energy.get(name)
+        row.update(
+            utilisation=_ratio(busiest, duration),
+            flops=float(flops.get(name, 0.0)),
+            bytes_sent=float(sent.get(name, 0.0)),
+            bytes_received=float(received.get(name, 0.0)),
+            energy_J=float(e.total) if e is not None else NAN,
+            energy_idle_J=float(e.idle) if e is not None else NAN,
+            energy_compute_J=float(e.compute) if e is not None else NAN,
+            energy_radio_J=float(e.radio) if e is not None else NAN,
+            peak_memory_bytes=float(peak.get(name, 0.0)),
+            left_at=float(left.get(name, NAN)),
+        )
+        records.append(row)
+    columns = (["device", "type"] + [f"busy_{u}_s" for u in units]
+               + ["utilisation", "flops", "bytes_sent", "bytes_received", "energy_J",
+                  "energy_idle_J", "energy_compute_J", "energy_radio_J",
+                  "peak_memory_bytes", "left_at"])
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def links_table(link_stats: Sequence[Mapping[str, Any]], duration: float) -> pd.DataFrame:
+    """One row per link: bytes carried, seconds busy, busy share of `duration`."""
+    df = pd.DataFrame.from_records(
+        [(str(s["resource"]), float(s["bytes"]), float(s["busy_time"])) for s in link_stats],
+        columns=LINK_COLUMNS[:3])
+    df["bytes"] = df["bytes"].astype("float64")
+    df["busy_s"] = df["busy_s"].astype("float64")
+    df["utilisation"] = [_ratio(b, duration) for b in df["busy_s"]]
+    df["utilisation"] = df["utilisation"].astype("float64")
+    return df.sort_values("resource", kind="stable").reset_index(drop=True)
+
+
+def summary(events: pd.DataFrame, devices_df: pd.DataFrame, links_df: pd.DataFrame,
+            duration: float, **context: Any) -> pd.DataFrame:
+    """One row: the context (scenario, strategy, seed, ...) then the run's headline numbers.
+
+    makespan_s is the last end of any work row (a drop decision included);
+    throughput_rps = requests done / makespan_s (NaN without requests); latency
+    percentiles (ms) are numpy's "linear" ones over done requests, overall and
+    per priority class when classes exist.
+    """
+    events = clean(events)
+    reqs = requests_table(events)
+    done = reqs[reqs["status"] == "done"]
+    work = events[events["kind"].isin(WORK_KINDS)]
+    makespan = float(work["t_end"].max()) if len(work) else 0.0
+    row: dict[str, Any] = dict(context)
+    row.update(
+        requests_done=len(done),
+        requests_dropped=int((reqs["status"] == "dropped").sum()),
+        duration_s=float(duration),
+        makespan_s=makespan,
+        throughput_rps=_ratio(len(done), makespan) if len(reqs) else NAN,
+    )
+    row.update(_latency_percentiles(done["latency"], ""))
+    for cls in sorted(set(reqs["class"]) - {""}):
+        row.update(_latency_percentiles(done.loc[done["class"] == cls, "latency"], f"_{cls}"))
+    transfers = events[events["kind"] == "transfer"]
+    row.update(
+        network_bytes=float(transfers["nbytes"].sum()),
+        energy_J=float(devices_df["energy_J"].sum()) if len(devices_df) else 0.0,
+        peak_memory_max_MiB=(float(devices_df["peak_memory_bytes"].max()) / MIB
+                             if len(devices_df) else 0.0),
+        mean_utilisation=float(devices_df["utilisation"].mean()) if len(devices_df) else NAN,
+        max_link_utilisation=float(links_df["utilisation"].max()) if len(links_df) else NAN,
+    )
+    return pd.DataFrame([row])
+
+
+def _latency_percentiles(latency: pd.Series, suffix: str) -> dict[str, float]:
+    values = latency.to_numpy(dtype="float64") * 1e3
+    if values.size == 0:
+        return {f"latency_p{q}_ms{suffix}": NAN for q in PERCENTILES}
+    got = np.percentile(values, PERCENTILES, method="linear")
+    return {f"latency_p{q}_ms{suffix}": float(v) for q, v in zip(PERCENTILES, got)}
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a) / float(b) if b > 0 else NAN
+
+
+def compare(summaries: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Stack summary rows (one per strategy), in the given order; a missing column is NaN."""
+    frames = [s for s in summaries if len(s)]
+    if not frames:
+        return pd.DataFrame()
+    columns: list[str] = []
+    for s in frames:
+        columns += [c for c in s.columns if c not in columns]
+    rows = [r for s in frames for r in s.to_dict("records")]
+    return pd.DataFrame.from_records(rows, columns=columns)
+
+
+# -- the terminal table ---------------------------------------------------------
+
+def _human(column: str, values: pd.Series) -> tuple[str, pd.Series]:
+    """A column's human header and values: bytes in MB, FLOP in GFLOP, shares in %."""
+    if "bytes" in column:
+        return column.replace("bytes", "MB"), values / 1e6
+    if column == "flops":
+        return "GFLOP", values / 1e9
+    if "utilisation" in column:
+        return f"{column}_%", values * 100.0
+    return column, values
+
+
+def _cell(x: Any) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, (bool, np.bool_)):
+        return str(bool(x))
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if isinstance(x, (float, np.floating)):
+        x = float(x)
+        if x == 0.0:
+            return "0"
+        if abs(x) >= 1e5:
+            return f"{x:,.0f}"
+        return f"{x:.4g}"
+    return str(x)
+
+
+def format_table(df: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
+    """A plain aligned text table with human units (ms, MB, GFLOP, J, %); "-" is missing.
+
+    Text columns are left-aligned, numbers right-aligned. Ends without a newline.
+    """
+    if columns is not None:
+        df = df.loc[:, [c for c in columns if c in df.columns]]
+    headers, cells, numeric = [], [], []
+    for column in df.columns:
+        values = df[column]
+        is_number = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+        if is_number:
+            column, values = _human(str(column), values)
+        headers.append(str(column))
+        cells.append([_cell(v) for v in values.tolist()])
+        numeric.append(is_number)
+    widths = [max([len(h)] + [len(c) for c in col]) for h, col in zip(headers, cells)]
+
+    def line(parts: list[str]) -> str:
+        return "  ".join(p.rjust(w) if num else p.ljust(w)
+                         for p, w, num in zip(parts, widths, numeric)).rstrip()
+
+    out = [line(headers), line(["-" * w for w in widths])]
+    out += [line([col[i] for col in cells]) for i in range(len(df))]
+    return "\n".join(out)

@@ -1,0 +1,209 @@
+"""Scenario files: YAML in, a validated Scenario out, every error one clear line.
+
+pydantic lives here, at the edge, and nowhere below. Components chosen by name
+(topology, model, strategy) keep their parameters flat beside the name; those
+parameters are checked against the chosen function's own signature, so a new
+plug-in never needs a schema edit.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat,
+                      PositiveInt, ValidationError, create_model, model_validator)
+from pydantic_core import PydanticCustomError
+
+from simdl.errors import ScenarioError
+
+
+class Strict(BaseModel):
+    """Frozen, and an unknown key is an error that lists the keys allowed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            for key in data:
+                if key not in cls.model_fields:
+                    raise PydanticCustomError(
+                        "unknown_key", "unknown key {key}; allowed keys: {allowed}",
+                        {"key": str(key), "allowed": ", ".join(cls.model_fields)})
+        return data
+
+
+class Named(BaseModel):
+    """A component picked by `name` (or `kind`) with its parameters flat beside it."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DeviceEntry(Named):
+    """A catalogue `type`, a `name` (or `count` alike ones), any field overridden."""
+
+    type: str
+    name: str | None = None
+    count: PositiveInt = 1
+
+
+class NetworkEntry(Named):
+    kind: str
+
+
+class ModelEntry(Named):
+    name: str
+
+
+class StrategyEntry(Named):
+    name: str
+    label: str | None = None
+
+
+class Poisson(Strict):
+    kind: Literal["poisson"]
+    rate: PositiveFloat  # requests per second
+
+
+class Closed(Strict):
+    kind: Literal["closed"]
+    concurrency: PositiveInt  # requests in flight; a new one starts when one ends
+
+
+class Trace(Strict):
+    kind: Literal["trace"]
+    times: list[NonNegativeFloat]  # arrival instants in seconds
+
+
+Arrival = Annotated[Poisson | Closed | Trace, Field(discriminator="kind")]
+
+
+class Inference(Strict):
+    kind: Literal["inference"]
+    requests: PositiveInt = 100
+    arrival: Arrival = Closed(kind="closed", concurrency=1)
+    batch: PositiveInt = 1
+    source: str  # the device that owns the input data and gets the answers
+
+
+class Scenario(Strict):
+    name: str
+    seed: int = 0
+    description: str = ""
+    devices: list[DeviceEntry] = Field(min_length=1)
+    network: NetworkEntry
+    model: ModelEntry
+    workload: Annotated[Inference, Field(discriminator="kind")]
+    strategies: list[StrategyEntry] = Field(min_length=1)
+
+
+def load(path: str | Path) -> Scenario:
+    """Read and validate a scenario file (safe YAML only)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ScenarioError(str(path), str(path), f"a readable scenario file ({err.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path.name}:{mark.line + 1}" if mark else path.name
+        raise ScenarioError(where, getattr(err, "problem", str(err)), "well-formed YAML") from None
+    if not isinstance(data, Mapping):
+        raise ScenarioError(path.name, data, "a mapping with name, devices, network, model, "
+                            "workload and strategies")
+    return parse(data)
+
+
+def parse(data: Mapping[str, Any]) -> Scenario:
+    """Validate plain data as a Scenario; the first problem becomes a ScenarioError."""
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as err:
+        raise scenario_error(err) from None
+
+
+def dump(scenario: Scenario) -> dict[str, Any]:
+    """The scenario as plain data, every default filled in, ready for YAML."""
+    return scenario.model_dump(mode="json", exclude_none=True)
+
+
+def call(fn: Callable[..., Any], params: Mapping[str, Any], where: str, *args: Any) -> Any:
+    """`fn(*args, **params)` with `params` checked against `fn`'s signature.
+
+    Only the user's keyword parameters are validated; the positional `args`
+    (the world, the pool) are simdl's own and pass as they are.
+    """
+    try:
+        checked = _signature_model(fn, len(args)).model_validate(dict(params))
+    except ValidationError as err:
+        raise scenario_error(err, where, signature_help(fn, len(args))) from None
+    return fn(*args, **{k: getattr(checked, k) for k in params})
+
+
+@functools.cache
+def _signature_model(fn: Callable[..., Any], skip: int) -> type[BaseModel]:
+    hints = typing.get_type_hints(fn, include_extras=True)
+    fields: dict[str, Any] = {}
+    for p in list(inspect.signature(fn).parameters.values())[skip:]:
+        default = ... if p.default is inspect.Parameter.empty else p.default
+        fields[p.name] = (hints.get(p.name, Any), default)
+    config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    return create_model(f"{fn.__name__}_params", __config__=config, **fields)
+
+
+def choose(registry: Mapping[str, Callable[..., Any]], name: str, where: str) -> Callable[..., Any]:
+    """The registry entry `name`, or an error listing the choices."""
+    try:
+        return registry[name]
+    except KeyError:
+        raise ScenarioError(where, name, f"choose one of: {', '.join(sorted(registry))}") from None
+
+
+def signature_help(fn: Callable[..., Any], skip: int = 0) -> str:
+    """The parameters a plug-in takes (after `skip` positional ones), for messages."""
+    return ", ".join(list(inspect.signature(fn).parameters)[skip:])
+
+
+def _path(loc: tuple[Any, ...], tags: set[str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in tags or part.startswith("function-"):
+            continue  # a union tag, not a field
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def scenario_error(err: ValidationError, prefix: str = "", params_help: str = "") -> ScenarioError:
+    """pydantic's first error as one line: field path, value, what is allowed."""
+    first = err.errors(include_url=False)[0]
+    loc, kind, ctx = tuple(first["loc"]), first["type"], first.get("ctx", {})
+    if kind == "unknown_key":
+        loc = loc + (ctx["key"],)
+    tags = {"poisson", "closed", "trace", "inference", "training"}
+    where = ".".join(p for p in (prefix, _path(loc, tags)) if p)
+    value = first.get("input")
+    if kind == "unknown_key":
+        value = value[ctx["key"]]
+        allowed = f"unknown key; allowed keys: {ctx['allowed']}"
+    elif kind == "extra_forbidden":
+        allowed = f"unknown parameter; allowed: {params_help}"
+    elif kind == "missing" or kind == "missing_argument":
+        allowed = "this field is required"
+    else:
+        allowed = first["msg"][0].lower() + first["msg"][1:]
+    return ScenarioError(where or "scenario", value, allowed)

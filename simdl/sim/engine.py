@@ -1,0 +1,305 @@
+"""The Simulator: one simpy clock through which every kernel and transfer runs.
+
+Owns the compute units (simdl's own priority queues, plain timeouts on the hot
+path), memory and energy accounting per device, battery depletion, and the
+event log. Knows devices and the network by their specs; knows nothing of
+layers: a kernel is FLOPs, bytes and an optional function to call.
+"""
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import simpy
+
+from simdl.errors import CapacityError, DeviceGone, PlanError
+from simdl.hw.devices import DeviceSpec, best_unit, device_power, kernel_time
+from simdl.hw.network import Network
+from simdl.sim.flows import Flows
+from simdl.sim.recorder import EventLog
+
+#: A battery counts as empty below this fraction of its capacity (float guard).
+_EMPTY = 1e-12
+
+
+class _Job:
+    """One kernel waiting for, or running on, a unit."""
+
+    __slots__ = ("unit", "flops", "nbytes", "dtype", "fn", "args", "label",
+                 "request", "step", "event", "t_start")
+
+    def __init__(self, unit: _Unit, flops: float, nbytes: float, dtype: str,
+                 fn: Callable[..., Any] | None, args: tuple, label: str,
+                 request: int, step: int, event: simpy.Event):
+        self.unit, self.flops, self.nbytes, self.dtype = unit, flops, nbytes, dtype
+        self.fn, self.args, self.label = fn, args, label
+        self.request, self.step, self.event = request, step, event
+        self.t_start = -1.0  # not started
+
+
+class _Unit:
+    """A compute unit: one kernel at a time, the rest wait by (priority, arrival)."""
+
+    __slots__ = ("device", "name", "spec", "queue", "running", "busy", "seq")
+
+    def __init__(self, device: str, name: str, spec: DeviceSpec):
+        self.device, self.name, self.spec = device, name, spec
+        self.queue: list[tuple[int, int, _Job]] = []
+        self.running: _Job | None = None
+        self.busy = 0.0  # seconds of finished kernels
+        self.seq = 0
+
+
+@dataclass(frozen=True)
+class Energy:
+    """Joules a device has used so far, by where they went."""
+
+    idle: float
+    compute: float
+    radio: float
+
+    @property
+    def total(self) -> float:
+        return self.idle + self.compute + self.radio
+
+
+class Simulator:
+    """A device pool and its network on a simpy clock.
+
+    `compute` and `transfer` return simpy events whose value is the kernel's
+    result (None in timing-only mode) or the finished Flow. Timing-only mode
+    skips the functions and nothing else, so both modes give one timeline.
+    """
+
+    def __init__(self, devices: Mapping[str, DeviceSpec], network: Network | None = None,
+                 timing_only: bool = False):
+        self.env = simpy.Environment()
+        self.devices = dict(devices)
+        self.network = network
+        self.timing_only = timing_only
+        self.log = EventLog()
+        self.units: dict[tuple[str, str], _Unit] = {
+            (d, u): _Unit(d, u, spec) for d, spec in self.devices.items() for u in spec.units}
+        self.memory_used = dict.fromkeys(self.devices, 0.0)
+        self.memory_peak = dict.fromkeys(self.devices, 0.0)
+        self.gone: dict[str, tuple[float, str]] = {}
+        self._departures = {d: self.env.event() for d in self.devices}
+        self._running = 0  # kernels on units right now, over the whole pool
+        self._batteries = [d for d, spec in self.devices.items() if spec.battery is not None]
+        self._version = dict.fromkeys(self._batteries, 0)
+        self._watching = False
+        self._daemons = 0  # battery checks scheduled; they alone do not keep a run going
+        self.flows = Flows(self.env, network) if network is not None else None
+        if self.flows is not None:
+            self.flows.on_change = lambda _device: self._wake()
+
+    # -- compute ---------------------------------------------------------------
+
+    def compute(self, device: str, flops: float, nbytes: float = 0.0,
+                fn: Callable[..., Any] | None = None, args: tuple = (), *,
+                unit: str | None = None, dtype: str = "fp32", label: str = "",
+                priority: int = 0, request: int = -1, step: int = -1) -> simpy.Event:
+        """Run `fn(*args)` as a kernel of `flops` and `nbytes` on a unit of `device`.
+
+        The unit is held for the roofline time of the device model; kernels on a
+        busy unit wait in its queue, lower `priority` first, then in arrival order.
+        """
+        event = self.env.event()
+        if device in self.gone:
+            event.fail(DeviceGone(device, *self.gone[device]))
+            return event
+        u = self._unit(device, unit or best_unit(self.devices[device], dtype))
+        job = _Job(u, flops, nbytes, dtype, fn, args, label, request, step, event)
+        if u.running is None:
+            self._start(job)
+        else:
+            u.seq += 1
+            heapq.heappush(u.queue, (priority, u.seq, job))
+        return event
+
+    def _unit(self, device: str, unit: str) -> _Unit:
+        try:
+            return self.units[device, unit]
+        except KeyError:
+            if device not in self.devices:
+                raise PlanError("device", device,
+                                f"choose one of: {', '.join(self.devices)}") from None
+            raise PlanError(f"devices.{device}.units", unit,
+                            f"choose one of: {', '.join(self.devices[device].units)}") from None
+
+    def _start(self, job: _Job) -> None:
+        u, now = job.unit, self.env.now
+        u.running, job.t_start = job, now
+        self._running += 1
+        duration = kernel_time(u.spec, u.name, job.flops, job.nbytes, job.dtype, now)
+        value = None if self.timing_only or job.fn is None else job.fn(*job.args)
+        timer = self.env.timeout(duration, value)
+        timer.callbacks.append(lambda t, job=job: self._finish(job, t.value))
+        if not self._watching:
+            self._wake()
+
+    def _finish(self, job: _Job, value: Any) -> None:
+        u = job.unit
+        if u.running is not job:  # the device left while this kernel ran
+            return
+        now = self.env.now
+        u.running, u.busy = None, u.busy + (now - job.t_start)
+        self._running -= 1
+        self.log.add(job.t_start, now, "compute", u.device, u.name, job.label,
+                     job.flops, job.nbytes, job.request, job.step)
+        if u.queue:
+            self._start(heapq.heappop(u.queue)[2])
+        job.event.succeed(value)
+
+    # -- network ---------------------------------------------------------------
+
+    def transfer(self, src: str, dst: str, nbytes: float, *, label: str = "",
+                 request: int = -1, step: int = -1) -> simpy.Event:
+        """Move `nbytes` from `src` to `dst` as a flow on the network; value: the Flow."""
+        if self.flows is None:
+            raise PlanError("network", None, "a transfer needs a network; give the pool one")
+        for d in (src, dst):
+            if d in self.gone:
+                event = self.env.event()
+                event.fail(DeviceGone(d, *self.gone[d]))
+                return event
+        flow = self.flows.transfer(src, dst, nbytes, label)
+        flow.callbacks.append(lambda ev: self.log.add(
+            ev.value.t_request, ev.value.t_end, "transfer", src, dst, label,
+            0.0, nbytes, request, step))
+        return flow
+
+    # -- memory ----------------------------------------------------------------
+
+    def allocate(self, device: str, nbytes: float, label: str = "", *,
+                 request: int = -1, step: int = -1) -> None:
+        """Hold `nbytes` on `device`; more than it has free raises CapacityError."""
+        used, capacity = self.memory_used[device], self.devices[device].memory
+        if used + nbytes > capacity:
+            raise CapacityError(device, nbytes, capacity - used, capacity, label)
+        self.memory_used[device] = used = used + nbytes
+        self.memory_peak[device] = max(self.memory_peak[device], used)
+        now = self.env.now
+        self.log.add(now, now, "alloc", device, "memory", label, 0.0, nbytes, request, step)
+
+    def free(self, device: str, nbytes: float, label: str = "", *,
+             request: int = -1, step: int = -1) -> None:
+        """Give back `nbytes` held on `device`."""
+        self.memory_used[device] -= nbytes
+        now = self.env.now
+        self.log.add(now, now, "alloc", device, "memory", label, 0.0, -nbytes, request, step)
+
+    # -- energy and batteries ----------------------------------------------------
+
+    def busy_time(self, device: str, unit: str) -> float:
+        """Seconds `unit` has run kernels so far, the running one included."""
+        u = self.units[device, unit]
+        return u.busy + (self.env.now - u.running.t_start if u.running else 0.0)
+
+    def energy(self, device: str) -> Energy:
+        """Joules used by `device` from t=0 until now (or until it left)."""
+        spec, now = self.devices[device], self.env.now
+        if device in self.gone:
+            now = min(now, self.gone[device][0])
+        compute = sum(unit.active_power * self.busy_time(device, name)
+                      for name, unit in spec.units.items())
+        radio = 0.0
+        if self.flows is not None:
+            tx, rx = self.flows.radio_time(device, now)
+            radio = spec.radio_tx_power * tx + spec.radio_rx_power * rx
+        return Energy(spec.idle_power * now, compute, radio)
+
+    def _wake(self) -> None:
+        """Something started: watch every battery until the whole pool is idle again.
+
+        A check at now + left / max_power can never be late (a device cannot drain
+        faster than its maximum power), and checks close in geometrically on the
+        empty instant. While nothing runs anywhere every device draws idle power,
+        so an empty instant inside an idle gap is found exactly on waking.
+        """
+        if self._watching:
+            return
+        self._watching = True
+        for device in self._batteries:
+            if device not in self.gone:
+                self._version[device] += 1
+                self._check(device, self._version[device], woke=True)
+
+    def _check(self, device: str, version: int, woke: bool = False) -> None:
+        if device in self.gone or version != self._version[device]:
+            return
+        spec = self.devices[device]
+        left = spec.battery - self.energy(device).total
+        if left <= _EMPTY * spec.battery:
+            at = self.env.now + left / spec.idle_power if woke and left < 0 else None
+            self.leave(device, "battery empty", at=at)
+            return
+        if not self._active():
+            self._watching = False
+            return
+        spec_max = device_power(spec, spec.units, True, True)
+        self._daemons += 1
+        timer = self.env.timeout(left / spec_max)
+        timer.callbacks.append(lambda _t: self._checked(device, version))
+
+    def _checked(self, device: str, version: int) -> None:
+        self._daemons -= 1
+        self._check(device, version)
+
+    def _active(self) -> bool:
+        return self._running > 0 or (self.flows is not None and self.flows.active > 0)
+
+    # -- the pool changes --------------------------------------------------------
+
+    def departure(self, device: str) -> simpy.Event:
+        """An event that succeeds (value: the reason) when `device` leaves the pool."""
+        return self._departures[device]
+
+    def leave(self, device: str, why: str, at: float | None = None) -> None:
+        """Take `device` out of the pool now; its running and queued kernels fail.
+
+        Every lost kernel is logged as `lost` and its event fails with DeviceGone,
+        so the process that waited for it decides whether to redo or report it.
+        `at` back-dates the record when the instant fell inside an idle gap.
+        """
+        if device in self.gone:
+            return
+        now = self.env.now
+        when = now if at is None else at
+        self.gone[device] = (when, why)
+        self.log.add(when, when, "leave", device, "", why)
+        error = DeviceGone(device, when, why)
+        for (d, _), u in self.units.items():
+            if d != device:
+                continue
+            jobs = ([u.running] if u.running else []) + [j for _, _, j in sorted(u.queue)]
+            if u.running is not None:
+                u.busy += now - u.running.t_start
+                self._running -= 1
+            u.running, u.queue = None, []
+            for job in jobs:
+                self.log.add(job.t_start if job.t_start >= 0 else now, now, "lost", device, u.name,
+                             job.label, job.flops, job.nbytes, job.request, job.step)
+                job.event.fail(error)
+        self._departures[device].succeed(why)
+
+    # -- running -----------------------------------------------------------------
+
+    @property
+    def now(self) -> float:
+        return self.env.now
+
+    def process(self, generator: Any) -> simpy.Process:
+        """Start a plain generator function's process on the clock."""
+        return self.env.process(generator)
+
+    def run(self, until: float | simpy.Event | None = None) -> None:
+        """Advance the clock until `until`, or until only battery checks are left."""
+        if until is not None:
+            self.env.run(until=until)
+            return
+        # simpy has no public queue length; battery checks must not extend a run.
+        while len(self.env._queue) > self._daemons:
+            self.env.step()

@@ -1,0 +1,320 @@
+"""Active flows on a simpy clock: latency, then max-min shared bandwidth (SimGrid's flow model).
+
+Owns the flow state (numpy arrays with slot reuse), the one pending wake-up, and the byte,
+busy-time and radio counters. Knows routes and bytes from hw/network.py and rates from
+hw/maxmin.py; knows nothing of layers, plans or energy (the engine reads radio time).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import simpy
+
+from simdl.errors import PlanError
+from simdl.hw.maxmin import max_min_hops
+from simdl.hw.network import Network, Route
+
+#: A flow is done when less than this fraction of its bytes is left: elapsed time is charged
+#: as rate x (t - t_last), and that float product rarely lands on the exact size.
+DONE_RTOL = 1e-9
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One finished transfer. t_start is when its bandwidth phase began (after latency and
+    overhead); t_end when its last byte arrived."""
+
+    src: str
+    dst: str
+    nbytes: float
+    t_request: float
+    t_start: float
+    t_end: float
+    route: Route
+    label: str = ""
+    tags: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Path:
+    route: Route
+    index: np.ndarray            # resource indices in route order, with multiplicity
+    crossings: tuple[int, ...]   # the same, as Python ints for the byte counters
+    unique: tuple[int, ...]      # each resource once, for the busy-time counters
+    tx: tuple[str, ...]          # nodes whose radio sends: source and relaying devices
+    rx: tuple[str, ...]          # nodes whose radio receives: destination and relays
+
+
+class Flows:
+    """Transfers over `network` on `env`. Rates are max-min fair over every resource the
+    active flows cross, recomputed (once per instant) whenever a flow starts or ends.
+
+    `on_record(flow)` is called as each transfer ends; `on_change(device)` (set by the
+    engine) after a device's radio_state flips, so radio energy can be charged up to now.
+    Wake-ups that went stale stay in simpy's queue (a timeout cannot be cancelled) and do
+    nothing when they fire, but they do advance env.now: measure makespans from records.
+    """
+
+    def __init__(self, env: simpy.Environment, network: Network,
+                 on_record: Callable[[Flow], None] | None = None):
+        self.env, self.network, self.on_record = env, network, on_record
+        self.on_change: Callable[[str], None] | None = None
+        self.recomputes = 0
+        self._index = {name: i for i, name in enumerate(network.capacity)}
+        self._capacity = np.fromiter(network.capacity.values(), dtype=np.float64)
+        n_res = len(self._index)
+        self._bytes, self._busy = [0.0] * n_res, [0.0] * n_res
+        self._crossing, self._since = [0] * n_res, [0.0] * n_res
+        nodes = list(network.graph.nodes)
+        self._sent, self._received = dict.fromkeys(nodes, 0.0), dict.fromkeys(nodes, 0.0)
+        self._radio_n = {n: [0, 0] for n in nodes}         # flows sending, receiving
+        self._radio_since = {n: [0.0, 0.0] for n in nodes}
+        self._radio_time = {n: [0.0, 0.0] for n in nodes}
+        self._paths: dict[tuple[str, str], _Path] = {}
+        self._waiting: dict[int, tuple] = {}                # transfer id -> latency phase
+        self._next_id = 0
+        # Bandwidth phase: one slot per active flow; freed slots are reused.
+        self._remaining = np.zeros(16)
+        self._size = np.zeros(16)
+        self._rate = np.zeros(16)                            # 0 in free slots
+        self._live = np.zeros(16, dtype=bool)
+        self._none = n_res                                  # "no hop" sentinel in _hops
+        self._hops = np.full((4, 16), n_res, dtype=np.intp)  # (L, slots) resource indices
+        self._info: list[tuple | None] = [None] * 16
+        self._free: list[int] = []
+        self._high = 0                                      # slots ever used
+        self._n_live = 0                                    # flows in their bandwidth phase
+        self._t = env.now                                   # remaining bytes are as of _t
+        self._version = 0                                   # of the one valid wake-up
+        self._pending = False                               # a recompute is queued for now
+
+    def transfer(self, src: str, dst: str, nbytes: float, label: str = "",
+                 **tags: Any) -> simpy.Event:
+        """An event that succeeds with the Flow when the last byte reaches dst. src == dst
+        costs nothing; a 0-byte transfer costs only latency and overhead."""
+        if not nbytes >= 0:
+            raise PlanError(f"transfer {src} -> {dst}.nbytes", nbytes, "must be >= 0 bytes")
+        path = self._path(src, dst)
+        event, now = self.env.event(), float(self.env.now)
+        if src == dst:
+            self._done(event, Flow(src, dst, float(nbytes), now, now, now, path.route, label, tags))
+            return event
+        key = self._next_id
+        self._next_id += 1
+        self._waiting[key] = (event, src, dst, float(nbytes), now, path, label, tags)
+        delay = path.route.latency + self.network.overhead
+        if delay > 0:
+            self.env.timeout(delay, key).callbacks.append(self._on_latency)
+        else:
+            self._begin(key)
+        return event
+
+    def _path(self, src: str, dst: str) -> _Path:
+        found = self._paths.get((src, dst))
+        if found is None:
+            route = self.network.route(src, dst)
+            index = [self._index[r] for r in route.resources]
+            kind = self.network.graph.nodes
+            relays = tuple(n for n in route.nodes[1:-1] if kind[n]["kind"] == "device")
+            found = self._paths[(src, dst)] = _Path(
+                route, np.array(index, dtype=np.intp), tuple(index), tuple(dict.fromkeys(index)),
+                (src, *relays), (dst, *relays))
+        return found
+
+    def _on_latency(self, timeout: simpy.Event) -> None:
+        self._begin(timeout.value)
+
+    def _begin(self, key: int) -> None:
+        item = self._waiting.pop(key, None)
+        if item is None:                                    # aborted during its latency
+            return
+        event, src, dst, nbytes, t_request, path, label, tags = item
+        now = float(self.env.now)
+        if nbytes == 0:
+            self._done(event, Flow(src, dst, 0.0, t_request, now, now, path.route, label, tags))
+            return
+        slot = self._slot(len(path.crossings))
+        self._hops[:, slot] = self._none
+        self._hops[:len(path.crossings), slot] = path.index
+        self._remaining[slot] = self._size[slot] = nbytes
+        self._rate[slot] = 0.0
+        self._live[slot] = True
+        self._n_live += 1
+        self._info[slot] = (key, event, src, dst, nbytes, t_request, now, path, label, tags)
+        for r in path.unique:
+            if self._crossing[r] == 0:
+                self._since[r] = now
+            self._crossing[r] += 1
+        self._radio(path, +1, now)
+        self._touch()
+
+    def _slot(self, width: int) -> int:
+        if width > len(self._hops):
+            more = np.full((width - len(self._hops), len(self._rate)), self._none, dtype=np.intp)
+            self._hops = np.vstack([self._hops, more])
+        if self._free:
+            return self._free.pop()
+        if self._high == len(self._rate):
+            n = 2 * len(self._rate)
+            for name in ("_remaining", "_size", "_rate", "_live"):
+                old = getattr(self, name)
+                new = np.zeros(n, dtype=old.dtype)
+                new[:len(old)] = old
+                setattr(self, name, new)
+            self._hops = np.hstack([self._hops, np.full_like(self._hops, self._none)])
+            self._info.extend([None] * (n - len(self._info)))
+        self._high += 1
+        return self._high - 1
+
+    def _touch(self) -> None:
+        # Coalesce every start and end at this instant into one recompute, queued behind
+        # the events already due now.
+        if not self._pending:
+            self._pending = True
+            self.env.timeout(0.0).callbacks.append(self._on_pending)
+
+    def _on_pending(self, _: simpy.Event) -> None:
+        self._pending = False
+        self._recompute()
+
+    def _wake(self, timeout: simpy.Event) -> None:
+        if timeout.value == self._version and not self._pending:
+            self._recompute()
+
+    def _advance(self, now: float) -> None:
+        """Charge the time since the last change at the rates that held during it."""
+        dt = now - self._t
+        if dt > 0:
+            high = self._high
+            self._remaining[:high] -= self._rate[:high] * dt
+        self._t = now
+
+    def _recompute(self) -> None:
+        now = self.env.now
+        self._advance(now)
+        self._version += 1
+        live = np.flatnonzero(self._live[:self._high])
+        if live.size == 0:
+            return
+        # Done: less than DONE_RTOL of its bytes left, or less than one clock tick away.
+        left = self._remaining[live]
+        done = left <= np.maximum(DONE_RTOL * self._size[live],
+                                  self._rate[live] * np.spacing(now))
+        if done.any():
+            for slot in sorted(live[done].tolist(), key=lambda s: self._info[s][0]):
+                self._end(slot, now)
+            live = np.flatnonzero(self._live[:self._high])   # callbacks may have changed it
+            if live.size == 0:
+                return
+            left = self._remaining[live]
+        rates = max_min_hops(np.take(self._hops, live, axis=1), self._capacity)
+        self.recomputes += 1
+        self._rate[live] = rates
+        wait = float((left / rates).min())
+        self.env.timeout(wait, self._version).callbacks.append(self._wake)
+
+    def _end(self, slot: int, now: float, moved: float | None = None) -> Flow:
+        """Free the slot and count its bytes; moved=None means all of them arrived."""
+        _, event, src, dst, nbytes, t_request, t_start, path, label, tags = self._info[slot]
+        self._info[slot] = None
+        self._live[slot] = False
+        self._n_live -= 1
+        self._rate[slot] = 0.0
+        self._free.append(slot)
+        count = nbytes if moved is None else moved
+        for r in path.crossings:
+            self._bytes[r] += count
+        for r in path.unique:
+            self._crossing[r] -= 1
+            if self._crossing[r] == 0:
+                self._busy[r] += now - self._since[r]
+        self._sent[src] += count
+        self._received[dst] += count
+        self._radio(path, -1, now)
+        flow = Flow(src, dst, count, t_request, t_start, now, path.route, label, tags)
+        if moved is None:
+            self._done(event, flow)
+        return flow
+
+    def _radio(self, path: _Path, delta: int, now: float) -> None:
+        flipped: dict[str, None] = {}
+        for side, nodes in ((0, path.tx), (1, path.rx)):
+            for node in nodes:
+                n = self._radio_n[node]
+                if delta > 0 and n[side] == 0:
+                    self._radio_since[node][side] = now
+                    flipped[node] = None
+                elif delta < 0 and n[side] == 1:
+                    self._radio_time[node][side] += now - self._radio_since[node][side]
+                    flipped[node] = None
+                n[side] += delta
+        if self.on_change is not None:
+            for node in flipped:
+                self.on_change(node)
+
+    def _done(self, event: simpy.Event, flow: Flow) -> None:
+        if self.on_record is not None:
+            self.on_record(flow)
+        event.succeed(flow)
+
+    def abort(self, device: str, exc: BaseException) -> list[Flow]:
+        """Fail every flow from, to or through `device` with `exc` (whoever waits on them
+        must handle it). Returns them as Flows ending now, nbytes = bytes delivered so far;
+        those bytes stay in the counters. on_record is not called for them."""
+        now = self.env.now
+        self._advance(now)
+        lost = []
+        for key, item in list(self._waiting.items()):
+            event, src, dst, _, t_request, path, label, tags = item
+            if device in path.route.nodes:
+                del self._waiting[key]
+                lost.append((key, event, Flow(src, dst, 0.0, t_request, now, now, path.route,
+                                              label, tags)))
+        for slot in np.flatnonzero(self._live[:self._high]).tolist():
+            key, event, nbytes, path = (self._info[slot][i] for i in (0, 1, 4, 7))
+            if device in path.route.nodes:
+                moved = min(nbytes, max(0.0, nbytes - float(self._remaining[slot])))
+                lost.append((key, event, self._end(slot, now, moved)))
+        lost.sort(key=lambda item: item[0])
+        for _, event, _ in lost:
+            event.fail(exc)
+        if lost:
+            self._touch()
+        return [flow for *_, flow in lost]
+
+    @property
+    def active(self) -> int:
+        """Flows in their bandwidth phase now."""
+        return self._n_live
+
+    def radio_state(self, device: str) -> tuple[bool, bool]:
+        """(sending, receiving): at least one flow of `device` is in its bandwidth phase."""
+        n = self._radio_n[device]
+        return n[0] > 0, n[1] > 0
+
+    def radio_time(self, device: str, now: float | None = None) -> tuple[float, float]:
+        """Seconds spent sending and receiving up to `now` (default env.now)."""
+        now = self.env.now if now is None else now
+        n, since, total = self._radio_n[device], self._radio_since[device], self._radio_time[device]
+        return (total[0] + (now - since[0] if n[0] else 0.0),
+                total[1] + (now - since[1] if n[1] else 0.0))
+
+    def link_stats(self) -> list[dict[str, Any]]:
+        """Per resource, in network order: bytes that crossed it (twice for a medium crossed
+        twice) and the time it carried at least one flow, up to env.now."""
+        now = self.env.now
+        return [{"resource": name, "bytes": self._bytes[i],
+                 "busy_time": self._busy[i] + (now - self._since[i] if self._crossing[i] else 0.0)}
+                for name, i in self._index.items()]
+
+    def device_stats(self) -> list[dict[str, Any]]:
+        """Per device: bytes sent and received as a flow's end, and radio seconds."""
+        rows = []
+        for device in self.network.devices:
+            tx, rx = self.radio_time(device)
+            rows.append({"device": device, "sent": self._sent[device],
+                         "received": self._received[device], "tx_time": tx, "rx_time": rx})
+        return rows

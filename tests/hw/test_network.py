@@ -1,0 +1,177 @@
+"""Routes, resources and capacities of the network and of every topology builder."""
+from dataclasses import dataclass, field
+
+import networkx as nx
+import pytest
+
+from simdl.errors import PlanError, ScenarioError, UnitError
+from simdl.hw import network as nw
+from simdl.hw.network import TOPOLOGIES, LinkSpec, Network
+
+
+@dataclass
+class Dev:
+    """Stand-in for DeviceSpec: the builders read only interfaces (and type)."""
+
+    interfaces: dict = field(default_factory=dict)
+    type: str = "phone"
+
+
+def pool():
+    return {
+        "phone0": Dev({"wifi": 50e6, "p2p": 30e6, "bluetooth": 1e5}),
+        "phone1": Dev({"wifi": 40e6, "p2p": 20e6, "bluetooth": 2e5}),
+        "tv": Dev({"wifi": 60e6, "ethernet": 100e6, "p2p": 25e6}, "tv"),
+        "pc": Dev({"wifi": 80e6, "ethernet": 125e6, "bluetooth": 2e5}, "pc"),
+        "watch": Dev({"bluetooth": 1.5e5}, "watch"),
+    }
+
+
+EXAMPLE_PARAMS = {
+    "links": {"links": [{"a": d, "b": "sw", "bandwidth": "100Mbps", "latency": "1ms"}
+                        for d in pool()]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(TOPOLOGIES))
+def test_every_topology_connects_a_small_pool_and_routes_all_pairs(name):
+    net = TOPOLOGIES[name](pool(), **EXAMPLE_PARAMS.get(name, {}))
+    assert net.devices == tuple(pool())
+    assert nx.is_connected(net.graph)
+    for src in net.devices:
+        for dst in net.devices:
+            route = net.route(src, dst)
+            assert route.nodes[0] == src and route.nodes[-1] == dst
+            assert all(r in net.capacity for r in route.resources)
+            assert route.latency >= 0
+
+
+def _triangle():
+    """a-b direct 10 ms; a-c 2 ms + c-b 3 ms = 5 ms; z alone."""
+    nodes = {"a": "device", "b": "device", "c": "switch", "z": "device"}
+    return Network(nodes, [LinkSpec("a", "b", 1e6, 0.010), LinkSpec("a", "c", 1e6, 0.002),
+                           LinkSpec("c", "b", 1e6, 0.003)])
+
+
+def test_the_route_has_the_lowest_total_latency_and_is_cached():
+    net = _triangle()
+    route = net.route("a", "b")
+    assert route.nodes == ("a", "c", "b")
+    assert route.resources == ("a>c", "c>b")
+    assert route.latency == 0.002 + 0.003
+    assert net.route("a", "b") is route
+    assert net.route("b", "a").nodes == ("b", "c", "a")
+
+
+def test_a_missing_route_names_both_devices():
+    with pytest.raises(PlanError, match=r"^network\.route: 'a -> z' is not valid; "
+                                        r"no route between a and z in this network$"):
+        _triangle().route("a", "z")
+    with pytest.raises(PlanError, match="'nobody' is not valid; not a node"):
+        _triangle().route("a", "nobody")
+
+
+def test_equal_latency_routes_are_broken_by_hops_then_node_names():
+    """a-x-d and a-w-d both take 2 ms; a-d direct also 2 ms wins on hops. Without the direct
+    link, w sorts before x."""
+    nodes = {"a": "device", "d": "device", "x": "switch", "w": "switch"}
+    square = [LinkSpec("a", "x", 1, 0.001), LinkSpec("x", "d", 1, 0.001),
+              LinkSpec("a", "w", 1, 0.001), LinkSpec("w", "d", 1, 0.001)]
+    assert Network(nodes, square).route("a", "d").nodes == ("a", "w", "d")
+    direct = Network(nodes, square + [LinkSpec("a", "d", 1, 0.002)])
+    assert direct.route("a", "d").nodes == ("a", "d")
+
+
+def test_a_medium_is_listed_once_per_hop_that_crosses_it():
+    net = nw.wifi_star(pool(), airtime="300Mbps", latency="2ms")
+    route = net.route("phone0", "phone1")
+    assert route.resources == ("phone0>ap", "ap.air", "ap>phone1", "ap.air")
+    assert route.latency == 0.004
+    assert net.capacity["ap.air"] == 300e6 / 8
+    assert net.capacity["phone1>ap"] == net.capacity["ap>phone1"] == 40e6
+    assert net.graph.nodes["ap"]["kind"] == "ap"
+
+
+def test_wifi_star_tethers_a_bluetooth_only_watch_to_the_first_bluetooth_device():
+    net = nw.wifi_star(pool())
+    route = net.route("watch", "tv")
+    assert route.nodes == ("watch", "phone0", "ap", "tv")
+    assert net.capacity["bluetooth:phone0-watch"] == 1e5          # min(1.5e5, 1e5)
+
+
+def test_a_device_with_no_usable_interface_is_refused():
+    with pytest.raises(ScenarioError, match=r"^devices\.toaster\.interfaces: \[\] is not valid"):
+        nw.wifi_star({"toaster": Dev({})})
+
+
+def test_home_wires_ethernet_devices_to_the_router_and_the_ap_hangs_off_it():
+    """phone0 -> tv: Wi-Fi 1 ms, AP-router 50 us, router-tv 50 us; the tv port is its own
+    100 MB/s goodput, below the 941 Mbps port."""
+    net = nw.home(pool())
+    route = net.route("phone0", "tv")
+    assert route.nodes == ("phone0", "ap", "router", "tv")
+    assert route.resources == ("phone0>ap", "ap.air", "ap>router", "router>tv")
+    assert route.latency == 0.001 + 50e-6 + 50e-6
+    assert net.capacity["router>tv"] == 100e6
+    assert net.capacity["router>pc"] == 941e6 / 8
+
+
+def test_edge_attaches_the_edge_server_by_fibre_to_the_home_router():
+    devices = pool() | {"edge0": Dev({"ethernet": 1.25e9}, "edge")}
+    net = nw.edge(devices, uplink="1Gbps", uplink_latency="2ms")
+    route = net.route("phone0", "edge0")
+    assert route.nodes == ("phone0", "ap", "router", "edge0")
+    assert net.graph.edges["router", "edge0"]["link"].kind == "fibre"
+    assert net.capacity["router>edge0"] == 1e9 / 8
+    with pytest.raises(ScenarioError, match=r"^network\.edge_device: 'nas'"):
+        nw.edge(devices, edge_device="nas")
+
+
+def test_cloud_wan_is_asymmetric_with_tens_of_ms_latency():
+    """5G preset: 30 Mbps up, 150 Mbps down, 25 ms one way; broadband 100 / 500 Mbps, 10 ms."""
+    devices = pool() | {"cloud0": Dev({"ethernet": 1.25e9}, "cloud")}
+    net = nw.cloud(devices)
+    assert net.capacity["router>cloud0"] == 30e6 / 8
+    assert net.capacity["cloud0>router"] == 150e6 / 8
+    assert net.graph.edges["router", "cloud0"]["link"].latency == 0.025
+    wired = nw.cloud(devices, wan="broadband", up="200Mbps")
+    assert (wired.capacity["router>cloud0"], wired.capacity["cloud0>router"]) == (25e6, 62.5e6)
+    with pytest.raises(ScenarioError, match="choose one of: 5g, broadband"):
+        nw.cloud(devices, wan="dialup")
+
+
+def test_p2p_mesh_prefers_wifi_direct_and_gives_each_link_its_own_medium():
+    net = nw.p2p_mesh(pool())
+    link = net.graph.edges["phone0", "phone1"]["link"]
+    assert (link.kind, link.medium, link.bandwidth) == ("p2p", "p2p:phone0-phone1", 20e6)
+    assert net.capacity["p2p:phone0-phone1"] == 20e6
+    assert net.graph.edges["phone0", "pc"]["link"].kind == "bluetooth"
+    assert net.route("tv", "pc").nodes in {("tv", "phone0", "pc"), ("tv", "phone1", "pc")}
+    with pytest.raises(ScenarioError, match=r"network\.pairs\[0\]: 'tv-watch'"):
+        nw.p2p_mesh(pool(), pairs=[("tv", "watch")])
+
+
+def test_explicit_links_take_unit_strings_and_a_medium_defaults_to_its_widest_link():
+    net = nw.links({"a": Dev(), "b": Dev()}, links=[
+        {"a": "a", "b": "ap", "bandwidth": "80Mbps", "latency": "3ms", "kind": "wifi",
+         "medium": "air"},
+        {"a": "b", "b": "ap", "bandwidth": "40Mbps", "medium": "air"},
+    ], nodes={"ap": "ap"}, overhead="1ms")
+    assert net.capacity["air"] == 10e6
+    assert net.graph.nodes["ap"]["kind"] == "ap"
+    assert net.overhead == 0.001
+    assert net.route("a", "b").latency == 0.003
+    with pytest.raises(ScenarioError, match=r"network\.links\[0\]\.speed"):
+        nw.links({"a": Dev()}, links=[{"a": "a", "b": "s", "speed": 1}])
+
+
+def test_bad_units_and_bad_links_name_the_field():
+    with pytest.raises(UnitError, match=r"^network\.airtime: '300 parsecs'"):
+        nw.wifi_star(pool(), airtime="300 parsecs")
+    with pytest.raises(ScenarioError, match=r"network\.links\[0\]\.bandwidth: 0"):
+        Network({"a": "device", "b": "device"}, [LinkSpec("a", "b", 0, 0.0)])
+
+
+def test_unknown_topology_lists_the_choices():
+    with pytest.raises(ScenarioError, match="choose one of: cloud, edge, home, links, p2p_mesh"):
+        nw.get("wifistar")
