@@ -7,6 +7,7 @@ on the same 1,000-flow snapshot, in the same process, since machines are shared 
 from __future__ import annotations
 
 import importlib.util
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -112,9 +113,17 @@ def solvers() -> list[tuple[str, float, float, float]]:
     return rows
 
 
+def machine() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
+                 platform.machine())
+    return (f"{model}, {os.cpu_count()} cores, numpy {np.__version__}, "
+            f"python {platform.python_version()}")
+
+
 def main() -> None:
-    print(f"machine: {platform.processor() or platform.machine()}, numpy {np.__version__}, "
-          f"python {platform.python_version()}")
+    print(f"machine: {machine()}")
     sim = simulate()
     print(f"simulation: {DEVICES} devices on one AP, {TRANSFERS} transfers, "
           f"peak {sim['peak']} flows in flight, simulated {sim['sim_end']:.1f} s")

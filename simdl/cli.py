@@ -35,18 +35,25 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.results) / result.scenario.name / new_run_id(
         Path(args.results) / result.scenario.name)
     result.write(out)
-    print(format_table(result.comparison, HEADLINE))
+    _print_comparison(result)
     print(f"\nresults: {out}")
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
     result = _execute(args)
-    print(format_table(result.comparison, HEADLINE))
+    _print_comparison(result)
     if args.csv:
         from simdl.report.store import write_csv
         write_csv(result.comparison, Path(args.csv))
     return 0
+
+
+def _print_comparison(result: api.Run) -> None:
+    print(f"{result.scenario.name} (seed {result.scenario.seed}), "
+          f"{result.scenario.workload.requests} requests per strategy\n")
+    columns = [c for c in HEADLINE if c not in ("scenario", "seed")]
+    print(format_table(result.comparison, columns))
 
 
 def _execute(args: argparse.Namespace) -> api.Run:
@@ -54,7 +61,7 @@ def _execute(args: argparse.Namespace) -> api.Run:
     chosen = api.selected(scenario, getattr(args, "strategy", None))
     total = scenario.workload.requests * len(chosen)
     with tqdm(total=total, unit="req", delay=0.5, leave=False, file=sys.stderr,
-              desc=scenario.name) as bar:
+              desc=scenario.name, disable=None) as bar:
         return api.run(scenario, getattr(args, "strategy", None),
                        timing_only=args.timing_only, progress=bar.update)
 

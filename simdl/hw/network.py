@@ -265,75 +265,88 @@ def wifi_star(devices: Devices, airtime: Quantity = WIFI6_AIRTIME,
     return parts.build(overhead)
 
 
-def _home(parts: _Parts, devices: Devices, names: Sequence[str], airtime: Quantity,
-          wifi_latency: Quantity, ethernet: Quantity, ethernet_latency: Quantity) -> None:
+def _pick(devices: Devices, name: str | None, prefix: str, param: str) -> str | None:
+    if name is not None:
+        if name not in devices:
+            raise ScenarioError(f"network.{param}", name,
+                                f"name a device of the pool: {', '.join(devices)}")
+        return name
+    return next((d for d, s in devices.items()
+                 if str(getattr(s, "type", "")).startswith(prefix)), None)
+
+
+def _site(devices: Devices, *, edge_device: str | None = None, cloud_device: str | None = None,
+          need: str = "", uplink: Quantity = FIBRE, uplink_latency: Quantity = FIBRE_LATENCY,
+          wan: str = "broadband", up: Quantity | None = None, down: Quantity | None = None,
+          wan_latency: Quantity | None = None, airtime: Quantity = WIFI6_AIRTIME,
+          wifi_latency: Quantity = WIFI_LATENCY, ethernet: Quantity = ETHERNET,
+          ethernet_latency: Quantity = ETHERNET_LATENCY, overhead: Quantity = OVERHEAD) -> Network:
+    """The home LAN behind "router", plus the edge device by fibre and the cloud device by
+    WAN, each where the pool has one (or a non-device stand-in node if `need` names it)."""
+    if wan not in WAN:
+        raise ScenarioError("network.wan", wan, f"choose one of: {', '.join(sorted(WAN))}")
+    edge_at = _pick(devices, edge_device, "edge", "edge_device")
+    cloud_at = _pick(devices, cloud_device, "cloud", "cloud_device")
+    if cloud_at is not None and cloud_at == edge_at:
+        raise ScenarioError("network.cloud_device", cloud_at, "must not be the edge device")
+    parts = _Parts(devices)
     parts.nodes["router"] = "router"
     port, port_latency = _bw(ethernet, "ethernet"), _time(ethernet_latency, "ethernet_latency")
-    _lan(parts, devices, names, _bw(airtime, "airtime"), _time(wifi_latency, "wifi_latency"),
-         "router", port, port_latency)
+    _lan(parts, devices, [d for d in devices if d not in (edge_at, cloud_at)],
+         _bw(airtime, "airtime"), _time(wifi_latency, "wifi_latency"), "router", port,
+         port_latency)
     parts.links.append(LinkSpec("ap", "router", port, port_latency, "ethernet"))
+    if edge_at is None and need == "edge":
+        edge_at = parts.nodes.setdefault("edge", "edge")
+    if edge_at is not None:
+        bw = _bw(uplink, "uplink")
+        if edge_at in devices and _has(devices[edge_at], "ethernet"):
+            bw = min(bw, devices[edge_at].interfaces["ethernet"])
+        parts.links.append(LinkSpec("router", edge_at, bw,
+                                    _time(uplink_latency, "uplink_latency"), "fibre"))
+    if cloud_at is None and need == "cloud":
+        cloud_at = parts.nodes.setdefault("cloud", "cloud")
+    if cloud_at is not None:
+        preset = WAN[wan]
+        parts.links.append(LinkSpec(
+            "router", cloud_at, _bw(preset["up"] if up is None else up, "up"),
+            _time(preset["latency"] if wan_latency is None else wan_latency, "wan_latency"),
+            preset["kind"], None, _bw(preset["down"] if down is None else down, "down")))
+    return parts.build(overhead)
 
 
 def home(devices: Devices, airtime: Quantity = WIFI6_AIRTIME,
          wifi_latency: Quantity = WIFI_LATENCY, ethernet: Quantity = ETHERNET,
          ethernet_latency: Quantity = ETHERNET_LATENCY, overhead: Quantity = OVERHEAD) -> Network:
     """A home: devices with Ethernet (PC, TV, hub) wired to the "router" (a switching
-    router), the rest on the Wi-Fi AP "ap", which hangs off the router by Ethernet."""
-    parts = _Parts(devices)
-    _home(parts, devices, list(devices), airtime, wifi_latency, ethernet, ethernet_latency)
-    return parts.build(overhead)
-
-
-def _pick(devices: Devices, name: str | None, types: tuple[str, ...], param: str) -> str | None:
-    if name is not None:
-        if name not in devices:
-            raise ScenarioError(f"network.{param}", name,
-                                f"name a device of the pool: {', '.join(devices)}")
-        return name
-    return next((d for d, s in devices.items() if getattr(s, "type", None) in types), None)
+    router), the rest on the Wi-Fi AP "ap", which hangs off the router by Ethernet. An
+    edge-type device in the pool is reached by fibre, a cloud-type one by broadband, as in
+    `edge` and `cloud` with their defaults."""
+    return _site(devices, airtime=airtime, wifi_latency=wifi_latency, ethernet=ethernet,
+                 ethernet_latency=ethernet_latency, overhead=overhead)
 
 
 def edge(devices: Devices, edge_device: str | None = None, uplink: Quantity = FIBRE,
          uplink_latency: Quantity = FIBRE_LATENCY, airtime: Quantity = WIFI6_AIRTIME,
          wifi_latency: Quantity = WIFI_LATENCY, overhead: Quantity = OVERHEAD) -> Network:
-    """The home LAN plus a fibre uplink from the router to an edge server: `edge_device`,
-    else the first device of type "edge" or "server", else a non-device node "edge"."""
-    server = _pick(devices, edge_device, ("edge", "server"), "edge_device")
-    parts = _Parts(devices)
-    others = [d for d in devices if d != server]
-    _home(parts, devices, others, airtime, wifi_latency, ETHERNET, ETHERNET_LATENCY)
-    bw = _bw(uplink, "uplink")
-    if server is None:
-        server = parts.nodes.setdefault("edge", "edge")
-    elif _has(devices[server], "ethernet"):
-        bw = min(bw, devices[server].interfaces["ethernet"])
-    parts.links.append(LinkSpec("router", server, bw, _time(uplink_latency, "uplink_latency"),
-                                "fibre"))
-    return parts.build(overhead)
+    """The home plus a fibre uplink from the router to the edge server: `edge_device`,
+    else the first device whose type starts with "edge", else a non-device node "edge"."""
+    return _site(devices, edge_device=edge_device, need="edge", uplink=uplink,
+                 uplink_latency=uplink_latency, airtime=airtime, wifi_latency=wifi_latency,
+                 overhead=overhead)
 
 
 def cloud(devices: Devices, cloud_device: str | None = None,
-          wan: Literal["5g", "broadband"] = "5g", up: Quantity | None = None,
+          wan: Literal["5g", "broadband"] = "broadband", up: Quantity | None = None,
           down: Quantity | None = None, wan_latency: Quantity | None = None,
           airtime: Quantity = WIFI6_AIRTIME, wifi_latency: Quantity = WIFI_LATENCY,
           overhead: Quantity = OVERHEAD) -> Network:
-    """The home LAN plus a WAN (5G or broadband) from the router to the cloud: `up` is
+    """The home plus a WAN (broadband or 5G) from the router to the cloud: `up` is
     home->cloud, `down` cloud->home (preset by `wan`). The cloud is `cloud_device`, else the
-    first device of type "cloud", else a non-device node "cloud"."""
-    if wan not in WAN:
-        raise ScenarioError("network.wan", wan, f"choose one of: {', '.join(sorted(WAN))}")
-    preset = WAN[wan]
-    server = _pick(devices, cloud_device, ("cloud",), "cloud_device")
-    parts = _Parts(devices)
-    _home(parts, devices, [d for d in devices if d != server], airtime, wifi_latency,
-          ETHERNET, ETHERNET_LATENCY)
-    if server is None:
-        server = parts.nodes.setdefault("cloud", "cloud")
-    parts.links.append(LinkSpec(
-        "router", server, _bw(preset["up"] if up is None else up, "up"),
-        _time(preset["latency"] if wan_latency is None else wan_latency, "wan_latency"),
-        preset["kind"], None, _bw(preset["down"] if down is None else down, "down")))
-    return parts.build(overhead)
+    first device whose type starts with "cloud", else a non-device node "cloud"."""
+    return _site(devices, cloud_device=cloud_device, need="cloud", wan=wan, up=up, down=down,
+                 wan_latency=wan_latency, airtime=airtime, wifi_latency=wifi_latency,
+                 overhead=overhead)
 
 
 def p2p_mesh(devices: Devices, pairs: Sequence[tuple[str, str]] | None = None,

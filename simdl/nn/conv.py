@@ -1,12 +1,14 @@
 """Image kernels on NCHW tensors: Conv2d (grouped, depthwise) and the pools.
 
 Conv2d is im2col + GEMM, run over the batch in chunks so the column buffer
-stays cache-sized and is reused; the GEMM writes NCHW output directly.
+stays cache-sized and is reused; with stride 1 its dx is the same kernel run
+on dy (a transposed convolution) instead of a col2im scatter.
 Knows numpy and `core`; knows nothing of devices, time or composite layers.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -36,6 +38,100 @@ def windows(xp: np.ndarray, k: int, s: int, oh: int, ow: int) -> np.ndarray:
                       (sn, sc, sh, sw, sh * s, sw * s), writeable=False)
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """One correlation's shapes: C channels in k x k windows, stride s, padding p, g groups.
+
+    Wq is the GEMM's row length: Wp with stride 1 (each GEMM row is then one
+    contiguous slab of the padded image, with Wp - OW junk columns per output
+    row cropped after the GEMM), OW otherwise. `chunk` samples share a GEMM.
+    """
+
+    c: int
+    k: int
+    s: int
+    p: int
+    g: int
+    h: int
+    w: int
+    oh: int
+    ow: int
+    wp: int
+    wq: int
+    chunk: int
+
+    @staticmethod
+    def of(shape: Shape, k: int, s: int, p: int, g: int) -> Geometry:
+        n, c, h, w = shape
+        oh, ow = out_size(h, k, s, p), out_size(w, k, s, p)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"Conv2d: input {h}x{w} is smaller than kernel {k} with padding {p}")
+        wp = w + 2 * p
+        wq = wp if s == 1 else ow
+        # Samples per chunk: enough GEMM columns to be fat, few enough to stay in cache.
+        per_sample = oh * wq
+        chunk = max(COL_BUDGET // (c * k * k * per_sample), -(-MIN_GEMM_COLS // per_sample))
+        return Geometry(c, k, s, p, g, h, w, oh, ow, wp, wq, max(1, min(n, chunk)))
+
+    def direct(self, m: int) -> bool:
+        """A 1x1, stride-1, unpadded conv of one sample: x itself is the GEMM operand."""
+        return m == 1 and self.k == 1 and self.s == 1 and self.p == 0
+
+    def scratch(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """Per-call buffers every chunk reuses: padded images (+ a spare zero row), columns."""
+        pad = np.zeros((self.chunk, self.c, self.h + 2 * self.p + 1, self.wp), dtype)
+        return pad, np.empty(self.c * self.k * self.k * self.chunk * self.oh * self.wq, dtype)
+
+    def columns(self, x: np.ndarray, pad: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """im2col of a chunk x (m, C, H, W) -> (g, C/g*k*k, m*OH*Wq), one copy into `cols`."""
+        m = x.shape[0]
+        if self.direct(m):
+            return x.reshape(self.g, -1, self.h * self.w)
+        p, k, s = self.p, self.k, self.s
+        pad = pad[:m]
+        pad[:, :, p:p + self.h, p:p + self.w] = x        # borders and spare row stay zero
+        sm, sc, sh, sw = pad.strides
+        # [c, i, j, n, a, b] = pad[n, c, s a + i, s b + j]: rows of the GEMM are (c, i, j).
+        win = as_strided(pad, (self.c, k, k, m, self.oh, self.wq),
+                         (sc, sh, sw, sm, sh * s, sw * s), writeable=False)
+        out = cols[:win.size].reshape(win.shape)
+        np.copyto(out, win)
+        return out.reshape(self.g, -1, m * self.oh * self.wq)
+
+
+def correlate(x: np.ndarray, w: np.ndarray, stride: int, padding: int, groups: int,
+              b: np.ndarray | None = None) -> np.ndarray:
+    """Grouped 2-D cross-correlation, x (N, C, H, W) * w (O, C/g, k, k) (+ b) -> (N, O, OH, OW).
+
+    im2col + one GEMM per batch chunk (batched over groups); the output needs
+    no transpose when a chunk is one sample.
+    """
+    n, o, k = x.shape[0], w.shape[0], w.shape[2]
+    geo = Geometry.of(x.shape, k, stride, padding, groups)
+    oh, ow, wq = geo.oh, geo.ow, geo.wq
+    w3 = w.reshape(groups, o // groups, -1)                  # (g, O/g, C/g*k*k)
+    dtype = np.result_type(x, w)
+    y = np.empty((n, o, oh, ow), dtype)
+    pad, cols = geo.scratch(dtype)
+    bias = None if b is None else b[:, None, None]
+    for n0 in range(0, n, geo.chunk):
+        xc = x[n0:n0 + geo.chunk]
+        m = xc.shape[0]
+        a = geo.columns(xc, pad, cols)                       # (g, C/g*k*k, m*OH*Wq)
+        if m == 1 and wq == ow:                              # GEMM straight into y
+            np.matmul(w3, a, out=y[n0].reshape(w3.shape[0], w3.shape[1], oh * ow))
+            if bias is not None:
+                y[n0] += bias
+            continue
+        # (O, m, OH, Wq) -> crop junk columns, move m first, add bias: one pass.
+        out = np.matmul(w3, a).reshape(o, m, oh, wq)[..., :ow].transpose(1, 0, 2, 3)
+        if bias is None:
+            y[n0:n0 + m] = out
+        else:
+            np.add(out, bias, out=y[n0:n0 + m])
+    return y
+
+
 class Conv2d(Layer):
     """2-D convolution (cross-correlation, as in every DL framework), NCHW.
 
@@ -44,11 +140,6 @@ class Conv2d(Layer):
     groups = C_in = C_out is depthwise. W is He-normal over fan-in C_in/groups*k*k.
     Caches only x; backward rebuilds the columns (one copy) rather than keeping
     k*k times the input alive.
-
-    Layout: the padded chunk gets one spare zero row per plane. With stride 1
-    each GEMM row is then a contiguous slab of the padded image, OH*Wp long
-    (Wp - OW junk columns per output row, cropped after the GEMM), so im2col is
-    k*k*C memcpy-speed copies instead of k*k*C*OH short ones.
     """
 
     def __init__(self, c_in: int, c_out: int, k: int, rng: np.random.Generator, stride: int = 1,
@@ -64,125 +155,73 @@ class Conv2d(Layer):
             self.params["b"] = np.zeros(c_out, DTYPE)
         self._init_grads()
 
-    def _plan(self, shape: Shape) -> tuple[int, int, int, int, int]:
-        """(OH, OW, Wq, chunk, Wp): Wq is the GEMM's row length (Wp with stride 1, else OW)."""
-        _, c, h, w = shape
-        if c != self.c_in:
-            raise ValueError(f"Conv2d: input has {c} channels, layer expects {self.c_in}")
-        oh = out_size(h, self.k, self.stride, self.padding)
-        ow = out_size(w, self.k, self.stride, self.padding)
-        if oh < 1 or ow < 1:
-            raise ValueError(f"Conv2d: input {h}x{w} is smaller than kernel {self.k} "
-                             f"with padding {self.padding}")
-        wp = w + 2 * self.padding
-        wq = wp if self.stride == 1 else ow
-        # Samples per chunk: enough GEMM columns to be fat, few enough to stay in cache.
-        per_sample = oh * wq
-        chunk = max(COL_BUDGET // (c * self.k * self.k * per_sample), -(-MIN_GEMM_COLS // per_sample))
-        return oh, ow, wq, max(1, min(shape[0], chunk)), wp
-
-    def _direct(self, m: int) -> bool:
-        """A 1x1, stride-1, unpadded conv of one sample: x itself is the GEMM operand."""
-        return m == 1 and self.k == 1 and self.stride == 1 and self.padding == 0
-
-    def _columns(self, x: np.ndarray, pad: np.ndarray, cols: np.ndarray, oh: int,
-                 wq: int) -> np.ndarray:
-        """im2col of a chunk x (m, C, H, W) -> (groups, C/groups*k*k, m*OH*Wq), one copy."""
-        m, c, h, w = x.shape
-        if self._direct(m):
-            return x.reshape(self.groups, -1, h * w)
-        p, k, s = self.padding, self.k, self.stride
-        pad = pad[:m]
-        pad[:, :, p:p + h, p:p + w] = x           # borders and spare row stay zero
-        sm, sc, sh, sw = pad.strides
-        # [c, i, j, n, a, b] = pad[n, c, s a + i, s b + j]: rows of the GEMM are (c, i, j).
-        win = as_strided(pad, (c, k, k, m, oh, wq), (sc, sh, sw, sm, sh * s, sw * s),
-                         writeable=False)
-        out = cols[:win.size].reshape(win.shape)
-        np.copyto(out, win)
-        return out.reshape(self.groups, -1, m * oh * wq)
-
-    def _scratch(self, x: np.ndarray, chunk: int, wp: int, wq: int, oh: int,
-                 dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-        """Per-call buffers reused by every chunk: the padded images and the columns."""
-        h = x.shape[2] + 2 * self.padding + 1                   # + the spare zero row
-        pad = np.zeros((chunk, self.c_in, h, wp), dtype)
-        cols = np.empty(self.c_in * self.k * self.k * chunk * oh * wq, dtype)
-        return pad, cols
+    def _geometry(self, shape: Shape) -> Geometry:
+        if len(shape) != 4 or shape[1] != self.c_in:
+            raise ValueError(f"Conv2d: input {tuple(shape)} is not (N, {self.c_in}, H, W)")
+        return Geometry.of(shape, self.k, self.stride, self.padding, self.groups)
 
     def forward(self, x: np.ndarray, train: bool = False) -> tuple[np.ndarray, Cache]:
-        n = x.shape[0]
-        oh, ow, wq, chunk, wp = self._plan(x.shape)
-        wt = self.params["W"]
-        g, og = self.groups, self.c_out // self.groups
-        w3 = wt.reshape(g, og, -1)                              # (g, C_out/g, C_in/g*k*k)
-        dtype = np.result_type(x, wt)
-        y = np.empty((n, self.c_out, oh, ow), dtype)
-        pad, cols = self._scratch(x, chunk, wp, wq, oh, dtype)
-        b = self.params["b"][:, None, None] if "b" in self.params else None
-        for n0 in range(0, n, chunk):
-            xc = x[n0:n0 + chunk]
-            m = xc.shape[0]
-            a = self._columns(xc, pad, cols, oh, wq)            # (g, C_in/g*k*k, m*OH*Wq)
-            if m == 1 and wq == ow:                             # GEMM straight into y
-                np.matmul(w3, a, out=y[n0].reshape(g, og, oh * ow))
-                if b is not None:
-                    y[n0] += b
-                continue
-            # (C_out, m, OH, Wq) -> crop junk columns, move m first, add bias: one pass.
-            out = np.matmul(w3, a).reshape(self.c_out, m, oh, wq)[..., :ow].transpose(1, 0, 2, 3)
-            if b is None:
-                y[n0:n0 + m] = out
-            else:
-                np.add(out, b, out=y[n0:n0 + m])
-        return y, x
+        self._geometry(x.shape)
+        return correlate(x, self.params["W"], self.stride, self.padding, self.groups,
+                         self.params.get("b")), x
 
     def backward(self, dy: np.ndarray, cache: Cache) -> np.ndarray:
         x = cache
-        n, _, h, w = x.shape
-        oh, ow, wq, chunk, wp = self._plan(x.shape)
-        k, s, p = self.k, self.stride, self.padding
+        geo = self._geometry(x.shape)
         wt = self.params["W"]
-        g, og = self.groups, self.c_out // self.groups
-        w3t = wt.reshape(g, og, -1).transpose(0, 2, 1)          # (g, C_in/g*k*k, C_out/g)
+        g, og, k, p = self.groups, self.c_out // self.groups, self.k, self.padding
+        # With stride 1, dx is a correlation of dy (padded k-1-p) with W flipped in
+        # space and with in/out channels swapped per group: no col2im scatter.
+        transposed = self.stride == 1 and p <= k - 1
         dtype = np.result_type(x, wt, dy)
-        pad, cols = self._scratch(x, chunk, wp, wq, oh, dtype)
-        dyq = np.zeros(self.c_out * chunk * oh * wq, dtype)     # junk columns stay zero
-        dw = np.zeros((g, og, w3t.shape[1]), dtype)
-        dx = np.empty(x.shape, dtype)
-        for n0 in range(0, n, chunk):
-            xc = x[n0:n0 + chunk]
+        pad, cols = geo.scratch(dtype)
+        m_max, oh, ow, wq = geo.chunk, geo.oh, geo.ow, geo.wq
+        dyq = np.zeros(self.c_out * m_max * oh * wq, dtype)     # junk columns stay zero
+        dw = np.zeros((g, og, wt[0].size), dtype)
+        dx = None if transposed else np.empty(x.shape, dtype)
+        for n0 in range(0, x.shape[0], m_max):
+            xc = x[n0:n0 + m_max]
             m = xc.shape[0]
-            a = self._columns(xc, pad, cols, oh, wq)
+            a = geo.columns(xc, pad, cols)                      # (g, C_in/g*k*k, m*OH*Wq)
             d = dyq[:self.c_out * m * oh * wq].reshape(self.c_out, m, oh, wq)
             d[..., :ow] = dy[n0:n0 + m].transpose(1, 0, 2, 3)
             d = d.reshape(g, og, m * oh * wq)
             dw += d @ a.transpose(0, 2, 1)                      # (g, C_out/g, C_in/g*k*k)
-            da = np.matmul(w3t, d).reshape(self.c_in, k, k, m, oh, wq)
-            if self._direct(m):
-                dx[n0] = da.reshape(x.shape[1:])
-                continue
-            # col2im: each kernel offset (i, j) adds its slab back where _columns read it.
-            dpad = np.zeros((self.c_in, m, h + 2 * p + 1, wp), dtype)
-            sc, sm, sh, sw = dpad.strides
-            flat = dpad.reshape(-1)
-            for i in range(k):
-                for j in range(k):
-                    view = as_strided(flat[i * wp + j:], (self.c_in, m, oh, wq),
-                                      (sc, sm, sh * s, sw * s))
-                    view += da[:, i, j]
-            dx[n0:n0 + m] = dpad[:, :, p:p + h, p:p + w].transpose(1, 0, 2, 3)
+            if dx is not None:
+                dx[n0:n0 + m] = self._col2im(geo, np.matmul(wt.reshape(g, og, -1)
+                                                            .transpose(0, 2, 1), d), m)
         self.grads["W"] += dw.reshape(wt.shape)
         if "b" in self.params:
             self.grads["b"] += dy.sum(axis=(0, 2, 3))
+        if dx is None:
+            cg = self.c_in // g
+            wf = wt.reshape(g, og, cg, k, k).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+            dx = correlate(dy, wf.reshape(self.c_in, og, k, k), 1, k - 1 - p, g)
         return dx
 
+    def _col2im(self, geo: Geometry, da: np.ndarray, m: int) -> np.ndarray:
+        """Adjoint of Geometry.columns: (g, C/g*k*k, m*OH*Wq) -> (m, C, H, W).
+
+        Each kernel offset (i, j) adds its slab back where the columns were read.
+        """
+        k, s, p, wp = self.k, self.stride, self.padding, geo.wp
+        da = da.reshape(self.c_in, k, k, m, geo.oh, geo.wq)
+        dpad = np.zeros((self.c_in, m, geo.h + 2 * p + 1, wp), da.dtype)
+        sc, sm, sh, sw = dpad.strides
+        flat = dpad.reshape(-1)
+        for i in range(k):
+            for j in range(k):
+                view = as_strided(flat[i * wp + j:], (self.c_in, m, geo.oh, geo.wq),
+                                  (sc, sm, sh * s, sw * s))
+                view += da[:, i, j]
+        return dpad[:, :, p:p + geo.h, p:p + geo.w].transpose(1, 0, 2, 3)
+
     def cost(self, in_shape: Shape) -> Cost:
-        oh, ow = self._plan(in_shape)[:2]
+        geo = self._geometry(in_shape)
         n = in_shape[0]
-        out = (n, self.c_out, oh, ow)
+        out = (n, self.c_out, geo.oh, geo.ow)
         # One multiply-add (2 FLOPs) per weight per output pixel; backward is dW and dx.
-        fwd = 2 * n * self.c_out * (self.c_in // self.groups) * self.k ** 2 * oh * ow
+        fwd = 2 * n * self.c_out * (self.c_in // self.groups) * self.k ** 2 * geo.oh * geo.ow
         return kernel_cost(in_shape, out, fwd, 2 * fwd, self.params, saved_bytes=nbytes(in_shape))
 
 

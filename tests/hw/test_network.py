@@ -117,25 +117,32 @@ def test_home_wires_ethernet_devices_to_the_router_and_the_ap_hangs_off_it():
 
 
 def test_edge_attaches_the_edge_server_by_fibre_to_the_home_router():
-    devices = pool() | {"edge0": Dev({"ethernet": 1.25e9}, "edge")}
+    devices = pool() | {"edge0": Dev({"ethernet": 1.25e9}, "edge_server")}
     net = nw.edge(devices, uplink="1Gbps", uplink_latency="2ms")
     route = net.route("phone0", "edge0")
     assert route.nodes == ("phone0", "ap", "router", "edge0")
     assert net.graph.edges["router", "edge0"]["link"].kind == "fibre"
     assert net.capacity["router>edge0"] == 1e9 / 8
+    assert nw.home(devices).route("tv", "edge0").nodes == ("tv", "router", "edge0")
     with pytest.raises(ScenarioError, match=r"^network\.edge_device: 'nas'"):
         nw.edge(devices, edge_device="nas")
 
 
+def test_without_an_edge_device_the_uplink_ends_at_a_stand_in_node():
+    net = nw.edge(pool())
+    assert net.graph.nodes["edge"]["kind"] == "edge" and "edge" not in net.devices
+
+
 def test_cloud_wan_is_asymmetric_with_tens_of_ms_latency():
     """5G preset: 30 Mbps up, 150 Mbps down, 25 ms one way; broadband 100 / 500 Mbps, 10 ms."""
-    devices = pool() | {"cloud0": Dev({"ethernet": 1.25e9}, "cloud")}
-    net = nw.cloud(devices)
-    assert net.capacity["router>cloud0"] == 30e6 / 8
-    assert net.capacity["cloud0>router"] == 150e6 / 8
-    assert net.graph.edges["router", "cloud0"]["link"].latency == 0.025
-    wired = nw.cloud(devices, wan="broadband", up="200Mbps")
-    assert (wired.capacity["router>cloud0"], wired.capacity["cloud0>router"]) == (25e6, 62.5e6)
+    devices = pool() | {"gpu": Dev({"ethernet": 1.25e9}, "cloud_gpu")}
+    net = nw.cloud(devices, wan="5g")
+    assert net.capacity["router>gpu"] == 30e6 / 8
+    assert net.capacity["gpu>router"] == 150e6 / 8
+    assert net.graph.edges["router", "gpu"]["link"].latency == 0.025
+    assert net.graph.edges["router", "gpu"]["link"].kind == "cellular"
+    wired = nw.cloud(devices, up="200Mbps")
+    assert (wired.capacity["router>gpu"], wired.capacity["gpu>router"]) == (25e6, 62.5e6)
     with pytest.raises(ScenarioError, match="choose one of: 5g, broadband"):
         nw.cloud(devices, wan="dialup")
 

@@ -45,6 +45,7 @@ EXAMPLES: dict[str, list[Example]] = {
                 normal(2, 4, 6, 6)),
         Example("1x1_no_bias", lambda r: Conv2d(3, 5, 1, r, bias=False), normal(2, 3, 4, 4)),
         Example("5x5_pad2", lambda r: Conv2d(2, 3, 5, r, padding=2), normal(1, 2, 5, 5)),
+        Example("1x1_pad1_col2im", lambda r: Conv2d(2, 3, 1, r, padding=1), normal(2, 2, 3, 3)),
     ],
     "batchnorm": [
         Example("train_nchw", lambda r: BatchNorm(3), normal(4, 3, 3, 2), train=True),

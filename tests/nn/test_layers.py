@@ -198,10 +198,9 @@ def test_conv_forward_equals_the_naive_loop(c_in, c_out, k, stride, padding, gro
     layer.params["b"][:] = rng.standard_normal(c_out)
     x = rng.standard_normal((3, c_in, h, w)).astype(np.float32)
     if chunk == "two_then_one":
-        _, _, wq, _, _ = layer._plan(x.shape)
-        oh = (h + 2 * padding - k) // stride + 1
+        geo = conv.Geometry.of(x.shape, k, stride, padding, groups)
         monkeypatch.setattr(conv, "COL_BUDGET", 0)
-        monkeypatch.setattr(conv, "MIN_GEMM_COLS", 2 * oh * wq)
+        monkeypatch.setattr(conv, "MIN_GEMM_COLS", 2 * geo.oh * geo.wq)
     y, _ = layer.forward(x)
     want = naive_conv(x.astype(np.float64), layer.params["W"].astype(np.float64),
                       layer.params["b"].astype(np.float64), stride, padding, groups)
@@ -209,21 +208,28 @@ def test_conv_forward_equals_the_naive_loop(c_in, c_out, k, stride, padding, gro
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
 
 
-def test_conv_gradients_do_not_depend_on_the_batch_chunking(monkeypatch):
-    """Chunks of 2 then 1 sample give the whole-batch dx and dW up to float64 rounding."""
+@pytest.mark.parametrize("stride, padding, groups", [(1, 1, 1), (2, 1, 2), (1, 0, 4)])
+def test_conv_gradients_do_not_depend_on_the_batch_chunking(stride, padding, groups, monkeypatch):
+    """Chunks of 2 then 1 sample give the whole-batch dx, dW and db up to float64 rounding.
+
+    Stride 1 takes dx from a transposed correlation of dy; stride 2 from col2im.
+    """
     rng = np.random.default_rng(7)
     x = rng.standard_normal((3, 4, 6, 5))
-    dy = rng.standard_normal((3, 6, 3, 3))
     results = []
-    for budget, min_cols in ((conv.COL_BUDGET, conv.MIN_GEMM_COLS), (0, 2 * 3 * 3)):
-        monkeypatch.setattr(conv, "COL_BUDGET", budget)
-        monkeypatch.setattr(conv, "MIN_GEMM_COLS", min_cols)
-        layer = astype(Conv2d(4, 6, 3, np.random.default_rng(8), stride=2, padding=1, groups=2),
-                       np.float64)
-        _, cache = layer.forward(x)
-        results.append((layer.backward(dy, cache), layer.grads["W"].copy()))
-    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-12, atol=1e-12)
+    for chunked in (False, True):
+        if chunked:
+            geo = conv.Geometry.of(x.shape, 3, stride, padding, groups)
+            monkeypatch.setattr(conv, "COL_BUDGET", 0)
+            monkeypatch.setattr(conv, "MIN_GEMM_COLS", 2 * geo.oh * geo.wq)
+        layer = astype(Conv2d(4, 8, 3, np.random.default_rng(8), stride=stride, padding=padding,
+                              groups=groups), np.float64)
+        y, cache = layer.forward(x)
+        dy = np.random.default_rng(9).standard_normal(y.shape)
+        results.append((y, layer.backward(dy, cache), layer.grads["W"].copy(),
+                        layer.grads["b"].copy()))
+    for whole, chunked in zip(*results):
+        np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("k, stride, h, w", [(2, None, 4, 6), (3, 2, 7, 7), (2, 1, 4, 5),
