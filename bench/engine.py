@@ -18,13 +18,15 @@ from simdl.sim.engine import Simulator
 N = 100_000
 
 
-def best(fn, repeat: int = 5) -> float:
-    times = []
+def best(*fns, repeat: int = 7) -> list[float]:
+    """The best time of each function, run interleaved so load hits them alike."""
+    times = [[] for _ in fns]
     for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        for fn, ts in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+    return [min(ts) for ts in times]
 
 
 def bare_timeouts() -> None:
@@ -72,16 +74,15 @@ def model_forward(chain, x, through_sim: bool) -> None:
 def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}, "
           f"numpy {np.__version__}, simpy {simpy.__version__}")
-    bare = best(bare_timeouts) / N
+    bare, free, queued = (t / N for t in best(bare_timeouts, lambda: compute_events(1),
+                                              lambda: compute_events(4)))
     print(f"bare simpy timeout:              {bare * 1e6:6.2f} us/event")
-    for clients, what in ((1, "free unit"), (4, "queued, 4 clients")):
-        t = best(lambda: compute_events(clients)) / N
+    for t, what in ((free, "free unit"), (queued, "queued, 4 clients")):
         print(f"timing-only compute ({what:17s}): {t * 1e6:6.2f} us/event = {t / bare:4.2f}x bare "
               f"(target <= 5x)")
     chain = mobilenet_small(width=16)
     x = np.random.default_rng(0).standard_normal((32, 3, 32, 32)).astype(np.float32)
-    plain = best(lambda: model_forward(chain, x, False))
-    sim = best(lambda: model_forward(chain, x, True))
+    plain, sim = best(lambda: model_forward(chain, x, False), lambda: model_forward(chain, x, True))
     print(f"mobilenet_small forward, batch 32: plain {plain * 1e3:.1f} ms, through simdl "
           f"{sim * 1e3:.1f} ms = {sim / plain:.3f}x (target <= 1.10x)")
 

@@ -21,7 +21,9 @@ import numpy as np
 
 from simdl.nn.layers import Conv2d, Layer, Linear, SelfAttention
 
-REPEATS = 9
+PASSES = 2          # the whole table is timed twice; each figure is the best of both
+MIN_REPEATS, MAX_REPEATS = 5, 40
+BUDGET = 0.3        # seconds per kernel, direction and pass (pairs included)
 Thunk = Callable[[], object]
 
 
@@ -40,18 +42,21 @@ class Case:
     target: float | None = None     # minimum forward ratio asked of this kernel
 
 
-def best_pair(kernel: Thunk, raw: Thunk, repeats: int = REPEATS) -> tuple[float, float]:
-    """Best wall time of each, calls interleaved so a noisy neighbour slows both alike."""
+def time_pairs(kernel: Thunk, raw: Thunk, times: dict[str, list[float]],
+               budget: float = BUDGET) -> None:
+    """Append wall times of kernel and raw, called alternately so a noisy neighbour
+    slows both alike, for at least MIN_REPEATS pairs and about `budget` seconds."""
     kernel(), raw()                  # warm up: buffers, BLAS threads, caches
-    tk, tr = [], []
-    for _ in range(repeats):
+    start = time.perf_counter()
+    for i in range(MAX_REPEATS):
+        if i >= MIN_REPEATS and time.perf_counter() - start > budget:
+            break
         t = time.perf_counter()
         kernel()
-        tk.append(time.perf_counter() - t)
+        times["kernel"].append(time.perf_counter() - t)
         t = time.perf_counter()
         raw()
-        tr.append(time.perf_counter() - t)
-    return min(tk), min(tr)
+        times["raw"].append(time.perf_counter() - t)
 
 
 def arr(rng: np.random.Generator, *shape: int) -> np.ndarray:
@@ -104,19 +109,24 @@ def attention_case(rng: np.random.Generator, n: int, t: int, d: int, h: int) -> 
                 bwd, 2 * f)
 
 
-def measure(case: Case) -> dict[str, float | str | None]:
+def measure(case: Case, times: dict[str, dict[str, list[float]]]) -> None:
+    """One pass: add forward and backward timings of `case` (kernel and raw) to `times`."""
     layer, x = case.layer, case.x
-    cost = layer.cost(x.shape)
-    tf, rf = best_pair(lambda: layer.forward(x, True), case.raw_fwd)
+    time_pairs(lambda: layer.forward(x, True), case.raw_fwd, times["fwd"])
     y, cache = layer.forward(x, True)
     dy = np.ones_like(y)
-    tb, rb = best_pair(lambda: layer.backward(dy, cache), case.raw_bwd, max(3, REPEATS // 2))
-    row = {"kernel": case.name, "shape": case.shape,
-           "fwd": cost.fwd_flops / tf / 1e9, "fwd_raw": case.raw_fwd_flops / rf / 1e9,
-           "bwd": cost.bwd_flops / tb / 1e9, "bwd_raw": case.raw_bwd_flops / rb / 1e9,
-           "target": case.target}
-    row["fwd_ratio"] = row["fwd"] / row["fwd_raw"]
-    row["bwd_ratio"] = row["bwd"] / row["bwd_raw"]
+    time_pairs(lambda: layer.backward(dy, cache), case.raw_bwd, times["bwd"])
+
+
+def summarise(case: Case, times: dict[str, dict[str, list[float]]]) -> dict[str, object]:
+    """GF/s from the best times: cost() FLOPs for the kernel, GEMM FLOPs for raw."""
+    cost = case.layer.cost(case.x.shape)
+    row: dict[str, object] = {"kernel": case.name, "shape": case.shape, "target": case.target}
+    for d, kernel_flops, raw_flops in (("fwd", cost.fwd_flops, case.raw_fwd_flops),
+                                       ("bwd", cost.bwd_flops, case.raw_bwd_flops)):
+        row[d] = kernel_flops / min(times[d]["kernel"]) / 1e9
+        row[f"{d}_raw"] = raw_flops / min(times[d]["raw"]) / 1e9
+        row[f"{d}_ratio"] = row[d] / row[f"{d}_raw"]
     return row
 
 
@@ -189,12 +199,16 @@ def main() -> int:
     ]
     t0 = time.perf_counter()
     print(machine())
-    print(f"best of {REPEATS} (forward) / {max(3, REPEATS // 2)} (backward); "
-          "GF/s from cost() FLOPs; raw = numpy matmul of the same GEMM shapes\n")
+    print(f"best of {PASSES} passes x {MIN_REPEATS}-{MAX_REPEATS} interleaved repeats; "
+          "GF/s from cost() FLOPs; raw = numpy matmul of the same GEMM shapes\n", flush=True)
+    times = [{d: {"kernel": [], "raw": []} for d in ("fwd", "bwd")} for _ in cases]
+    for _ in range(PASSES):
+        for case, t in zip(cases, times):
+            measure(case, t)
     print(HEADER)
     print("-" * len(HEADER))
-    for case in cases:
-        print(format_row(measure(case)), flush=True)
+    for case, t in zip(cases, times):
+        print(format_row(summarise(case, t)))
     for row in bench_models():
         print(row)
     print(f"\n{time.perf_counter() - t0:.1f} s")

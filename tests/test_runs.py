@@ -60,3 +60,15 @@ def test_timing_only_and_real_runs_have_identical_timelines():
     real = api.run(path, "phone-tablet-tv")["phone-tablet-tv"].events
     timing = api.run(path, "phone-tablet-tv", timing_only=True)["phone-tablet-tv"].events
     assert real.equals(timing)
+
+
+def test_requests_on_a_device_whose_battery_dies_are_reported_dropped_never_lost():
+    """A watch with a tiny battery serves a stream: every request ends as done or dropped."""
+    data = dump(api.resolve(ROOT / "scenarios" / "slow_link.yaml"))
+    data["devices"][0]["battery"] = "0.002J"
+    data["workload"] |= {"requests": 30}
+    data["strategies"] = [{"name": "single", "device": "watch"}]
+    result = api.run(parse(data), timing_only=True)["single"]
+    status = result.requests.status.value_counts().to_dict()
+    assert status.get("dropped", 0) > 0 and sum(status.values()) == 30
+    assert result.events[result.events.kind == "leave"].label.tolist() == ["battery empty"]

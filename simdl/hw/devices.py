@@ -113,11 +113,24 @@ def kernel_time(spec: DeviceSpec, unit: str, flops: float, nbytes: float,
     (max(flops / (peak[dtype] x efficiency), nbytes / mem_bw) + overhead) / (1 - background).
     The load is the one in force when the kernel starts; a later change does not touch it.
     """
+    rate, bandwidth, overhead = unit_rates(spec, unit, dtype)
+    return roofline(rate, bandwidth, overhead, background_at(spec, t), flops, nbytes)
+
+
+def unit_rates(spec: DeviceSpec, unit: str, dtype: str = "fp32") -> tuple[float, float, float]:
+    """The roofline's constants for `unit` and `dtype`: (ops/s reached, bytes/s, overhead s).
+
+    The simulator looks these up once per unit and dtype and calls `roofline` per kernel.
+    """
     u = _unit(spec, unit)
     rate = _peak(spec, unit, u, dtype) * u.efficiency
-    bandwidth = spec.mem_bw if u.mem_bw is None else u.mem_bw
-    busy = max(flops / rate, nbytes / bandwidth) + u.overhead
-    return busy / (1.0 - background_at(spec, t))
+    return rate, spec.mem_bw if u.mem_bw is None else u.mem_bw, u.overhead
+
+
+def roofline(rate: float, bandwidth: float, overhead: float, load: float,
+             flops: float, nbytes: float) -> float:
+    """The one kernel-time formula: compute- or memory-bound, plus overhead, over the free share."""
+    return (max(flops / rate, nbytes / bandwidth) + overhead) / (1.0 - load)
 
 
 def best_unit(spec: DeviceSpec, dtype: str = "fp32") -> str:

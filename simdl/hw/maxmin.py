@@ -48,7 +48,6 @@ def max_min_hops(hops: np.ndarray, capacity: np.ndarray) -> np.ndarray:
         load = np.bincount(hops.ravel(), minlength=n_res + 1)
         share.fill(np.inf)
         np.divide(left, load, out=share, where=load > 0)
-        share[n_res] = np.inf
         if share.min() == np.inf:                # only unlimited resources remain
             break
         at = share[hops]                         # (L, f) share of each crossing

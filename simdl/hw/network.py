@@ -254,17 +254,6 @@ def _tether(parts: _Parts, devices: Devices, name: str, lan: list[str]) -> None:
                                 "bluetooth", medium))
 
 
-def wifi_star(devices: Devices, airtime: Quantity = WIFI6_AIRTIME,
-              latency: Quantity = WIFI_LATENCY, overhead: Quantity = OVERHEAD) -> Network:
-    """Every device on one access point "ap" whose airtime ("ap.air") all flows share,
-    both directions; each station's link is capped by its own Wi-Fi goodput. A device
-    without Wi-Fi is wired to the AP, or tethered over Bluetooth."""
-    parts = _Parts(devices)
-    _lan(parts, devices, list(devices), _bw(airtime, "airtime"), _time(latency, "latency"),
-         None, _bw(ETHERNET, "ethernet"), _time(ETHERNET_LATENCY, "ethernet_latency"))
-    return parts.build(overhead)
-
-
 def _pick(devices: Devices, name: str | None, prefix: str, param: str) -> str | None:
     if name is not None:
         if name not in devices:
@@ -275,14 +264,16 @@ def _pick(devices: Devices, name: str | None, prefix: str, param: str) -> str | 
                  if str(getattr(s, "type", "")).startswith(prefix)), None)
 
 
-def _site(devices: Devices, *, edge_device: str | None = None, cloud_device: str | None = None,
+def _site(devices: Devices, *, router: bool = True, edge_device: str | None = None,
+          cloud_device: str | None = None,
           need: str = "", uplink: Quantity = FIBRE, uplink_latency: Quantity = FIBRE_LATENCY,
           wan: str = "broadband", up: Quantity | None = None, down: Quantity | None = None,
           wan_latency: Quantity | None = None, airtime: Quantity = WIFI6_AIRTIME,
           wifi_latency: Quantity = WIFI_LATENCY, ethernet: Quantity = ETHERNET,
           ethernet_latency: Quantity = ETHERNET_LATENCY, overhead: Quantity = OVERHEAD) -> Network:
-    """The home LAN behind "router", plus the edge device by fibre and the cloud device by
-    WAN, each where the pool has one (or a non-device stand-in node if `need` names it)."""
+    """The LAN (behind "router", or just the AP), plus the edge device by fibre and the
+    cloud device by WAN from that gateway, each where the pool has one (or a non-device
+    stand-in node if `need` names it)."""
     if wan not in WAN:
         raise ScenarioError("network.wan", wan, f"choose one of: {', '.join(sorted(WAN))}")
     edge_at = _pick(devices, edge_device, "edge", "edge_device")
@@ -290,29 +281,41 @@ def _site(devices: Devices, *, edge_device: str | None = None, cloud_device: str
     if cloud_at is not None and cloud_at == edge_at:
         raise ScenarioError("network.cloud_device", cloud_at, "must not be the edge device")
     parts = _Parts(devices)
-    parts.nodes["router"] = "router"
+    gateway = "router" if router else "ap"
+    parts.nodes[gateway] = gateway
     port, port_latency = _bw(ethernet, "ethernet"), _time(ethernet_latency, "ethernet_latency")
     _lan(parts, devices, [d for d in devices if d not in (edge_at, cloud_at)],
-         _bw(airtime, "airtime"), _time(wifi_latency, "wifi_latency"), "router", port,
-         port_latency)
-    parts.links.append(LinkSpec("ap", "router", port, port_latency, "ethernet"))
+         _bw(airtime, "airtime"), _time(wifi_latency, "wifi_latency"),
+         "router" if router else None, port, port_latency)
+    if router:
+        parts.links.append(LinkSpec("ap", "router", port, port_latency, "ethernet"))
     if edge_at is None and need == "edge":
         edge_at = parts.nodes.setdefault("edge", "edge")
     if edge_at is not None:
         bw = _bw(uplink, "uplink")
         if edge_at in devices and _has(devices[edge_at], "ethernet"):
             bw = min(bw, devices[edge_at].interfaces["ethernet"])
-        parts.links.append(LinkSpec("router", edge_at, bw,
+        parts.links.append(LinkSpec(gateway, edge_at, bw,
                                     _time(uplink_latency, "uplink_latency"), "fibre"))
     if cloud_at is None and need == "cloud":
         cloud_at = parts.nodes.setdefault("cloud", "cloud")
     if cloud_at is not None:
         preset = WAN[wan]
         parts.links.append(LinkSpec(
-            "router", cloud_at, _bw(preset["up"] if up is None else up, "up"),
+            gateway, cloud_at, _bw(preset["up"] if up is None else up, "up"),
             _time(preset["latency"] if wan_latency is None else wan_latency, "wan_latency"),
             preset["kind"], None, _bw(preset["down"] if down is None else down, "down")))
     return parts.build(overhead)
+
+
+def wifi_star(devices: Devices, airtime: Quantity = WIFI6_AIRTIME,
+              latency: Quantity = WIFI_LATENCY, overhead: Quantity = OVERHEAD) -> Network:
+    """Every device on one access point "ap" whose airtime ("ap.air") all flows share,
+    both directions; each station's link is capped by its own Wi-Fi goodput. A device
+    without Wi-Fi is wired to the AP, or tethered over Bluetooth; an edge- or cloud-type
+    device is reached from the AP by fibre or broadband, as in `home`."""
+    return _site(devices, router=False, airtime=airtime, wifi_latency=latency,
+                 overhead=overhead)
 
 
 def home(devices: Devices, airtime: Quantity = WIFI6_AIRTIME,

@@ -73,10 +73,6 @@ class Geometry:
         chunk = max(COL_BUDGET // (c * k * k * per_sample), -(-MIN_GEMM_COLS // per_sample))
         return Geometry(c, k, s, p, g, h, w, oh, ow, wp, wq, max(1, min(n, chunk)))
 
-    def direct(self, m: int) -> bool:
-        """A 1x1, stride-1, unpadded conv of one sample: x itself is the GEMM operand."""
-        return m == 1 and self.k == 1 and self.s == 1 and self.p == 0
-
     def scratch(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
         """Per-call buffers every chunk reuses: padded images (+ a spare zero row), columns."""
         pad = np.zeros((self.chunk, self.c, self.h + 2 * self.p + 1, self.wp), dtype)
@@ -85,8 +81,6 @@ class Geometry:
     def columns(self, x: np.ndarray, pad: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """im2col of a chunk x (m, C, H, W) -> (g, C/g*k*k, m*OH*Wq), one copy into `cols`."""
         m = x.shape[0]
-        if self.direct(m):
-            return x.reshape(self.g, -1, self.h * self.w)
         p, k, s = self.p, self.k, self.s
         pad = pad[:m]
         pad[:, :, p:p + self.h, p:p + self.w] = x        # borders and spare row stay zero
@@ -99,6 +93,11 @@ class Geometry:
         return out.reshape(self.g, -1, m * self.oh * self.wq)
 
 
+def pointwise(k: int, stride: int, padding: int) -> bool:
+    """A 1x1, stride-1, unpadded conv: one batched GEMM over samples, NCHW in and out, no copy."""
+    return k == 1 and stride == 1 and padding == 0
+
+
 def correlate(x: np.ndarray, w: np.ndarray, stride: int, padding: int, groups: int,
               b: np.ndarray | None = None) -> np.ndarray:
     """Grouped 2-D cross-correlation, x (N, C, H, W) * w (O, C/g, k, k) (+ b) -> (N, O, OH, OW).
@@ -107,13 +106,19 @@ def correlate(x: np.ndarray, w: np.ndarray, stride: int, padding: int, groups: i
     no transpose when a chunk is one sample.
     """
     n, o, k = x.shape[0], w.shape[0], w.shape[2]
+    w3 = w.reshape(groups, o // groups, -1)                  # (g, O/g, C/g*k*k)
+    bias = None if b is None else b[:, None, None]
+    if pointwise(k, stride, padding):                        # x is already the GEMM operand
+        h, wd = x.shape[2:]
+        y = np.matmul(w3, x.reshape(n, groups, -1, h * wd)).reshape(n, o, h, wd)
+        if bias is not None:
+            y += bias
+        return y
     geo = Geometry.of(x.shape, k, stride, padding, groups)
     oh, ow, wq = geo.oh, geo.ow, geo.wq
-    w3 = w.reshape(groups, o // groups, -1)                  # (g, O/g, C/g*k*k)
     dtype = np.result_type(x, w)
     y = np.empty((n, o, oh, ow), dtype)
     pad, cols = geo.scratch(dtype)
-    bias = None if b is None else b[:, None, None]
     for n0 in range(0, n, geo.chunk):
         xc = x[n0:n0 + geo.chunk]
         m = xc.shape[0]
@@ -167,17 +172,35 @@ class Conv2d(Layer):
 
     def backward(self, dy: np.ndarray, cache: Cache) -> np.ndarray:
         x = cache
-        geo = self._geometry(x.shape)
         wt = self.params["W"]
         g, og, k, p = self.groups, self.c_out // self.groups, self.k, self.padding
+        if "b" in self.params:
+            self.grads["b"] += dy.sum(axis=(0, 2, 3))
         # With stride 1, dx is a correlation of dy (padded k-1-p) with W flipped in
-        # space and with in/out channels swapped per group: no col2im scatter.
+        # space and its in/out channels swapped per group: the forward kernel again.
         transposed = self.stride == 1 and p <= k - 1
-        dtype = np.result_type(x, wt, dy)
+        if pointwise(k, self.stride, p):
+            n, hw = x.shape[0], x.shape[2] * x.shape[3]
+            x4, dy4 = x.reshape(n, g, -1, hw), dy.reshape(n, g, og, hw)
+            dw, dx = np.matmul(dy4, x4.transpose(0, 1, 3, 2)).sum(axis=0), None
+        else:
+            dw, dx = self._gemm_backward(x, dy, wt.reshape(g, og, -1), transposed)
+        self.grads["W"] += dw.reshape(wt.shape)
+        if dx is None:
+            wf = wt.reshape(g, og, -1, k, k).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+            dx = correlate(dy, wf.reshape(self.c_in, og, k, k), 1, k - 1 - p, g)
+        return dx
+
+    def _gemm_backward(self, x: np.ndarray, dy: np.ndarray, w3: np.ndarray,
+                       transposed: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """dW = sum over chunks of dy @ columns^T; dx by col2im unless `transposed` covers it."""
+        geo = self._geometry(x.shape)
+        g, og = w3.shape[:2]
+        dtype = np.result_type(x, w3, dy)
         pad, cols = geo.scratch(dtype)
         m_max, oh, ow, wq = geo.chunk, geo.oh, geo.ow, geo.wq
         dyq = np.zeros(self.c_out * m_max * oh * wq, dtype)     # junk columns stay zero
-        dw = np.zeros((g, og, wt[0].size), dtype)
+        dw = np.zeros(w3.shape, dtype)
         dx = None if transposed else np.empty(x.shape, dtype)
         for n0 in range(0, x.shape[0], m_max):
             xc = x[n0:n0 + m_max]
@@ -188,16 +211,8 @@ class Conv2d(Layer):
             d = d.reshape(g, og, m * oh * wq)
             dw += d @ a.transpose(0, 2, 1)                      # (g, C_out/g, C_in/g*k*k)
             if dx is not None:
-                dx[n0:n0 + m] = self._col2im(geo, np.matmul(wt.reshape(g, og, -1)
-                                                            .transpose(0, 2, 1), d), m)
-        self.grads["W"] += dw.reshape(wt.shape)
-        if "b" in self.params:
-            self.grads["b"] += dy.sum(axis=(0, 2, 3))
-        if dx is None:
-            cg = self.c_in // g
-            wf = wt.reshape(g, og, cg, k, k).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
-            dx = correlate(dy, wf.reshape(self.c_in, og, k, k), 1, k - 1 - p, g)
-        return dx
+                dx[n0:n0 + m] = self._col2im(geo, np.matmul(w3.transpose(0, 2, 1), d), m)
+        return dw, dx
 
     def _col2im(self, geo: Geometry, da: np.ndarray, m: int) -> np.ndarray:
         """Adjoint of Geometry.columns: (g, C/g*k*k, m*OH*Wq) -> (m, C, H, W).

@@ -15,7 +15,8 @@ from typing import Any
 import simpy
 
 from simdl.errors import CapacityError, DeviceGone, PlanError
-from simdl.hw.devices import DeviceSpec, best_unit, device_power, kernel_time
+from simdl.hw.devices import (DeviceSpec, background_at, best_unit, device_power, roofline,
+                              unit_rates)
 from simdl.hw.network import Network
 from simdl.sim.flows import Flows
 from simdl.sim.recorder import EventLog
@@ -27,22 +28,28 @@ _EMPTY = 1e-12
 class _Job:
     """One kernel waiting for, or running on, a unit."""
 
-    __slots__ = ("unit", "flops", "nbytes", "dtype", "fn", "args", "label",
-                 "request", "step", "event", "t_start")
+    __slots__ = ("sim", "unit", "flops", "nbytes", "dtype", "fn", "args", "label",
+                 "request", "step", "event", "timer", "t_start")
 
-    def __init__(self, unit: _Unit, flops: float, nbytes: float, dtype: str,
+    def __init__(self, sim: Simulator, unit: _Unit, flops: float, nbytes: float, dtype: str,
                  fn: Callable[..., Any] | None, args: tuple, label: str,
-                 request: int, step: int, event: simpy.Event):
-        self.unit, self.flops, self.nbytes, self.dtype = unit, flops, nbytes, dtype
+                 request: int, step: int, event: simpy.Event | None):
+        self.sim, self.unit, self.flops, self.nbytes, self.dtype = sim, unit, flops, nbytes, dtype
         self.fn, self.args, self.label = fn, args, label
-        self.request, self.step, self.event = request, step, event
+        self.request, self.step = request, step
+        self.event = event  # what the caller waits on; None until a free unit makes a timeout
+        self.timer: simpy.Event | None = None  # the event scheduled at the kernel's end
         self.t_start = -1.0  # not started
+
+    def __call__(self, timer: simpy.Event) -> None:
+        """The timer's callback: the kernel is done (a bound call, no closure per kernel)."""
+        self.sim._finish(self, timer.value)
 
 
 class _Unit:
     """A compute unit: one kernel at a time, the rest wait by (priority, arrival)."""
 
-    __slots__ = ("device", "name", "spec", "queue", "running", "busy", "seq")
+    __slots__ = ("device", "name", "spec", "queue", "running", "busy", "seq", "rates", "load")
 
     def __init__(self, device: str, name: str, spec: DeviceSpec):
         self.device, self.name, self.spec = device, name, spec
@@ -50,6 +57,16 @@ class _Unit:
         self.running: _Job | None = None
         self.busy = 0.0  # seconds of finished kernels
         self.seq = 0
+        self.rates: dict[str, tuple[float, float, float]] = {}  # dtype -> roofline constants
+        # A fixed background load is read once; a schedule is looked up per kernel.
+        self.load = spec.background if isinstance(spec.background, (int, float)) else None
+
+    def duration(self, job: _Job, now: float) -> float:
+        rates = self.rates.get(job.dtype)
+        if rates is None:
+            rates = self.rates[job.dtype] = unit_rates(self.spec, self.name, job.dtype)
+        load = self.load if self.load is not None else background_at(self.spec, now)
+        return roofline(*rates, load, job.flops, job.nbytes)
 
 
 @dataclass(frozen=True)
@@ -106,17 +123,18 @@ class Simulator:
         The unit is held for the roofline time of the device model; kernels on a
         busy unit wait in its queue, lower `priority` first, then in arrival order.
         """
-        event = self.env.event()
         if device in self.gone:
+            event = self.env.event()
             event.fail(DeviceGone(device, *self.gone[device]))
             return event
         u = self._unit(device, unit or best_unit(self.devices[device], dtype))
-        job = _Job(u, flops, nbytes, dtype, fn, args, label, request, step, event)
-        if u.running is None:
-            self._start(job)
-        else:
-            u.seq += 1
-            heapq.heappush(u.queue, (priority, u.seq, job))
+        if u.running is None:  # the hot path: the caller waits on the timer itself
+            job = _Job(self, u, flops, nbytes, dtype, fn, args, label, request, step, None)
+            return self._start(job)
+        event = self.env.event()
+        u.seq += 1
+        heapq.heappush(u.queue, (priority, u.seq, _Job(self, u, flops, nbytes, dtype, fn, args,
+                                                       label, request, step, event)))
         return event
 
     def _unit(self, device: str, unit: str) -> _Unit:
@@ -129,16 +147,23 @@ class Simulator:
             raise PlanError(f"devices.{device}.units", unit,
                             f"choose one of: {', '.join(self.devices[device].units)}") from None
 
-    def _start(self, job: _Job) -> None:
+    def _start(self, job: _Job) -> simpy.Timeout:
         u, now = job.unit, self.env.now
         u.running, job.t_start = job, now
         self._running += 1
-        duration = kernel_time(u.spec, u.name, job.flops, job.nbytes, job.dtype, now)
+        duration = u.duration(job, now)
         value = None if self.timing_only or job.fn is None else job.fn(*job.args)
-        timer = self.env.timeout(duration, value)
-        timer.callbacks.append(lambda t, job=job: self._finish(job, t.value))
+        if job.event is None:  # a free unit: the caller will wait on a plain timeout
+            job.event = job.timer = timer = self.env.timeout(duration, value)
+            timer.callbacks.append(job)
+        else:  # a queued job: schedule the event its caller already holds, one event not two
+            timer = job.timer = job.event
+            timer._ok, timer._value = True, value  # what Timeout.__init__ does
+            timer.callbacks.insert(0, job)  # the unit moves on before its caller resumes
+            self.env.schedule(timer, delay=duration)
         if not self._watching:
             self._wake()
+        return timer
 
     def _finish(self, job: _Job, value: Any) -> None:
         u = job.unit
@@ -147,11 +172,10 @@ class Simulator:
         now = self.env.now
         u.running, u.busy = None, u.busy + (now - job.t_start)
         self._running -= 1
-        self.log.add(job.t_start, now, "compute", u.device, u.name, job.label,
-                     job.flops, job.nbytes, job.request, job.step)
+        self.log.rows.append((job.t_start, now, "compute", u.device, u.name, job.label,
+                              job.flops, job.nbytes, job.request, job.step))
         if u.queue:
             self._start(heapq.heappop(u.queue)[2])
-        job.event.succeed(value)
 
     # -- network ---------------------------------------------------------------
 
@@ -166,9 +190,17 @@ class Simulator:
                 event.fail(DeviceGone(d, *self.gone[d]))
                 return event
         flow = self.flows.transfer(src, dst, nbytes, label)
-        flow.callbacks.append(lambda ev: self.log.add(
-            ev.value.t_request, ev.value.t_end, "transfer", src, dst, label,
-            0.0, nbytes, request, step))
+
+        def record(ev: simpy.Event) -> None:
+            if ev.ok:
+                f = ev.value
+                self.log.rows.append((f.t_request, f.t_end, "transfer", src, dst, label,
+                                      0.0, nbytes, request, step))
+            else:
+                self.log.add(self.env.now, self.env.now, "lost", src, dst, label,
+                             nbytes=nbytes, request=request, step=step)
+
+        flow.callbacks.append(record)
         return flow
 
     # -- memory ----------------------------------------------------------------
@@ -282,7 +314,9 @@ class Simulator:
             for job in jobs:
                 self.log.add(job.t_start if job.t_start >= 0 else now, now, "lost", device, u.name,
                              job.label, job.flops, job.nbytes, job.request, job.step)
-                job.event.fail(error)
+                _fail(self.env, job, error)
+        if self.flows is not None:
+            self.flows.abort(device, error)  # their `lost` rows are written as they fail
         self._departures[device].succeed(why)
 
     # -- running -----------------------------------------------------------------
@@ -297,9 +331,27 @@ class Simulator:
 
     def run(self, until: float | simpy.Event | None = None) -> None:
         """Advance the clock until `until`, or until only battery checks are left."""
-        if until is not None:
+        if until is not None or not self._batteries:
             self.env.run(until=until)
             return
         # simpy has no public queue length; battery checks must not extend a run.
         while len(self.env._queue) > self._daemons:
             self.env.step()
+
+
+def _fail(env: simpy.Environment, job: _Job, error: DeviceGone) -> None:
+    """Fail a lost kernel's event now, so whoever waits on it hears at once.
+
+    A running kernel's event is already scheduled for its end, and simpy cannot
+    cancel it: its waiters move to a new event failed now, and the scheduled one
+    is turned into a (defused) failure so a late `yield` sees the loss too.
+    """
+    event = job.event
+    if job.timer is not None:
+        event = env.event()
+        event.callbacks, job.timer.callbacks = job.timer.callbacks, []
+        job.timer._ok, job.timer._value = False, error  # simpy has no public way to cancel
+        job.timer.defused = True
+    event.fail(error)
+    if not event.callbacks:
+        event.defused = True  # nobody waits: the log's `lost` row is the record

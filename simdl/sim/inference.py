@@ -82,9 +82,15 @@ def execute(plan: Plan, world: World, sim: Simulator,
             sim.log.add(arrival, sim.now, "request", plan.source, "", plan.path, request=r)
         if progress is not None:
             progress(1)
+        finished.append(r)
+        if len(finished) == load.requests:
+            done.succeed()
 
+    # The run ends with its last request, not with a stale wake-up or a battery check.
+    finished: list[int] = []
+    done = sim.env.event()
     sim.process(_arrivals(world, sim, request))
-    sim.run()
+    sim.run(until=done)
     return outputs
 
 

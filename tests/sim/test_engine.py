@@ -175,3 +175,30 @@ def test_timing_only_and_real_mode_give_identical_timelines():
     nothing = _matmul_workload(timing)
     assert real.log.rows == timing.log.rows
     assert outputs["p"].shape == (64, 64) and nothing["p"] is None
+
+
+def test_a_transfer_in_flight_when_its_device_leaves_fails_and_is_logged_lost():
+    """10 MB at 1 MB/s from a to b; a leaves at 3 s: the sender hears at 3 s, a `lost` row."""
+    from simdl.hw.network import links
+    devices = {"a": device(), "b": device()}
+    net = links(devices, links=[{"a": "a", "b": "b", "bandwidth": 1e6, "latency": 0.0}])
+    sim = Simulator(devices, net)
+    seen = []
+
+    def send():
+        try:
+            yield sim.transfer("a", "b", 10e6, label="weights")
+        except DeviceGone as gone:
+            seen.append((sim.now, gone.device))
+
+    def unplug():
+        yield sim.env.timeout(3.0)
+        sim.leave("a", "unplugged")
+
+    sim.process(send())
+    sim.process(unplug())
+    sim.run()
+    assert seen == [(3.0, "a")]
+    log = sim.log.frame()
+    assert log[log.kind == "lost"].label.tolist() == ["weights"]
+    assert log[log.kind == "transfer"].empty

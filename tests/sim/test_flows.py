@@ -74,7 +74,8 @@ def chain():
     """A-B-C-D with AB 10, BC 4, CD 20 MB/s and no latency."""
     nodes = dict.fromkeys("ABCD", "device")
     return Flows(simpy.Environment(), Network(nodes, [
-        LinkSpec("A", "B", 10e6, 0.0), LinkSpec("B", "C", 4e6, 0.0), LinkSpec("C", "D", 20e6, 0.0)]))
+        LinkSpec("A", "B", 10e6, 0.0), LinkSpec("B", "C", 4e6, 0.0),
+        LinkSpec("C", "D", 20e6, 0.0)]))
 
 
 def test_max_min_over_three_bottlenecks_gives_hand_computed_finish_times():
@@ -90,7 +91,8 @@ def access_point(airtime=30e6):
     """Stations p and q on an AP whose airtime is 30 MB/s; a server wired to the AP."""
     nodes = {"p": "device", "q": "device", "srv": "device", "ap": "ap"}
     return Flows(simpy.Environment(), Network(nodes, [
-        LinkSpec("p", "ap", 100e6, 0.0, "wifi", "air"), LinkSpec("q", "ap", 100e6, 0.0, "wifi", "air"),
+        LinkSpec("p", "ap", 100e6, 0.0, "wifi", "air"),
+        LinkSpec("q", "ap", 100e6, 0.0, "wifi", "air"),
         LinkSpec("srv", "ap", 100e6, 0.0)], media={"air": airtime}))
 
 
