@@ -1,6 +1,6 @@
 """Flow-model benchmark: 1,000 devices on one access point, 10,000 transfers, ~1,000 in flight.
 
-Run: .venv/bin/python bench/flows.py   (figures go in bench/flows.md and bench/README.md)
+Run: .venv/bin/python bench/flows.py   (figures go in bench/README.md)
 Also times the numpy solver against the plain-Python reference of tests/hw/test_maxmin.py
 on the same 1,000-flow snapshot, in the same process, since machines are shared and noisy.
 """

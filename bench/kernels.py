@@ -158,16 +158,28 @@ def machine() -> str:
             f"{np.__version__}, BLAS {blas}; env {env or '{}'}")
 
 
-def bench_models() -> list[dict[str, object]]:
-    """ZOO-MODEL SECTION (the lead fills this in): rows for whole models of simdl.nn.models.
+def bench_models(batch: int = 16) -> list[str]:
+    """Each zoo model's whole forward at its default size: achieved GFLOP/s from its cost."""
+    from simdl.nn.models import MODELS
+    rows = [f"\n{'model':<18} {'batch':>5} {'GFLOP':>8} {'ms':>8} {'GF/s':>7}",
+            "-" * 50]
+    for name in sorted(MODELS):
+        chain = MODELS[name]()
+        rng = np.random.default_rng(0)
+        shape = (batch, *chain.in_shape)
+        x = (rng.integers(0, chain.n_classes, shape) if chain.in_dtype.kind == "i"
+             else rng.standard_normal(shape).astype(np.float32))
+        flops = chain.cost(batch).fwd_flops
+        best = min(_timed(lambda: chain.forward(x)) for _ in range(5))
+        rows.append(f"{name:<18} {batch:>5} {flops / 1e9:8.3f} {best * 1e3:8.2f} "
+                    f"{flops / best / 1e9:7.1f}")
+    return rows
 
-    A no-op until simdl.nn.models imports; returns the rows to print.
-    """
-    try:
-        import simdl.nn.models  # noqa: F401
-    except ImportError:
-        return []
-    return []
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 HEADER = (f"{'kernel':<10} {'shape':<26} {'fwd GF/s':>9} {'raw':>6} {'ratio':>6}   "
@@ -183,11 +195,19 @@ def format_row(r: dict) -> str:
 
 
 def main() -> int:
+    """Kernels against raw matmul, under the BLAS thread count simdl runs with (1)."""
+    from threadpoolctl import threadpool_limits
+    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    with threadpool_limits(limits=threads, user_api="blas"):
+        return _main()
+
+
+def _main() -> int:
     rng = np.random.default_rng(0)
     cases = [
         linear_case(rng, 256, 1024, 1024),
         linear_case(rng, 1024, 256, 512),
-        conv_case(rng, 16, 16, 16, 32),
+        conv_case(rng, 16, 16, 16, 32, target=0.6),
         conv_case(rng, 16, 32, 32, 32, target=0.6),
         conv_case(rng, 16, 64, 64, 16, target=0.6),
         conv_case(rng, 16, 64, 64, 32, target=0.6),

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from simdl import __version__
 from simdl.errors import PlanError, ScenarioError
@@ -66,13 +67,16 @@ def run(scenario: Scenario | str | Path, strategy: str | None = None, *,
         progress: called with the number of requests just finished, for progress bars.
     """
     sc = resolve(scenario, seed)
-    world = build(sc)
-    results = []
-    for i, entry in selected(sc, strategy):
-        p = plan(world, entry, i)
-        sim = Simulator(world.devices, world.network, timing_only=timing_only)
-        outputs = execute(p, world, sim, progress)
-        results.append(_result(sc, world, entry, p, sim, outputs))
+    # One BLAS thread: float sums in one order on any machine (bit-for-bit runs), and
+    # sweeps parallelise over processes instead.
+    with threadpool_limits(limits=1, user_api="blas"):
+        world = build(sc)
+        results = []
+        for i, entry in selected(sc, strategy):
+            p = plan(world, entry, i)
+            sim = Simulator(world.devices, world.network, timing_only=timing_only)
+            outputs = execute(p, world, sim, progress)
+            results.append(_result(sc, world, entry, p, sim, outputs))
     return Run(sc, results)
 
 

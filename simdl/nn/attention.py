@@ -26,7 +26,7 @@ def _softmax_rows(s: np.ndarray) -> np.ndarray:
 
 
 class SelfAttention(Layer):
-    """Scaled dot-product multi-head self-attention (Vaswani et al. 2017). x: (N, T, d) -> (N, T, d).
+    """Scaled dot-product multi-head self-attention (Vaswani et al. 2017). (N, T, d) -> (N, T, d).
 
     q, k, v = x Wq + bq, x Wk + bk, x Wv + bv, split into h heads of dh = d / h;
     per head P = softmax(q k^T / sqrt(dh)) (future positions masked when

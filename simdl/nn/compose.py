@@ -128,10 +128,10 @@ class Sequential(Composite):
 
 
 def _parallel(a: Cost, b: Cost) -> Cost:
-    """Two branches on the same input: work and storage add up; the input is read once each."""
+    """Two branches on the same input: work, traffic and storage add up."""
     return Cost(out_shape=a.out_shape, fwd_flops=a.fwd_flops + b.fwd_flops,
                 bwd_flops=a.bwd_flops + b.bwd_flops, param_bytes=a.param_bytes + b.param_bytes,
-                in_bytes=a.in_bytes, out_bytes=a.out_bytes + b.out_bytes,
+                in_bytes=a.in_bytes, out_bytes=a.out_bytes,
                 fwd_bytes=a.fwd_bytes + b.fwd_bytes, bwd_bytes=a.bwd_bytes + b.bwd_bytes,
                 saved_bytes=a.saved_bytes + b.saved_bytes)
 
@@ -151,6 +151,7 @@ class Residual(Composite):
     def forward(self, x: np.ndarray, train: bool = False) -> tuple[np.ndarray, Cache]:
         y, cb = self.body.forward(x, train)
         cs = cp = None
+        # Out of place: the body's last layer may keep y in its cache (ReLU does).
         if self.shortcut is None:
             y = y + x
         else:
@@ -187,5 +188,5 @@ class Residual(Composite):
         add = Cost(out_shape=out, fwd_flops=n_out, bwd_flops=n_in,
                    in_bytes=nbytes(out), out_bytes=nbytes(out),
                    fwd_bytes=3 * nbytes(out), bwd_bytes=3 * nbytes(in_shape))
-        total = Cost(**{**both.as_dict(), "out_bytes": nbytes(out)}).then(add)
+        total = both.then(add)
         return total if self.post is None else total.then(self.post.cost(out))

@@ -128,12 +128,11 @@ def correlate(x: np.ndarray, w: np.ndarray, stride: int, padding: int, groups: i
             if bias is not None:
                 y[n0] += bias
             continue
-        # (O, m, OH, Wq) -> crop junk columns, move m first, add bias: one pass.
-        out = np.matmul(w3, a).reshape(o, m, oh, wq)[..., :ow].transpose(1, 0, 2, 3)
-        if bias is None:
-            y[n0:n0 + m] = out
-        else:
-            np.add(out, bias, out=y[n0:n0 + m])
+        out = np.matmul(w3, a).reshape(o, m * oh * wq)
+        if b is not None:
+            out += b[:, None]                                # contiguous rows: cheap broadcast
+        # (O, m, OH, Wq) -> crop the junk columns and move m first, in one copy.
+        y[n0:n0 + m] = out.reshape(o, m, oh, wq)[..., :ow].transpose(1, 0, 2, 3)
     return y
 
 
@@ -248,9 +247,11 @@ class _Pool(Layer):
         self.k, self.stride = k, stride or k
 
     def _out(self, shape: Shape) -> tuple[int, int]:
-        oh, ow = out_size(shape[2], self.k, self.stride, 0), out_size(shape[3], self.k, self.stride, 0)
+        oh = out_size(shape[2], self.k, self.stride, 0)
+        ow = out_size(shape[3], self.k, self.stride, 0)
         if oh < 1 or ow < 1:
-            raise ValueError(f"{type(self).__name__}: input {shape[2:]} smaller than window {self.k}")
+            raise ValueError(f"{type(self).__name__}: input {tuple(shape[2:])} is smaller "
+                             f"than the {self.k}x{self.k} window")
         return oh, ow
 
     def _scatter(self, d: np.ndarray, shape: Shape, dtype: np.dtype) -> np.ndarray:

@@ -102,6 +102,7 @@ class Simulator:
         self.memory_used = dict.fromkeys(self.devices, 0.0)
         self.memory_peak = dict.fromkeys(self.devices, 0.0)
         self.gone: dict[str, tuple[float, str]] = {}
+        self._best: dict[tuple[str, str], str] = {}  # (device, dtype) -> its fastest unit
         self._departures = {d: self.env.event() for d in self.devices}
         self._running = 0  # kernels on units right now, over the whole pool
         self._batteries = [d for d, spec in self.devices.items() if spec.battery is not None]
@@ -127,7 +128,9 @@ class Simulator:
             event = self.env.event()
             event.fail(DeviceGone(device, *self.gone[device]))
             return event
-        u = self._unit(device, unit or best_unit(self.devices[device], dtype))
+        u = self.units.get((device, unit or self._best_unit(device, dtype)))
+        if u is None:
+            raise self._no_unit(device, unit)
         if u.running is None:  # the hot path: the caller waits on the timer itself
             job = _Job(self, u, flops, nbytes, dtype, fn, args, label, request, step, None)
             return self._start(job)
@@ -137,15 +140,19 @@ class Simulator:
                                                        label, request, step, event)))
         return event
 
-    def _unit(self, device: str, unit: str) -> _Unit:
-        try:
-            return self.units[device, unit]
-        except KeyError:
+    def _best_unit(self, device: str, dtype: str) -> str:
+        key = (device, dtype)
+        if key not in self._best:
             if device not in self.devices:
-                raise PlanError("device", device,
-                                f"choose one of: {', '.join(self.devices)}") from None
-            raise PlanError(f"devices.{device}.units", unit,
-                            f"choose one of: {', '.join(self.devices[device].units)}") from None
+                raise self._no_unit(device, None)
+            self._best[key] = best_unit(self.devices[device], dtype)
+        return self._best[key]
+
+    def _no_unit(self, device: str, unit: str | None) -> PlanError:
+        if device not in self.devices:
+            return PlanError("device", device, f"choose one of: {', '.join(self.devices)}")
+        return PlanError(f"devices.{device}.units", unit,
+                         f"choose one of: {', '.join(self.devices[device].units)}")
 
     def _start(self, job: _Job) -> simpy.Timeout:
         u, now = job.unit, self.env.now

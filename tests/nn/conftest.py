@@ -39,7 +39,8 @@ EXAMPLES: dict[str, list[Example]] = {
     ],
     "conv2d": [
         Example("3x3", lambda r: Conv2d(3, 4, 3, r), normal(2, 3, 6, 5)),
-        Example("stride2_pad1", lambda r: Conv2d(3, 4, 3, r, stride=2, padding=1), normal(2, 3, 7, 6)),
+        Example("stride2_pad1", lambda r: Conv2d(3, 4, 3, r, stride=2, padding=1),
+                normal(2, 3, 7, 6)),
         Example("depthwise", lambda r: Conv2d(4, 4, 3, r, padding=1, groups=4), normal(2, 4, 5, 5)),
         Example("groups2", lambda r: Conv2d(4, 6, 3, r, stride=2, padding=1, groups=2),
                 normal(2, 4, 6, 6)),

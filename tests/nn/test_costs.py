@@ -90,7 +90,7 @@ def test_attention_cost_by_hand():
 
 
 def test_batchnorm_stores_running_stats_but_grads_only_gamma_beta():
-    """C=4: gamma, beta, mean, var = 16 values = 64 B stored; (2, 4) input -> 8 values, 8 FLOPs each."""
+    """C=4: gamma, beta, mean, var = 16 values = 64 B stored; (2, 4) input: 8 values x 8 FLOPs."""
     c = BatchNorm(4).cost((2, 4))
     assert c.param_bytes == 64
     assert c.fwd_flops == 64

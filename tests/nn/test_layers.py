@@ -35,13 +35,14 @@ def numeric_grad(f, arr: np.ndarray) -> np.ndarray:
 
 
 def float64_layer(ex, seed: int = 0) -> tuple:
-    """The example's layer in float64 with every parameter moved off its init (biases 0, gamma 1)."""
+    """The example's layer in float64, every parameter moved off its init (biases 0, gamma 1)."""
     rng = np.random.default_rng(seed)
     layer = astype(ex.build(rng), np.float64)
     for p in layer.params.values():
         p += 0.3 * rng.standard_normal(p.shape)
     for name, b in layer.buffers.items():
-        b[...] = rng.uniform(0.5, 1.5, b.shape) if name.endswith("var") else rng.standard_normal(b.shape)
+        is_var = name.endswith("var")
+        b[...] = rng.uniform(0.5, 1.5, b.shape) if is_var else rng.standard_normal(b.shape)
     x = ex.make_x(rng)
     if np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
