@@ -7,7 +7,7 @@ the event log into a Result. Nothing here reads the wall clock.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,9 @@ from simdl.report.result import Result, write_comparison
 from simdl.report.tables import compare as compare_summaries
 from simdl.scenario import Scenario, StrategyEntry, call, choose, dump, load, parse
 from simdl.sim.engine import Simulator
-from simdl.sim.inference import execute, labels
+from simdl.plan.estimate import transfer_time
+from simdl.sim.inference import Outputs, execute, fuse, inputs, labels
+from simdl.sim.stages import prepare
 from simdl.world import build
 
 __all__ = ["Run", "load", "run", "compare", "plan"]
@@ -75,7 +77,7 @@ def run(scenario: Scenario | str | Path, strategy: str | None = None, *,
         for i, entry in selected(sc, strategy):
             p = plan(world, entry, i)
             sim = Simulator(world.devices, world.network, timing_only=timing_only)
-            outputs = execute(p, world, sim, progress)
+            outputs = execute(p, world, sim, prepare(p, world), progress)
             results.append(_result(sc, world, entry, p, sim, outputs))
     return Run(sc, results)
 
@@ -96,44 +98,109 @@ def label(entry: StrategyEntry) -> str:
 
 
 def selected(sc: Scenario, strategy: str | None) -> list[tuple[int, StrategyEntry]]:
-    """(index, entry) of the strategies to run; labels must be unique."""
-    labels_seen: dict[str, int] = {}
+    """(index, entry) of the strategies to run, sweeps expanded; labels must be unique."""
+    entries: list[tuple[int, StrategyEntry]] = []
     for i, entry in enumerate(sc.strategies):
+        entries += [(i, e) for e in _swept(entry, i)]
+    labels_seen: dict[str, tuple[int, StrategyEntry]] = {}
+    for i, entry in entries:
         if label(entry) in labels_seen:
             raise ScenarioError(f"strategies[{i}].label", label(entry),
                                 "labels must be unique (add `label:` to tell them apart)")
-        labels_seen[label(entry)] = i
+        labels_seen[label(entry)] = (i, entry)
     if strategy is None:
-        return list(enumerate(sc.strategies))
+        return entries
     if strategy not in labels_seen:
         raise ScenarioError("--strategy", strategy, f"choose one of: {', '.join(labels_seen)}")
-    return [(labels_seen[strategy], sc.strategies[labels_seen[strategy]])]
+    return [labels_seen[strategy]]
+
+
+def _swept(entry: StrategyEntry, i: int) -> list[StrategyEntry]:
+    """One entry per value of the swept parameter, labelled `label[param=value]`."""
+    if not entry.sweep:
+        return [entry]
+    if len(entry.sweep) != 1:
+        raise ScenarioError(f"strategies[{i}].sweep", sorted(entry.sweep),
+                            "sweep one parameter at a time")
+    (param, values), = entry.sweep.items()
+    base = entry.model_dump(exclude={"sweep", "label"})
+    return [StrategyEntry.model_validate(base | {param: v, "label": f"{label(entry)}[{param}={v}]"})
+            for v in values]
 
 
 def plan(world: World, entry: StrategyEntry, i: int) -> Plan:
-    """The entry's strategy applied to the world, checked before anything runs."""
+    """The entry's strategy applied to the world, deployed as asked, checked before it runs."""
     where = f"strategies[{i}]"
     make = choose(STRATEGIES, entry.name, f"{where}.name")
+    for device in entry.deploy:
+        if device not in world.devices:
+            raise ScenarioError(f"{where}.deploy.{device}", device,
+                                f"choose one of: {', '.join(world.devices)}")
     try:
         p = call(make, entry.params, where, world)
+        p = deployed(p, {d: (e.dtype, e.prune) for d, e in entry.deploy.items()})
         check(p, world)
     except PlanError as err:
         raise type(err)(f"{where}.{err.where}", err.value, err.allowed) from None
     return p
 
 
+def deployed(p: Plan, deploy: dict[str, tuple[str, float]]) -> Plan:
+    """The plan with each stage stored as its leading device's deployment says."""
+    if not deploy:
+        return p
+    replicas = tuple(replace(r, stages=tuple(
+        replace(s, dtype=deploy[s.device][0], prune=deploy[s.device][1]) if s.device in deploy
+        else s for s in r.stages)) for r in p.replicas)
+    return replace(p, replicas=replicas)
+
+
 def _result(sc: Scenario, world: World, entry: StrategyEntry, p: Plan, sim: Simulator,
-            outputs: dict[int, np.ndarray]) -> Result:
-    context: dict[str, Any] = {"plan": p.describe()}
-    if outputs:
-        hits = [np.mean(np.argmax(y, axis=-1) == labels(world, r)) for r, y in outputs.items()]
-        context["accuracy"] = float(np.mean(hits))
+            outputs: Outputs) -> Result:
+    context: dict[str, Any] = {"plan": p.describe()} | deployment_cost(p, world, sim)
+    context |= accuracy(p, world, outputs)
     resolved = dump(sc) | {"simdl_version": __version__}
     link_stats = sim.flows.link_stats() if sim.flows is not None else []
     result = Result.from_log(
         scenario=sc.name, strategy=label(entry), seed=sc.seed, events=sim.log.frame(),
         specs=world.devices, energy={d: sim.energy(d) for d in world.devices},
         link_stats=link_stats, duration=sim.now, resolved=resolved, **context)
-    result.outputs = outputs
+    result.outputs = outputs.final
+    result.members = outputs.members
     return result
 
+
+def accuracy(p: Plan, world: World, outputs: Outputs) -> dict[str, float]:
+    """Accuracy of the served answers; of each ensemble member; and, for compressed
+    deployments, of the same requests under the fp32 model (the change is measured)."""
+    if not outputs.final:
+        return {}
+
+    def acc(answers: dict[int, np.ndarray]) -> float:
+        return float(np.mean([np.mean(np.argmax(y, -1) == labels(world, r))
+                              for r, y in sorted(answers.items())]))
+
+    out = {"accuracy": acc(outputs.final)}
+    for i, rep in enumerate(p.replicas):
+        if p.dispatch == "all":
+            who = f"{rep.model}@{rep.stages[0].device}"
+            out[f"accuracy_{who}"] = acc({r: m[i] for r, m in outputs.members.items()})
+    if any((s.dtype, s.prune) != ("fp32", 0.0) for r in p.replicas for s in r.stages):
+        reference = {}
+        for r in outputs.final:
+            x = inputs(world, r)
+            ys = [world.models[rep.model].forward(x)[0] for rep in p.replicas]
+            reference[r] = fuse(p.fuse, ys) if p.dispatch == "all" else ys[0]
+        out["accuracy_fp32"] = acc(reference)
+        out["accuracy_change"] = out["accuracy"] - out["accuracy_fp32"]
+    return out
+
+
+def deployment_cost(p: Plan, world: World, sim: Simulator) -> dict[str, float]:
+    """Shipping the weights from the source to every other device, once, reported apart
+    from serving: bytes, and the time if all devices load in parallel (each alone on its route)."""
+    log = sim.log.frame()
+    weights = log[(log.kind == "alloc") & log.label.str.startswith("weights")
+                  & (log.device != p.source)].groupby("device", sort=True).nbytes.sum()
+    times = [transfer_time(world, p.source, d, b) for d, b in weights.items()]
+    return {"deploy_MB": float(weights.sum()) / 1e6, "deploy_s": max(times, default=0.0)}

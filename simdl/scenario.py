@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat,
-                      PositiveInt, ValidationError, create_model, model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt,
+                      PositiveFloat, PositiveInt, ValidationError, create_model, model_validator)
 from pydantic_core import PydanticCustomError
 
 from simdl.errors import ScenarioError
@@ -62,12 +62,38 @@ class NetworkEntry(Named):
 
 
 class ModelEntry(Named):
+    """A zoo model by `name` with its sizes; `pretrain` steps of training on the
+    scenario's synthetic data before it is deployed (so accuracy means something)."""
+
     name: str
+    pretrain: NonNegativeInt = 0
+
+
+class DeployEntry(Strict):
+    """How a device stores and runs its weights."""
+
+    dtype: Literal["fp32", "fp16", "int8"] = "fp32"
+    prune: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 
 
 class StrategyEntry(Named):
+    """A strategy by `name` with its parameters; `deploy` compresses weights per device;
+    `sweep` runs it once per value of one parameter (e.g. every offload cut)."""
+
     name: str
     label: str | None = None
+    deploy: dict[str, DeployEntry] = {}
+    sweep: dict[str, list[Any]] = {}
+
+
+class RequestClass(Strict):
+    name: str
+    share: PositiveFloat
+    priority: int = 0
+
+
+class Constraints(Strict):
+    input_stays_on: str | None = None  # the raw input may not leave this device
 
 
 class Poisson(Strict):
@@ -94,6 +120,7 @@ class Inference(Strict):
     arrival: Arrival = Closed(kind="closed", concurrency=1)
     batch: PositiveInt = 1
     source: str  # the device that owns the input data and gets the answers
+    classes: list[RequestClass] = []
 
 
 class Scenario(Strict):
@@ -103,7 +130,9 @@ class Scenario(Strict):
     devices: list[DeviceEntry] = Field(min_length=1)
     network: NetworkEntry
     model: ModelEntry
+    models: dict[str, ModelEntry] = {}  # extra named models, e.g. ensemble members
     workload: Annotated[Inference, Field(discriminator="kind")]
+    constraints: Constraints = Constraints()
     strategies: list[StrategyEntry] = Field(min_length=1)
 
 

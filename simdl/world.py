@@ -1,4 +1,4 @@
-"""A validated Scenario -> the runtime World (chain, pool, network, workload, data).
+"""A validated Scenario -> the runtime World (models, pool, network, workload, data).
 
 The last stop of pydantic objects: below this, everything is plain frozen data.
 Every name the scenario uses is checked here, with its field path.
@@ -14,11 +14,12 @@ from simdl.hw.devices import DeviceSpec, make_device
 from simdl.hw.network import TOPOLOGIES
 from simdl.nn.chain import Chain
 from simdl.nn.data import SHAPES, Dataset, gaussian_mixture, shapes, tokens
+from simdl.nn.fit import fit
 from simdl.nn.models import MODELS
 from simdl.plan import world as w
-from simdl.scenario import Scenario, call, choose
+from simdl.scenario import ModelEntry, Scenario, call, choose
 
-#: Requests draw their inputs from this many labelled samples.
+#: Requests draw their inputs from this many labelled samples; pretraining uses 4x as many others.
 DATA_SAMPLES = 512
 
 
@@ -27,12 +28,22 @@ def build(scenario: Scenario) -> w.World:
     devices = pool(scenario)
     topology = choose(TOPOLOGIES, scenario.network.kind, "network.kind")
     network = call(topology, scenario.network.params, "network", devices)
-    model = choose(MODELS, scenario.model.name, "model.name")
-    params = {"seed": scenario.seed} | scenario.model.params
-    chain: Chain = call(model, params, "model")
+    main = model(scenario.model, "model", scenario.seed)
+    train, test = data_for(main, scenario.seed)
+    models = {"main": main}
+    for name, entry in scenario.models.items():
+        models[name] = model(entry, f"models.{name}", scenario.seed)
+        if models[name].in_shape != main.in_shape:
+            raise ScenarioError(f"models.{name}", entry.name, f"a model with the main model's "
+                                f"input shape {main.in_shape}")
+    for name, entry in [("main", scenario.model), *scenario.models.items()]:
+        if entry.pretrain:
+            fit(models[name], train, steps=entry.pretrain, seed=scenario.seed)
     load = scenario.workload
-    if load.source not in devices:
-        raise ScenarioError("workload.source", load.source, f"choose one of: {', '.join(devices)}")
+    for where, device in (("workload.source", load.source),
+                          ("constraints.input_stays_on", scenario.constraints.input_stays_on)):
+        if device is not None and device not in devices:
+            raise ScenarioError(where, device, f"choose one of: {', '.join(devices)}")
     a = load.arrival
     if a.kind == "trace" and len(a.times) < load.requests:
         raise ScenarioError("workload.arrival.times", len(a.times),
@@ -40,9 +51,16 @@ def build(scenario: Scenario) -> w.World:
     arrival = w.Arrival(a.kind, rate=getattr(a, "rate", 0.0),
                         concurrency=getattr(a, "concurrency", 0),
                         times=tuple(getattr(a, "times", ())))
-    workload = w.Inference(load.requests, arrival, load.batch, load.source)
-    return w.World(scenario.name, scenario.seed, chain, devices, network, workload,
-                   data_for(chain, scenario.seed))
+    classes = tuple(w.RequestClass(c.name, c.share, c.priority) for c in load.classes)
+    workload = w.Inference(load.requests, arrival, load.batch, load.source, classes)
+    return w.World(scenario.name, scenario.seed, models, devices, network, workload, test,
+                   scenario.constraints.input_stays_on)
+
+
+def model(entry: ModelEntry, where: str, seed: int) -> Chain:
+    """A zoo model from its entry; the scenario's seed unless the entry sets one."""
+    make = choose(MODELS, entry.name, f"{where}.name")
+    return call(make, {"seed": seed} | entry.params, where)
 
 
 def pool(scenario: Scenario) -> dict[str, DeviceSpec]:
@@ -59,13 +77,16 @@ def pool(scenario: Scenario) -> dict[str, DeviceSpec]:
     return devices
 
 
-def data_for(chain: Chain, seed: int) -> Dataset:
-    """Labelled samples shaped for the chain's input: tokens, vectors or images."""
+def data_for(chain: Chain, seed: int) -> tuple[Dataset, Dataset]:
+    """(training, held-out) labelled samples shaped for the chain's input: tokens,
+    vectors or images from one distribution; requests draw from the held-out part."""
     shape, classes = chain.in_shape, chain.n_classes or 2
-    kw: dict[str, Any] = {"n": DATA_SAMPLES, "seed": seed}
+    kw: dict[str, Any] = {"n": 5 * DATA_SAMPLES, "seed": seed}
     if np.issubdtype(chain.in_dtype, np.integer):
-        return tokens(seq_len=shape[0], vocab=classes, **kw)
-    if len(shape) == 1:
-        return gaussian_mixture(dim=shape[0], n_classes=classes, **kw)
-    # Inference needs inputs, not every class: the drawn shapes are fewer than 10.
-    return shapes(size=shape[-1], channels=shape[0], n_classes=min(classes, len(SHAPES)), **kw)
+        data = tokens(seq_len=shape[0], vocab=classes, **kw)
+    elif len(shape) == 1:
+        data = gaussian_mixture(dim=shape[0], n_classes=classes, **kw)
+    else:
+        # The drawn shapes are fewer than 10: labels use the first len(SHAPES) classes.
+        data = shapes(size=shape[-1], channels=shape[0], n_classes=min(classes, len(SHAPES)), **kw)
+    return data.split(0.8)

@@ -1,11 +1,15 @@
-"""Fast analytic cost of blocks and plans, without simpy (for planners and `cuts: auto`).
+"""Fast analytic cost of blocks and plans, without simpy (for planners and `auto` choices).
 
-Uses the same device model the simulator uses (`kernel_time`), block by block,
-so an estimate and a simulated run agree wherever no queueing or sharing occurs.
+Uses the same device model the simulator uses (`kernel_time`) and the route's
+bottleneck bandwidth, so an estimate and a simulated run agree wherever no
+queueing or sharing occurs.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 from simdl.hw.devices import best_unit, kernel_time
+from simdl.plan.plan import input_bytes
 from simdl.plan.world import World
 
 
@@ -15,6 +19,39 @@ def block_times(world: World, device: str, batch: int, unit: str | None = None) 
     unit = unit or best_unit(spec)
     return [kernel_time(spec, unit, c.fwd_flops, c.fwd_bytes)
             for c in world.chain.costs(batch)]
+
+
+def group_block_times(world: World, devices: tuple[str, ...], batch: int) -> list[float]:
+    """Per block, a tensor-parallel group's time: the slowest member's 1/k share
+    (collectives left out: a lower bound)."""
+    per_device = [block_times(world, d, batch) for d in devices]
+    return [max(times) / len(devices) for times in zip(*per_device)]
+
+
+def transfer_time(world: World, src: str, dst: str, nbytes: float) -> float:
+    """One flow alone on its route: latency, overhead, then the bottleneck rate.
+
+    A resource the route crosses twice (a Wi-Fi airtime) gives it half its capacity.
+    """
+    if src == dst:
+        return 0.0
+    route = world.network.route(src, dst)
+    uses = Counter(route.resources)
+    rate = min(world.network.capacity[r] / n for r, n in uses.items())
+    return route.latency + world.network.overhead + nbytes / rate
+
+
+def offload_latency(world: World, target: str, cut: int) -> float:
+    """One request's latency with blocks [0, cut) on the source and the rest on `target`."""
+    source, batch, chain = world.workload.source, world.workload.batch, world.chain
+    costs = chain.costs(batch)
+    local = sum(block_times(world, source, batch)[:cut])
+    remote = sum(block_times(world, target, batch)[cut:])
+    if cut == len(chain):
+        return local
+    sent = input_bytes(chain, batch) if cut == 0 else costs[cut - 1].out_bytes
+    return (local + transfer_time(world, source, target, sent) + remote
+            + transfer_time(world, target, source, costs[-1].out_bytes))
 
 
 def balanced_cuts(times: list[list[float]]) -> list[int]:

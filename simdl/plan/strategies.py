@@ -11,22 +11,23 @@ from typing import Annotated, Literal
 from annotated_types import Gt
 
 from simdl.errors import PlanError
-from simdl.plan.estimate import balanced_cuts, block_times
-from simdl.plan.plan import Plan, Stage
+from simdl.plan.estimate import balanced_cuts, block_times, group_block_times, offload_latency
+from simdl.plan.plan import Plan, Replica, Stage, single_path
 from simdl.plan.world import World
 
 PositiveInt = Annotated[int, Gt(0)]  # checked at the YAML edge, plain int here
+Cuts = list[int] | Literal["auto"]
 
 
 def single(world: World, device: str | None = None, unit: str | None = None) -> Plan:
     """The whole model on one device (by default the one that owns the input)."""
     device = device or world.workload.source
     _known(world, "device", device)
-    return Plan("single", (Stage(device, 0, len(world.chain), unit),), world.workload.source,
-                params={"device": device})
+    return single_path("single", world, [Stage((device,), 0, len(world.chain), unit)],
+                       device=device)
 
 
-def pipeline(world: World, devices: list[str], cuts: list[int] | Literal["auto"] = "auto",
+def pipeline(world: World, devices: list[str], cuts: Cuts = "auto",
              microbatches: PositiveInt = 1) -> Plan:
     """The chain cut into consecutive stages over `devices`, in the order given.
 
@@ -34,27 +35,120 @@ def pipeline(world: World, devices: list[str], cuts: list[int] | Literal["auto"]
     the estimated stage times by each device's speed. Each request's batch is
     cut into `microbatches` that stream through the stages.
     """
-    n = len(world.chain)
     if len(devices) < 2:
         raise PlanError("devices", devices, "a pipeline needs at least two devices")
+    stages = _stages(world, [[d] for d in devices], cuts, microbatches, "devices")
+    return single_path("pipeline", world, stages, microbatches, devices=list(devices),
+                       cuts=[s.start for s in stages[1:]])
+
+
+def data_parallel(world: World, devices: list[str],
+                  dispatch: Literal["round_robin", "least_loaded", "weighted", "split"] = "least_loaded",
+                  microbatches: PositiveInt = 1) -> Plan:
+    """A replica of the whole model on each device.
+
+    Requests go to one replica each (round robin, the least loaded, or weighted by
+    estimated speed), or each request's batch is `split` over all replicas in
+    proportion to their speed. Weights are placed once, before the first request.
+    """
     for d in devices:
         _known(world, "devices", d)
-    if len(devices) > n:
-        raise PlanError("devices", devices, f"at most {n} devices, one block each at least")
+    n, batch = len(world.chain), world.workload.batch
+    speed = [1.0 / sum(block_times(world, d, batch)) for d in devices]
+    replicas = tuple(Replica((Stage((d,), 0, n),), share=s / sum(speed))
+                     for d, s in zip(devices, speed))
+    return Plan("data_parallel", replicas, world.workload.source, microbatches, dispatch,
+                params={"devices": list(devices), "dispatch": dispatch})
+
+
+def tensor_parallel(world: World, devices: list[str], microbatches: PositiveInt = 1) -> Plan:
+    """Every block split over the group `devices` (Megatron-style: columns then rows,
+    conv output channels, attention heads), joined by all-gathers and all-reduces."""
+    if len(devices) < 2:
+        raise PlanError("devices", devices, "tensor parallelism needs at least two devices")
+    for d in devices:
+        _known(world, "devices", d)
+    stage = Stage(tuple(devices), 0, len(world.chain))
+    return single_path("tensor_parallel", world, [stage], microbatches, devices=list(devices))
+
+
+def hybrid(world: World, pipelines: list[list[list[str]]], cuts: Cuts = "auto",
+           microbatches: PositiveInt = 1,
+           dispatch: Literal["round_robin", "least_loaded", "weighted"] = "least_loaded") -> Plan:
+    """Replicas (data parallel) of a pipeline whose stages are tensor-parallel groups.
+
+    `pipelines` lists each replica's stages, each stage a list of devices (one
+    device, or a group). Every replica has its own cuts when `auto`.
+    """
+    replicas = []
+    for r, groups in enumerate(pipelines):
+        stages = _stages(world, groups, cuts, microbatches, f"pipelines[{r}]")
+        replicas.append(Replica(tuple(stages)))
+    speed = [1.0 / max(sum(group_block_times(world, s.devices, world.workload.batch)[s.start:s.stop])
+                       for s in rep.stages) for rep in replicas]
+    replicas = [Replica(rep.stages, share=s / sum(speed)) for rep, s in zip(replicas, speed)]
+    return Plan("hybrid", tuple(replicas), world.workload.source, microbatches, dispatch,
+                params={"pipelines": pipelines})
+
+
+def offload(world: World, target: str, cut: int | Literal["auto"] = "auto",
+            microbatches: PositiveInt = 1) -> Plan:
+    """Neurosurgeon's two-tier split (Kang et al., ASPLOS 2017): blocks before `cut` on
+    the device that owns the input, the rest on `target` (an edge server or the cloud).
+
+    `cut: 0` ships the raw input; `cut` = the number of blocks keeps all local;
+    `auto` picks the cut with the lowest estimated latency that the constraints allow.
+    """
+    source, n = world.workload.source, len(world.chain)
+    _known(world, "target", target)
+    if cut == "auto":
+        first = 1 if world.input_stays_on == source else 0
+        cut = min(range(first, n + 1), key=lambda c: (offload_latency(world, target, c), c))
+    elif not 0 <= cut <= n:
+        raise PlanError("cut", cut, f"a block index from 0 (all on {target}) to {n} (all local)")
+    stages = [Stage((d,), a, b) for d, a, b in ((source, 0, cut), (target, cut, n)) if a < b]
+    return single_path("offload", world, stages, microbatches, target=target, cut=cut)
+
+
+def ensemble(world: World, devices: list[str], models: list[str] | None = None,
+             fuse: Literal["mean", "vote", "confidence"] = "mean") -> Plan:
+    """Collaborative inference: each device runs a whole model (`models[i]`, one of
+    the world's models, default the main one) on every request; predictions are
+    fused by probability averaging, majority vote or confidence weighting."""
+    models = models or ["main"] * len(devices)
+    if len(models) != len(devices):
+        raise PlanError("models", models, f"one model per device ({len(devices)})")
+    replicas = []
+    for d, m in zip(devices, models):
+        _known(world, "devices", d)
+        if m not in world.models:
+            raise PlanError("models", m, f"choose one of: {', '.join(world.models)}")
+        replicas.append(Replica((Stage((d,), 0, len(world.models[m])),), model=m))
+    return Plan("ensemble", tuple(replicas), world.workload.source, 1, "all", fuse,
+                params={"devices": list(devices), "models": list(models), "fuse": fuse})
+
+
+def _stages(world: World, groups: list[list[str]], cuts: Cuts, microbatches: int,
+            field: str) -> list[Stage]:
+    """Stages over `groups` in order, cut where `cuts` says or balanced by estimate."""
+    n = len(world.chain)
+    for g in groups:
+        for d in g:
+            _known(world, field, d)
+    if len(groups) > n:
+        raise PlanError(field, groups, f"at most {n} stages, one block each at least")
     if microbatches > world.workload.batch:
         raise PlanError("microbatches", microbatches,
                         f"at most the batch size ({world.workload.batch})")
     if cuts == "auto":
         batch = -(-world.workload.batch // microbatches)
-        cuts = balanced_cuts([block_times(world, d, batch) for d in devices])
-    elif (len(cuts) != len(devices) - 1 or any(not 0 < c < n for c in cuts)
+        cuts = balanced_cuts([group_block_times(world, tuple(g), batch) for g in groups])
+    elif (len(cuts) != len(groups) - 1 or any(not 0 < c < n for c in cuts)
           or any(a >= b for a, b in zip(cuts, cuts[1:]))):
-        raise PlanError("cuts", cuts, f"{len(devices) - 1} increasing block indices "
+        raise PlanError("cuts", cuts, f"{len(groups) - 1} increasing block indices "
                         f"between 1 and {n - 1} (the chain has {n} blocks), or 'auto'")
     bounds = [0, *cuts, n]
-    stages = tuple(Stage(d, a, b) for d, a, b in zip(devices, bounds, bounds[1:]))
-    return Plan("pipeline", stages, world.workload.source, microbatches,
-                params={"devices": list(devices), "cuts": list(cuts), "microbatches": microbatches})
+    return [Stage(tuple(g), a, b) for g, a, b in zip(groups, bounds, bounds[1:])]
 
 
 def _known(world: World, field: str, device: str) -> None:
@@ -67,4 +161,9 @@ Strategy = Callable[..., Plan]
 STRATEGIES: dict[str, Strategy] = {
     "single": single,
     "pipeline": pipeline,
+    "data_parallel": data_parallel,
+    "tensor_parallel": tensor_parallel,
+    "hybrid": hybrid,
+    "offload": offload,
+    "ensemble": ensemble,
 }

@@ -26,6 +26,16 @@ class Arrival:
 
 
 @dataclass(frozen=True)
+class RequestClass:
+    """A priority class: `share` of the requests, served before classes with a
+    higher `priority` number wherever they queue for a compute unit."""
+
+    name: str
+    share: float
+    priority: int
+
+
+@dataclass(frozen=True)
 class Inference:
     """A stream of `requests` inference requests of `batch` samples each, whose input
     lives on (and whose answers go back to) the device `source`."""
@@ -34,14 +44,24 @@ class Inference:
     arrival: Arrival
     batch: int
     source: str
+    classes: tuple[RequestClass, ...] = ()
 
 
 @dataclass(frozen=True)
 class World:
+    """`models` holds "main" (the scenario's model) and any named extra models
+    (ensemble members), trained if the scenario asks; `data` are labelled samples
+    none of them trained on, from which requests draw their inputs."""
+
     name: str
     seed: int
-    chain: Chain
+    models: Mapping[str, Chain]
     devices: Mapping[str, DeviceSpec]
     network: Network
     workload: Inference
-    data: Dataset  # labelled samples the requests draw their inputs from
+    data: Dataset
+    input_stays_on: str | None = None  # the raw input may not leave this device
+
+    @property
+    def chain(self) -> Chain:
+        return self.models["main"]

@@ -39,6 +39,7 @@ class Result:
     resolved: dict
     extra: dict[str, pd.DataFrame] = field(default_factory=dict)
     outputs: dict[int, Any] = field(default_factory=dict)  # request -> model output (real mode)
+    members: dict[int, dict[int, Any]] = field(default_factory=dict)  # ensembles: request -> replica -> output
 
     @classmethod
     def from_log(cls, *, scenario: str, strategy: str, seed: int, events: pd.DataFrame,

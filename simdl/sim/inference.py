@@ -1,85 +1,82 @@
-"""Executes inference plans: requests arrive, their micro-batches stream through the stages.
+"""Executes inference plans: requests arrive, reach replicas, stream through stages.
 
-Every block is a kernel on its stage's device and every hand-over between
-devices a transfer on the network, so queueing, contention and memory are the
-engine's. A request whose device leaves mid-flight is recorded as dropped,
-never lost silently.
+Requests are dispatched to one replica, split over all, or sent to all and
+fused (an ensemble). A request whose device leaves mid-flight is recorded as
+dropped, never lost silently. How a micro-batch crosses one replica's stages
+is `sim.stages`; this module owns arrivals, dispatch, fusion and the record.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from simdl.errors import DeviceGone
-from simdl.nn.core import Cost
-from simdl.plan.plan import Plan, input_bytes
+from simdl.nn.dense import softmax
+from simdl.plan.plan import Plan
 from simdl.plan.world import World
 from simdl.rng import stream
 from simdl.sim.engine import Simulator
+from simdl.sim.stages import ReplicaRunner
 
 
-def execute(plan: Plan, world: World, sim: Simulator,
-            progress: Callable[[int], None] | None = None) -> dict[int, np.ndarray]:
-    """Run the workload under `plan` to the end; return each served request's output.
+@dataclass
+class Outputs:
+    """What the served requests computed (real mode only): the final answer per
+    request, and each replica's own answer when every replica saw the request."""
 
-    Outputs are only filled in real mode; timing-only mode returns an empty dict.
-    `progress(1)` is called as each request ends (served or dropped).
+    final: dict[int, np.ndarray] = field(default_factory=dict)
+    members: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)
+
+
+def execute(plan: Plan, world: World, sim: Simulator, runners: list[ReplicaRunner],
+            progress: Callable[[int], None] | None = None) -> Outputs:
+    """Run the workload under `plan` to its last request; return what it computed.
+
+    `runners` (one per replica, from `sim.stages.prepare`) hold the deployed
+    weights and the shard programs. `progress(1)` is called as each request ends.
     """
-    chain, load = world.chain, world.workload
-    sizes = [len(part) for part in np.array_split(np.arange(load.batch), plan.microbatches)]
-    costs = {size: chain.costs(size) for size in set(sizes)}
-    outputs: dict[int, np.ndarray] = {}
-    for s in plan.stages:
-        sim.allocate(s.device, chain.param_bytes(s.start, s.stop),
-                     f"weights {chain.names[s.start]}..{chain.names[s.stop - 1]}")
-
-    def block(x: np.ndarray, b: int) -> np.ndarray:
-        return chain.forward(x, start=b, stop=b + 1)[0]
-
-    def microbatch(r: int, j: int, x: np.ndarray | None, size: int) -> Generator[Any, Any, Any]:
-        tag = f"r{r}.{j}"
-        where, held = plan.source, input_bytes(world, size)
-        try:
-            sim.allocate(where, held, f"input {tag}", request=r)
-            for stage in plan.stages:
-                if stage.device != where:
-                    yield sim.transfer(where, stage.device, held, label=f"act {tag}", request=r)
-                    sim.free(where, held, f"act {tag}", request=r)
-                    sim.allocate(stage.device, held, f"act {tag}", request=r)
-                    where = stage.device
-                for b in range(stage.start, stage.stop):
-                    c: Cost = costs[size][b]
-                    sim.allocate(where, c.out_bytes, f"act {tag}", request=r)
-                    x = yield sim.compute(where, c.fwd_flops, c.fwd_bytes, block, (x, b),
-                                          unit=stage.unit, label=f"{chain.names[b]} {tag}",
-                                          request=r)
-                    sim.free(where, held, f"act {tag}", request=r)
-                    held = c.out_bytes
-            if where != plan.source:
-                yield sim.transfer(where, plan.source, held, label=f"out {tag}", request=r)
-                sim.free(where, held, f"out {tag}", request=r)
-                sim.allocate(plan.source, held, f"out {tag}", request=r)
-            sim.free(plan.source, held, f"out {tag}", request=r)
-            return x
-        except DeviceGone as gone:
-            return gone
+    load, out = world.workload, Outputs()
+    classes = _classes(world)
+    pick = _dispatcher(plan)
+    busy = [0] * len(plan.replicas)
+    for runner in runners:
+        runner.place_weights(sim)
 
     def request(r: int) -> Generator[Any, Any, None]:
-        arrival = sim.now
-        x = _inputs(world, r) if not sim.timing_only else None
-        parts = np.split(x, np.cumsum(sizes)[:-1]) if x is not None else [None] * len(sizes)
-        procs = [sim.process(microbatch(r, j, p, n)) for j, (p, n) in enumerate(zip(parts, sizes))]
+        arrival, (cls, priority) = sim.now, classes[r]
+        x = None if sim.timing_only else inputs(world, r)
+        if plan.dispatch == "all":
+            chosen = list(range(len(runners)))
+            parts = [(x, load.batch)] * len(runners)
+        elif plan.dispatch == "split":
+            chosen = [i for i, n in enumerate(_split(load.batch, plan)) if n > 0]
+            sizes = [n for n in _split(load.batch, plan) if n > 0]
+            cuts = np.cumsum(sizes)[:-1]
+            parts = list(zip(np.split(x, cuts) if x is not None else [None] * len(sizes), sizes))
+        else:
+            chosen = [pick(busy)]
+            parts = [(x, load.batch)]
+        for i in chosen:
+            busy[i] += 1
+        procs = [sim.process(runners[i].run(sim, r, px, n, priority))
+                 for i, (px, n) in zip(chosen, parts)]
         results = yield sim.env.all_of(procs)
+        for i in chosen:
+            busy[i] -= 1
         values = [results[p] for p in procs]
         gone = next((v for v in values if isinstance(v, DeviceGone)), None)
         if gone is not None:
-            sim.log.add(arrival, sim.now, "dropped", plan.source, "", str(gone), request=r)
+            sim.log.add(arrival, sim.now, "dropped", plan.source, cls, str(gone), request=r)
         else:
             if x is not None:
-                outputs[r] = np.concatenate(values)
-            sim.log.add(arrival, sim.now, "request", plan.source, "", plan.path, request=r)
+                out.final[r] = _combine(plan, values)
+                if plan.dispatch == "all":
+                    out.members[r] = dict(zip(chosen, values))
+            path = " | ".join(runners[i].path for i in chosen)
+            sim.log.add(arrival, sim.now, "request", plan.source, cls, path, request=r)
         if progress is not None:
             progress(1)
         finished.append(r)
@@ -91,7 +88,75 @@ def execute(plan: Plan, world: World, sim: Simulator,
     done = sim.env.event()
     sim.process(_arrivals(world, sim, request))
     sim.run(until=done)
-    return outputs
+    return out
+
+
+def _combine(plan: Plan, values: list[np.ndarray]) -> np.ndarray:
+    """One answer from the replicas' answers: concatenated, or fused (ensembles)."""
+    if plan.dispatch != "all":
+        return np.concatenate(values)
+    return fuse(plan.fuse, values)
+
+
+def fuse(how: str, logits: list[np.ndarray]) -> np.ndarray:
+    """Fuse ensemble members' logits into class scores (argmax is the prediction).
+
+    mean: average of probabilities; vote: count of members voting each class
+    (ties go to the lower class index via argmax); confidence: probabilities
+    weighted per sample by each member's top probability.
+    """
+    probs = [softmax(z.astype(np.float64), axis=-1) for z in logits]
+    if how == "mean":
+        return np.mean(probs, axis=0)
+    if how == "vote":
+        n_classes = probs[0].shape[-1]
+        return np.sum([np.eye(n_classes)[p.argmax(-1)] for p in probs], axis=0)
+    weights = [p.max(-1, keepdims=True) for p in probs]
+    return np.sum([w * p for w, p in zip(weights, probs)], axis=0) / np.sum(weights, axis=0)
+
+
+def _split(batch: int, plan: Plan) -> list[int]:
+    """The batch shared over replicas by `share`, largest remainders first (exact total)."""
+    exact = [batch * r.share for r in plan.replicas]
+    sizes = [int(e) for e in exact]
+    order = sorted(range(len(exact)), key=lambda i: (sizes[i] - exact[i], i))
+    for i in order[:batch - sum(sizes)]:
+        sizes[i] += 1
+    return sizes
+
+
+def _dispatcher(plan: Plan) -> Callable[[list[int]], int]:
+    """Which replica takes the next request, given the requests each has in flight."""
+    if plan.dispatch == "round_robin":
+        turn = iter(range(10**12))
+        return lambda busy: next(turn) % len(busy)
+    if plan.dispatch == "least_loaded":
+        # Fewest in flight relative to speed; ties to the faster replica, then the first.
+        return lambda busy: min(range(len(busy)), key=lambda i: (
+            (busy[i] + 1) / plan.replicas[i].share, -plan.replicas[i].share, i))
+    if plan.dispatch == "weighted":
+        # Smooth weighted round robin: deterministic, each replica gets its share.
+        credit = [0.0] * len(plan.replicas)
+
+        def weighted(busy: list[int]) -> int:
+            for i, rep in enumerate(plan.replicas):
+                credit[i] += rep.share
+            best = max(range(len(credit)), key=lambda i: (credit[i], -i))
+            credit[best] -= 1.0
+            return best
+        return weighted
+    return lambda busy: 0
+
+
+def _classes(world: World) -> list[tuple[str, int]]:
+    """Each request's (class name, priority), drawn by the classes' shares."""
+    load = world.workload
+    if not load.classes:
+        return [("", 0)] * load.requests
+    shares = np.array([c.share for c in load.classes], dtype=float)
+    picks = stream(world.seed, "classes").choice(len(shares), size=load.requests,
+                                                 p=shares / shares.sum())
+    return [(load.classes[k].name, load.classes[k].priority) for k in picks]
 
 
 def _arrivals(world: World, sim: Simulator, request: Any) -> Generator[Any, Any, None]:
@@ -118,7 +183,7 @@ def _arrivals(world: World, sim: Simulator, request: Any) -> Generator[Any, Any,
             sim.process(client())
 
 
-def _inputs(world: World, r: int) -> np.ndarray:
+def inputs(world: World, r: int) -> np.ndarray:
     """Request r's batch: the next `batch` samples of the world's data, wrapping around."""
     batch, data = world.workload.batch, world.data
     idx = (r * batch + np.arange(batch)) % len(data)
