@@ -19,14 +19,19 @@ from simdl import __version__
 from simdl.errors import PlanError, ScenarioError
 from simdl.plan.plan import Plan, check
 from simdl.plan.strategies import STRATEGIES
+from simdl.plan.training import TRAIN_STRATEGIES, TrainPlan
 from simdl.plan.world import World
 from simdl.report.result import Result, write_comparison
 from simdl.report.tables import compare as compare_summaries
 from simdl.scenario import Scenario, StrategyEntry, call, choose, dump, load, parse
+from simdl.sim.adapt import distill, personalise
 from simdl.sim.engine import Simulator
 from simdl.plan.estimate import transfer_time
 from simdl.sim.inference import Outputs, execute, fuse, inputs, labels
+from simdl.sim.metrics import TrainingMetrics
+from simdl.sim.pipeline_train import train_pipeline
 from simdl.sim.stages import prepare
+from simdl.sim.training import train
 from simdl.world import build
 
 __all__ = ["Run", "load", "run", "compare", "plan"]
@@ -75,10 +80,15 @@ def run(scenario: Scenario | str | Path, strategy: str | None = None, *,
         world = build(sc)
         results = []
         for i, entry in selected(sc, strategy):
-            p = plan(world, entry, i)
             sim = Simulator(world.devices, world.network, timing_only=timing_only)
-            outputs = execute(p, world, sim, prepare(p, world), progress)
-            results.append(_result(sc, world, entry, p, sim, outputs))
+            if sc.workload.kind == "training":
+                tp = train_plan(world, entry, i)
+                metrics = TRAINERS.get(tp.sync.kind, train)(tp, world, sim, progress)
+                results.append(_result(sc, world, entry, tp, sim, Outputs(), metrics))
+            else:
+                p = plan(world, entry, i)
+                outputs = execute(p, world, sim, prepare(p, world), progress)
+                results.append(_result(sc, world, entry, p, sim, outputs))
     return Run(sc, results)
 
 
@@ -145,6 +155,16 @@ def plan(world: World, entry: StrategyEntry, i: int) -> Plan:
     return p
 
 
+def train_plan(world: World, entry: StrategyEntry, i: int) -> TrainPlan:
+    """The entry's training strategy applied to the world."""
+    where = f"strategies[{i}]"
+    make = choose(TRAIN_STRATEGIES, entry.name, f"{where}.name")
+    try:
+        return call(make, entry.params, where, world)
+    except PlanError as err:
+        raise type(err)(f"{where}.{err.where}", err.value, err.allowed) from None
+
+
 def deployed(p: Plan, deploy: dict[str, tuple[str, float]]) -> Plan:
     """The plan with each stage stored as its leading device's deployment says."""
     if not deploy:
@@ -155,10 +175,13 @@ def deployed(p: Plan, deploy: dict[str, tuple[str, float]]) -> Plan:
     return replace(p, replicas=replicas)
 
 
-def _result(sc: Scenario, world: World, entry: StrategyEntry, p: Plan, sim: Simulator,
-            outputs: Outputs) -> Result:
-    context: dict[str, Any] = {"plan": p.describe()} | deployment_cost(p, world, sim)
-    context |= accuracy(p, world, outputs)
+def _result(sc: Scenario, world: World, entry: StrategyEntry, p: Plan | TrainPlan,
+            sim: Simulator, outputs: Outputs, metrics: TrainingMetrics | None = None) -> Result:
+    context: dict[str, Any] = {"plan": p.describe()}
+    if metrics is None:
+        context |= deployment_cost(p, world, sim) | accuracy(p, world, outputs)
+    else:
+        context |= training_summary(metrics.frame(), world) | metrics.extra
     resolved = dump(sc) | {"simdl_version": __version__}
     link_stats = sim.flows.link_stats() if sim.flows is not None else []
     result = Result.from_log(
@@ -167,7 +190,43 @@ def _result(sc: Scenario, world: World, entry: StrategyEntry, p: Plan, sim: Simu
         link_stats=link_stats, duration=sim.now, resolved=resolved, **context)
     result.outputs = outputs.final
     result.members = outputs.members
+    if metrics is not None:
+        result.extra["training"] = metrics.frame()
     return result
+
+
+def training_summary(df: pd.DataFrame, world: World) -> dict[str, float]:
+    """A training run's headline: where it ended, how fast, and what it cost per step."""
+    if df.empty:
+        return {}
+    evaluated = df.dropna(subset=["accuracy"])
+    target = world.workload.target_accuracy
+    reached = evaluated[evaluated.accuracy >= target] if target is not None else evaluated.iloc[:0]
+    return {
+        "steps": int(df.step.max()) + 1,
+        "final_loss": float(df.loss.iloc[-1]),
+        "final_accuracy": float(evaluated.accuracy.iloc[-1]) if len(evaluated) else float("nan"),
+        "time_to_target_s": float(reached.t.iloc[0]) if len(reached) else float("nan"),
+        "step_time_s": float(df.t.iloc[-1] / len(df)),
+        "compute_s_per_step": float(df.compute_s.mean()),
+        "comm_s_per_step": float(df.comm_s.mean()),
+        "wait_s_per_step": float(df.wait_s.mean()),
+        "bytes_per_worker_step": float(df.bytes_per_worker.mean()),
+    }
+
+
+#: The executor of each kind of training plan (data-parallel sync kinds all go to `train`).
+TRAINERS = {"pipeline": train_pipeline, "personalise": personalise, "distill": distill}
+
+#: What `simdl run` and `compare` print for each kind of workload.
+HEADLINES = {
+    "inference": ("strategy", "requests_done", "requests_dropped", "makespan_s", "throughput_rps",
+                  "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "network_bytes",
+                  "energy_J", "peak_memory_max_MiB", "mean_utilisation"),
+    "training": ("strategy", "steps", "makespan_s", "final_loss", "final_accuracy",
+                 "time_to_target_s", "step_time_s", "comm_s_per_step", "wait_s_per_step",
+                 "bytes_per_worker_step", "energy_J", "peak_memory_max_MiB"),
+}
 
 
 def accuracy(p: Plan, world: World, outputs: Outputs) -> dict[str, float]:

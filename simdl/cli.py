@@ -15,7 +15,7 @@ from tqdm import tqdm
 from simdl import __version__, api
 from simdl.errors import SimdlError
 from simdl.report.store import new_run_id
-from simdl.report.tables import HEADLINE, format_table
+from simdl.report.tables import format_table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,17 +50,20 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _print_comparison(result: api.Run) -> None:
-    print(f"{result.scenario.name} (seed {result.scenario.seed}), "
-          f"{result.scenario.workload.requests} requests per strategy\n")
-    columns = [c for c in HEADLINE if c not in ("scenario", "seed")]
+    load = result.scenario.workload
+    amount = f"{load.requests} requests" if load.kind == "inference" else f"{load.steps} steps"
+    print(f"{result.scenario.name} (seed {result.scenario.seed}), {amount} per strategy\n")
+    columns = [c for c in api.HEADLINES[result.scenario.workload.kind] if c in result.comparison]
     print(format_table(result.comparison, columns))
 
 
 def _execute(args: argparse.Namespace) -> api.Run:
     scenario = api.resolve(args.scenario, args.seed)
     chosen = api.selected(scenario, getattr(args, "strategy", None))
-    total = scenario.workload.requests * len(chosen)
-    with tqdm(total=total, unit="req", delay=0.5, leave=False, file=sys.stderr,
+    load = scenario.workload
+    total = (load.requests if load.kind == "inference" else load.steps) * len(chosen)
+    unit = "req" if load.kind == "inference" else "step"
+    with tqdm(total=total, unit=unit, delay=0.5, leave=False, file=sys.stderr,
               desc=scenario.name, disable=None) as bar:
         return api.run(scenario, getattr(args, "strategy", None),
                        timing_only=args.timing_only, progress=bar.update)
@@ -69,10 +72,13 @@ def _execute(args: argparse.Namespace) -> api.Run:
 def _validate(args: argparse.Namespace) -> int:
     scenario = api.resolve(args.scenario)
     world = api.build(scenario)
-    plans = [api.plan(world, entry, i) for i, entry in api.selected(scenario, None)]
+    make = api.train_plan if scenario.workload.kind == "training" else api.plan
+    plans = [make(world, entry, i) for i, entry in api.selected(scenario, None)]
+    load = scenario.workload
+    amount = f"{load.requests} requests" if load.kind == "inference" else f"{load.steps} steps"
     print(f"{args.scenario}: valid. {len(world.devices)} devices, model "
           f"{world.chain.name} ({world.chain.n_params():,} parameters, {len(world.chain)} blocks), "
-          f"{scenario.workload.requests} requests")
+          f"{amount}")
     for p in plans:
         print(f"  {p.describe()}")
     return 0

@@ -123,6 +123,21 @@ class Inference(Strict):
     classes: list[RequestClass] = []
 
 
+class TrainingEntry(Strict):
+    """A training job: `steps` steps on a global `batch`, data dealt to `data_on`."""
+
+    kind: Literal["training"]
+    steps: PositiveInt = 50
+    batch: PositiveInt = 32
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: PositiveFloat = 0.05
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    data_on: list[str] = []  # devices that own the training data (default: every device)
+    shards: Literal["iid", "by_class"] = "iid"
+    eval_every: PositiveInt = 10
+    target_accuracy: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+
+
 class Scenario(Strict):
     name: str
     seed: int = 0
@@ -131,7 +146,7 @@ class Scenario(Strict):
     network: NetworkEntry
     model: ModelEntry
     models: dict[str, ModelEntry] = {}  # extra named models, e.g. ensemble members
-    workload: Annotated[Inference, Field(discriminator="kind")]
+    workload: Annotated[Inference | TrainingEntry, Field(discriminator="kind")]
     constraints: Constraints = Constraints()
     strategies: list[StrategyEntry] = Field(min_length=1)
 

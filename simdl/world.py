@@ -40,10 +40,18 @@ def build(scenario: Scenario) -> w.World:
         if entry.pretrain:
             fit(models[name], train, steps=entry.pretrain, seed=scenario.seed)
     load = scenario.workload
-    for where, device in (("workload.source", load.source),
-                          ("constraints.input_stays_on", scenario.constraints.input_stays_on)):
+    named = [("constraints.input_stays_on", scenario.constraints.input_stays_on)]
+    named += ([("workload.source", load.source)] if load.kind == "inference" else
+              [(f"workload.data_on[{i}]", d) for i, d in enumerate(load.data_on)])
+    for where, device in named:
         if device is not None and device not in devices:
             raise ScenarioError(where, device, f"choose one of: {', '.join(devices)}")
+    if load.kind == "training":
+        job = w.Training(load.steps, load.batch, load.optimizer, load.lr, load.momentum,
+                         tuple(load.data_on) or tuple(devices), load.shards, load.eval_every,
+                         load.target_accuracy)
+        return w.World(scenario.name, scenario.seed, models, devices, network, job, test,
+                       scenario.constraints.input_stays_on, train)
     a = load.arrival
     if a.kind == "trace" and len(a.times) < load.requests:
         raise ScenarioError("workload.arrival.times", len(a.times),
@@ -54,7 +62,7 @@ def build(scenario: Scenario) -> w.World:
     classes = tuple(w.RequestClass(c.name, c.share, c.priority) for c in load.classes)
     workload = w.Inference(load.requests, arrival, load.batch, load.source, classes)
     return w.World(scenario.name, scenario.seed, models, devices, network, workload, test,
-                   scenario.constraints.input_stays_on)
+                   scenario.constraints.input_stays_on, train)
 
 
 def model(entry: ModelEntry, where: str, seed: int) -> Chain:

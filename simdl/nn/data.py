@@ -55,6 +55,22 @@ class Dataset:
             raise SimdlError(f"dataset.{self.name}.shard", (i, n), "need 0 <= i < n")
         return self._take(i * len(self) // n, (i + 1) * len(self) // n, f"{self.name}[{i}/{n}]")
 
+    def by_class(self, i: int, n: int) -> Dataset:
+        """Owner i's share of n when data is not IID: samples sorted by label (the first
+        label, for sequences), then dealt in contiguous shares, so each owner sees
+        only a few classes (a label-skewed, federated-style split)."""
+        if not 0 <= i < n:
+            raise SimdlError(f"dataset.{self.name}.by_class", (i, n), "need 0 <= i < n")
+        key = self.y if self.y.ndim == 1 else self.y[:, 0]
+        order = np.argsort(key, kind="stable")[i * len(self) // n:(i + 1) * len(self) // n]
+        return Dataset(self.x[order], self.y[order], self.n_classes, f"{self.name}[class {i}/{n}]")
+
+    def restricted(self, classes: np.ndarray) -> Dataset:
+        """The samples whose label (first label, for sequences) is one of `classes`."""
+        key = self.y if self.y.ndim == 1 else self.y[:, 0]
+        keep = np.isin(key, classes)
+        return Dataset(self.x[keep], self.y[keep], self.n_classes, f"{self.name}[some classes]")
+
     def batches(self, batch_size: int, rng: np.random.Generator,
                 drop_last: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """One epoch of (x, y) batches in an order shuffled by `rng`."""

@@ -129,20 +129,20 @@ def ensemble(world: World, devices: list[str], models: list[str] | None = None,
 
 
 def _stages(world: World, groups: list[list[str]], cuts: Cuts, microbatches: int,
-            field: str) -> list[Stage]:
+            field: str, batch: int | None = None) -> list[Stage]:
     """Stages over `groups` in order, cut where `cuts` says or balanced by estimate."""
+    batch = world.workload.batch if batch is None else batch
     n = len(world.chain)
     for g in groups:
         for d in g:
             _known(world, field, d)
     if len(groups) > n:
         raise PlanError(field, groups, f"at most {n} stages, one block each at least")
-    if microbatches > world.workload.batch:
-        raise PlanError("microbatches", microbatches,
-                        f"at most the batch size ({world.workload.batch})")
+    if microbatches > batch:
+        raise PlanError("microbatches", microbatches, f"at most the batch size ({batch})")
     if cuts == "auto":
-        batch = -(-world.workload.batch // microbatches)
-        cuts = balanced_cuts([group_block_times(world, tuple(g), batch) for g in groups])
+        size = -(-batch // microbatches)
+        cuts = balanced_cuts([group_block_times(world, tuple(g), size) for g in groups])
     elif (len(cuts) != len(groups) - 1 or any(not 0 < c < n for c in cuts)
           or any(a >= b for a, b in zip(cuts, cuts[1:]))):
         raise PlanError("cuts", cuts, f"{len(groups) - 1} increasing block indices "

@@ -48,6 +48,28 @@ class Inference:
 
 
 @dataclass(frozen=True)
+class Training:
+    """A training job: `steps` optimizer steps (rounds, for local SGD) on a global
+    batch of `batch` samples, shared over the workers that own the data.
+
+    `shards` says how the training set is dealt to the data owners: `iid` (even
+    random shards) or `by_class` (each owner gets a skewed mix of classes, for
+    federated and personalisation studies). Held-out loss and accuracy are
+    measured every `eval_every` steps; the job may stop at `target_accuracy`.
+    """
+
+    steps: int
+    batch: int
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.0
+    data_on: tuple[str, ...] = ()
+    shards: str = "iid"
+    eval_every: int = 10
+    target_accuracy: float | None = None
+
+
+@dataclass(frozen=True)
 class World:
     """`models` holds "main" (the scenario's model) and any named extra models
     (ensemble members), trained if the scenario asks; `data` are labelled samples
@@ -58,9 +80,10 @@ class World:
     models: Mapping[str, Chain]
     devices: Mapping[str, DeviceSpec]
     network: Network
-    workload: Inference
+    workload: Inference | Training
     data: Dataset
     input_stays_on: str | None = None  # the raw input may not leave this device
+    train_data: Dataset | None = None  # what a training workload learns from
 
     @property
     def chain(self) -> Chain:

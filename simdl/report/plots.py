@@ -158,6 +158,11 @@ COMPARED = (("throughput_rps", "Throughput (requests/s), higher is better", 1.0,
             ("latency_p95_ms", "p95 latency (ms), lower is better", 1.0, False),
             ("network_bytes", "Network traffic (MB), lower is better", 1e6, False),
             ("energy_J", "Energy (J), lower is better", 1.0, False))
+TRAINING_COMPARED = (("final_accuracy", "Final held-out accuracy, higher is better", 1.0, True),
+                     ("step_time_s", "Time per step (s), lower is better", 1.0, False),
+                     ("bytes_per_worker_step", "Sent per worker per step (MB), lower is better",
+                      1e6, False),
+                     ("energy_J", "Energy (J), lower is better", 1.0, False))
 #: The colour of the best strategy's bar in each panel.
 BEST = "#55A868"
 
@@ -202,10 +207,29 @@ def comparison(compare_df: pd.DataFrame, path: str | os.PathLike[str], title: st
     fig = Figure(figsize=(11, min(MAX_HEIGHT_IN, 2.6 + 0.7 * max(len(labels), 1))),
                  layout="constrained")
     axes = fig.subplots(2, 2)
-    for ax, (column, name, divisor, higher) in zip(axes.flat, COMPARED):
+    panels = TRAINING_COMPARED if "final_loss" in compare_df.columns else COMPARED
+    for ax, (column, name, divisor, higher) in zip(axes.flat, panels):
         values = compare_df[column] / divisor if column in compare_df.columns else None
         _panel(ax, labels, values, name, higher)
     scenarios = compare_df["scenario"].unique() if "scenario" in compare_df.columns else []
     fig.suptitle(title or ("Strategies compared" +
                            (f": {scenarios[0]}" if len(scenarios) == 1 else "")))
+    return write_png(fig, path)
+
+
+def training(frames: dict[str, pd.DataFrame], path: str | os.PathLike[str], title: str = "") -> Path:
+    """Training loss and held-out accuracy against simulated time, one line per strategy."""
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for label, df in frames.items():
+        loss_ax.plot(df["t"], df["loss"], label=label, linewidth=1.2)
+        evaluated = df.dropna(subset=["accuracy"])
+        acc_ax.plot(evaluated["t"], evaluated["accuracy"] * 100.0, marker="o", markersize=3,
+                    label=label, linewidth=1.2)
+    loss_ax.set(xlabel="simulated time (s)", ylabel="training loss", title="Loss")
+    acc_ax.set(xlabel="simulated time (s)", ylabel="held-out accuracy (%)", title="Accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(color="0.9", linewidth=0.6)
+    acc_ax.legend(fontsize=8, frameon=False, loc="lower right")
+    fig.suptitle(title or "Training over simulated time")
     return write_png(fig, path)

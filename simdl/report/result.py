@@ -82,6 +82,9 @@ class Result:
         write_json(chrome_trace(self.events, title=self.title), directory / "trace.json")
         plots.timeline(self.events, directory / "timeline.png", title=f"Timeline: {self.title}")
         plots.utilisation(self.devices, directory / "utilisation.png", title=self.title)
+        if "training" in self.extra:
+            plots.training({self.strategy: self.extra["training"]}, directory / "training.png",
+                           title=self.title)
         return directory
 
 
@@ -94,4 +97,7 @@ def write_comparison(results: Sequence[Result], directory: str | Path) -> Path:
     table = tables.compare([r.summary for r in results])
     write_csv(table, directory / "summary.csv")
     plots.comparison(table, directory / "comparison.png", title=results[0].scenario)
+    curves = {r.strategy: r.extra["training"] for r in results if "training" in r.extra}
+    if curves:
+        plots.training(curves, directory / "training.png", title=results[0].scenario)
     return directory

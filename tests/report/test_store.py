@@ -144,8 +144,8 @@ def test_writing_twice_gives_byte_identical_files(tmp_path):
 
 def test_extra_tables_are_written_beside_the_others(tmp_path):
     r = result()
-    r.extra["training"] = pd.DataFrame({"step": [0, 1], "loss": [2.5, 1.25]})
-    assert (r.write(tmp_path) / "training.csv").read_text() == "step,loss\n0,2.5\n1,1.25\n"
+    r.extra["profile"] = pd.DataFrame({"step": [0, 1], "loss": [2.5, 1.25]})
+    assert (r.write(tmp_path) / "profile.csv").read_text() == "step,loss\n0,2.5\n1,1.25\n"
 
 
 def test_a_comparison_is_one_row_per_result(tmp_path):

@@ -1,0 +1,205 @@
+"""Training plans: who computes, how gradients or models are synchronised, and how.
+
+A TrainPlan is plain data like an inference Plan: workers, a Sync spec (the
+collective or server protocol, compression), or pipeline stages with a
+micro-batch schedule. Training strategies are functions (world, **params) ->
+TrainPlan found by name in TRAIN_STRATEGIES.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Annotated, Any, Literal
+
+from annotated_types import Ge, Gt, Lt
+
+from simdl.errors import PlanError
+from simdl.plan.plan import Stage
+from simdl.plan.world import Training, World
+
+PositiveInt = Annotated[int, Gt(0)]
+Fraction = Annotated[float, Gt(0.0), Lt(1.0)]
+NonNegativeInt = Annotated[int, Ge(0)]
+Compression = Literal["none", "fp16", "int8", "topk", "sign"]
+
+SYNC_KINDS = ("none", "allreduce", "ps", "gossip", "local_sgd", "pipeline", "personalise",
+              "distill")
+
+
+@dataclass(frozen=True)
+class Sync:
+    """How workers agree on the model.
+
+    allreduce: gradients summed by a collective (`algorithm`: ring, tree,
+    halving_doubling, hierarchical) every step. ps: workers push gradients to
+    `servers` (parameters sharded over them) and pull parameters, in `mode`
+    bsp (all wait), asp (apply on arrival, staleness recorded) or ssp (no worker
+    more than `staleness` steps ahead of the slowest). gossip: each worker
+    averages its model with its neighbours on the network graph after each step.
+    local_sgd: `local_steps` steps alone, then models averaged (federated
+    averaging over `clients` sampled per round, 0 = all). Gradients (or model
+    deltas) are sent compressed: fp16, int8, top-k (`ratio` kept) or sign, with
+    error feedback for top-k and sign.
+    """
+
+    kind: str = "allreduce"
+    algorithm: str = "ring"
+    mode: str = "bsp"
+    servers: tuple[str, ...] = ()
+    staleness: int = 0
+    local_steps: int = 1
+    clients: int = 0
+    compression: str = "none"
+    ratio: float = 0.01
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """Workers and their sync; or, for pipeline training, `stages` fed `microbatches`
+    per step in a `schedule` (gpipe or 1f1b). The first `freeze` blocks are not
+    trained: no backward through them and nothing of theirs is synchronised."""
+
+    strategy: str
+    workers: tuple[str, ...]
+    sync: Sync
+    stages: tuple[Stage, ...] = ()
+    microbatches: int = 1
+    schedule: str = "gpipe"
+    freeze: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if self.stages:
+            where = " | ".join(f"blocks {s.start}-{s.stop - 1} on {s.device}" for s in self.stages)
+            return f"{self.strategy}: {where}, {self.microbatches} micro-batches, {self.schedule}"
+        s = self.sync
+        how = {"allreduce": f"{s.algorithm} all-reduce", "ps": f"parameter server {s.mode}"
+               f" on {'+'.join(s.servers)}", "gossip": "gossip",
+               "local_sgd": f"local SGD, {s.local_steps} local steps", "none": "one device"}
+        comp = "" if s.compression == "none" else f", {s.compression} gradients"
+        frozen = f", first {self.freeze} blocks frozen" if self.freeze else ""
+        return f"{self.strategy}: {len(self.workers)} workers, {how.get(s.kind, s.kind)}{comp}{frozen}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _workers(world: World, workers: list[str] | None) -> tuple[str, ...]:
+    load = world.workload
+    assert isinstance(load, Training)
+    chosen = tuple(workers) if workers else (load.data_on or tuple(world.devices))
+    for d in chosen:
+        if d not in world.devices:
+            raise PlanError("workers", d, f"choose one of: {', '.join(world.devices)}")
+    return chosen
+
+
+def single_device(world: World, device: str | None = None, freeze: NonNegativeInt = 0) -> TrainPlan:
+    """Train on one device on the global batch: the reference every other plan matches."""
+    device = device or _workers(world, None)[0]
+    return TrainPlan("single_device", _workers(world, [device]), Sync("none"), freeze=freeze,
+                     params={"device": device})
+
+
+def allreduce(world: World, workers: list[str] | None = None,
+              algorithm: Literal["ring", "tree", "halving_doubling", "hierarchical"] = "ring",
+              compression: Compression = "none", ratio: Fraction = 0.01,
+              freeze: NonNegativeInt = 0) -> TrainPlan:
+    """Synchronous data parallel: each worker's gradient summed by an all-reduce every step."""
+    w = _workers(world, workers)
+    return TrainPlan("allreduce", w, Sync("allreduce", algorithm, compression=compression,
+                                          ratio=ratio), freeze=freeze,
+                     params={"workers": list(w), "algorithm": algorithm, "compression": compression})
+
+
+def parameter_server(world: World, servers: list[str], workers: list[str] | None = None,
+                     mode: Literal["bsp", "asp", "ssp"] = "bsp", staleness: NonNegativeInt = 2,
+                     compression: Compression = "none", ratio: Fraction = 0.01,
+                     freeze: NonNegativeInt = 0) -> TrainPlan:
+    """Workers push gradients to the servers (parameters sharded over them) and pull
+    the parameters back: synchronous, asynchronous or stale-synchronous."""
+    for d in servers:
+        if d not in world.devices:
+            raise PlanError("servers", d, f"choose one of: {', '.join(world.devices)}")
+    w = _workers(world, workers)
+    sync = Sync("ps", mode=mode, servers=tuple(servers), staleness=staleness,
+                compression=compression, ratio=ratio)
+    return TrainPlan("parameter_server", w, sync, freeze=freeze,
+                     params={"servers": list(servers), "mode": mode, "staleness": staleness})
+
+
+def gossip(world: World, workers: list[str] | None = None, compression: Compression = "none",
+           ratio: Fraction = 0.01) -> TrainPlan:
+    """Decentralised: after each local step a worker averages models with its neighbours."""
+    w = _workers(world, workers)
+    return TrainPlan("gossip", w, Sync("gossip", compression=compression, ratio=ratio),
+                     params={"workers": list(w)})
+
+
+def local_sgd(world: World, workers: list[str] | None = None, local_steps: PositiveInt = 4,
+              clients: NonNegativeInt = 0, compression: Compression = "none",
+              ratio: Fraction = 0.01, freeze: NonNegativeInt = 0) -> TrainPlan:
+    """Local SGD / federated averaging: `local_steps` alone, then the sampled
+    `clients` (0 = all) average their models through the first worker (the server)."""
+    w = _workers(world, workers)
+    sync = Sync("local_sgd", local_steps=local_steps, clients=clients,
+                compression=compression, ratio=ratio)
+    return TrainPlan("local_sgd", w, sync, freeze=freeze,
+                     params={"workers": list(w), "local_steps": local_steps, "clients": clients})
+
+
+def pipeline_train(world: World, devices: list[str], cuts: list[int] | Literal["auto"] = "auto",
+                   microbatches: PositiveInt = 4,
+                   schedule: Literal["gpipe", "1f1b"] = "gpipe") -> TrainPlan:
+    """Pipeline-parallel training: the chain cut into stages, each step's batch cut
+    into micro-batches scheduled GPipe-style (all forwards, then all backwards)
+    or 1F1B (one forward, one backward in steady state)."""
+    from simdl.plan.strategies import _stages  # the inference pipeline's cutting, shared
+    stages = _stages(world, [[d] for d in devices], cuts, microbatches, "devices",
+                     batch=world.workload.batch)
+    return TrainPlan("pipeline_train", tuple(devices), Sync("pipeline"), tuple(stages),
+                     microbatches, schedule, params={"devices": list(devices),
+                                                     "cuts": [s.start for s in stages[1:]]})
+
+
+def personalise(world: World, workers: list[str] | None = None,
+                freeze: NonNegativeInt = 1) -> TrainPlan:
+    """Each worker fine-tunes the blocks after the first `freeze` (the head) of the
+    shared model on its own label-skewed data, which never leaves it; nothing syncs."""
+    w = _workers(world, workers)
+    if not freeze < len(world.chain):
+        raise PlanError("freeze", freeze, f"fewer than the chain's {len(world.chain)} blocks")
+    return TrainPlan("personalise", w, Sync("personalise"), freeze=freeze,
+                     params={"workers": list(w), "freeze": freeze})
+
+
+def distill(world: World, teacher_device: str, student: str, target: str,
+            temperature: Annotated[float, Gt(0.0)] = 4.0,
+            alpha: Annotated[float, Ge(0.0), Lt(1.0)] = 0.7) -> TrainPlan:
+    """Knowledge distillation (Hinton et al. 2015): the main model, as teacher on
+    `teacher_device`, trains the `student` model (one of the world's models) from
+    its soft labels at `temperature`; the student ships to `target`."""
+    for field_, d in (("teacher_device", teacher_device), ("target", target)):
+        if d not in world.devices:
+            raise PlanError(field_, d, f"choose one of: {', '.join(world.devices)}")
+    if student not in world.models or student == "main":
+        raise PlanError("student", student, "one of the scenario's `models` (not the teacher): "
+                        + ", ".join(m for m in world.models if m != "main"))
+    return TrainPlan("distill", (teacher_device,), Sync("distill"),
+                     params={"student": student, "target": target, "temperature": temperature,
+                             "alpha": alpha})
+
+
+TrainStrategy = Callable[..., TrainPlan]
+
+TRAIN_STRATEGIES: dict[str, TrainStrategy] = {
+    "single_device": single_device,
+    "allreduce": allreduce,
+    "parameter_server": parameter_server,
+    "gossip": gossip,
+    "local_sgd": local_sgd,
+    "fedavg": local_sgd,
+    "pipeline_train": pipeline_train,
+    "personalise": personalise,
+    "distill": distill,
+}

@@ -1,0 +1,409 @@
+"""How data-parallel workers agree on the model: parameter servers, gossip, local SGD
+(and, from `sim.training`, the all-reduce).
+
+Each protocol is a function (job) -> None that starts the run's processes, plus one
+SYNCS entry. Bytes move through the simulator (or its collectives), so they contend on
+the network; the numerics (sums, applies, averages) run on the workers' arrays in real
+mode and are skipped in timing-only mode without changing any control flow.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from simdl.errors import PlanError
+from simdl.nn.chain import Chain
+from simdl.nn.gradcomp import make
+from simdl.nn.optim import Optimizer
+from simdl.rng import stream
+from simdl.sim.training import (Arrays, Gen, Job, Tally, Worker, data_parallel, stepper,
+                                 sum_in_order)
+
+
+def _buffers_into(dst: Chain, sources: Sequence[Chain], weights: Sequence[float]) -> None:
+    """dst's buffers (BatchNorm statistics) := the weighted mean of the sources'."""
+    srcs = [s.buffers() for s in sources]
+    for n, b in dst.buffers().items():
+        b[...] = sum(w * s[n] for w, s in zip(weights, srcs))
+
+
+# -- parameter servers ---------------------------------------------------------------------
+
+def shard_params(sizes: dict[str, int], n_servers: int) -> dict[str, int]:
+    """Each parameter to one server (its index): largest first, to the server holding the
+    fewest bytes so far (ties: the earlier parameter, the earlier server)."""
+    load, out = [0] * n_servers, {}
+    for name in sorted(sizes, key=lambda n: -sizes[n]):  # stable: chain order among equals
+        i = min(range(n_servers), key=lambda j: (load[j], j))
+        out[name] = i
+        load[i] += sizes[name]
+    return {n: out[n] for n in sizes}
+
+
+@dataclass
+class Server:
+    """One parameter server: its device, the parameters it owns, their optimizer state."""
+
+    rank: int
+    device: str
+    names: list[str]
+    opt: Optimizer
+    raw: float       # bytes of its parameters (what a pull moves)
+    wire: float      # bytes of one worker's push to it (compressed gradients)
+    params: Arrays = field(default_factory=dict)  # views into the server model (real mode)
+    version: int = 0  # updates applied so far
+
+
+def parameter_server(job: Job) -> None:
+    """Workers push (compressed) gradients to the servers owning each parameter and pull
+    the parameters back. bsp: a server applies the sum of all pushes once per step. asp:
+    it applies each push on arrival; staleness = its version at the apply minus the version
+    the pushing worker last pulled. ssp: asp, but a worker starts step t only once
+    t - (the slowest worker's step) <= `staleness`. The server's model is evaluated."""
+    sync, sim = job.plan.sync, job.sim
+    if not sync.servers:
+        raise PlanError("sync.servers", sync.servers, "name at least one server device")
+    if sync.mode not in ("bsp", "asp", "ssp"):
+        raise PlanError("sync.mode", sync.mode, "choose one of: asp, bsp, ssp")
+    owner = shard_params({n: job.raw[n] for n in job.names}, len(sync.servers))
+    model = copy.deepcopy(job.world.chain) if job.real else None
+    every = model.params() if model is not None else {}
+    servers = []
+    for i, device in enumerate(sync.servers):
+        names = [n for n in job.names if owner[n] == i]
+        if names:  # a server left without parameters takes no part
+            s = Server(len(servers), device, names, job.optimizer(),
+                       float(sum(job.raw[n] for n in names)),
+                       float(sum(job.wire[n] for n in names)),
+                       {n: every[n] for n in names} if job.real else {})
+            servers.append(s)
+            sim.allocate(device, (2 + s.opt.slots) * s.raw, f"server shard {s.rank}")
+    for w in job.workers:
+        job.hold(w, state=False)
+
+    def evaluated() -> Chain:
+        _buffers_into(model, [job.workers[0].chain], [1.0])
+        return model
+
+    job.model = evaluated
+    if sync.mode == "bsp":
+        sim.process(_bsp_steps(job, servers))
+        return
+    clock = _Clock(job, None if sync.mode == "asp" else sync.staleness)
+    for w in job.workers:
+        sim.process(_async_worker(job, w, servers, clock))
+
+
+def _bsp_steps(job: Job, servers: list[Server]) -> Gen:
+    sim = job.sim
+    for step in range(job.load.steps):
+        if job.stop:
+            return
+        for s in servers:
+            sim.process(_bsp_server(job, s, step))
+        tallies = [Tally(sim.now) for _ in job.workers]
+        yield sim.env.all_of([sim.process(_bsp_worker(job, w, servers, step, t))
+                              for w, t in zip(job.workers, tallies)])
+        for w, tally in zip(job.workers, tallies):
+            job.report(step, w, tally)
+
+
+def _push(job: Job, w: Worker, s: Server, step: int, tally: Tally, packed: Arrays | None,
+          key: Any) -> Any:
+    ev = job.send(w.device, s.device, s.wire, "push", step, tally)
+    job.deliver(ev, key, None if packed is None else {n: packed[n] for n in s.names})
+    return job.box(key)
+
+
+def _bsp_worker(job: Job, w: Worker, servers: list[Server], step: int, tally: Tally) -> Gen:
+    yield from job.local_step(w, step, tally)
+    packed = job.pack(w, job.scaled_grads(w)) if job.real else None
+    pushes = [_push(job, w, s, step, tally, packed, ("push", step, s.rank, w.rank))
+              for s in servers]
+    yield from job.wait(pushes, tally)
+    yield job.sim.env.all_of([job.sim.process(_bsp_pull(job, w, s, step, tally))
+                              for s in servers])
+
+
+def _bsp_server(job: Job, s: Server, step: int) -> Gen:
+    boxes = [job.box(("push", step, s.rank, w.rank)) for w in job.workers]
+    yield job.sim.env.all_of(boxes)
+    total = sum_in_order([b.value[1] for b in boxes]) if job.real else None
+    yield from job.update(s.device, s.opt, step, stepper(s.opt, s.params, total),
+                          names=s.names, label=f"optimizer shard {s.rank}")
+    s.version += 1
+    job.box(("applied", step, s.rank)).succeed()
+
+
+def _bsp_pull(job: Job, w: Worker, s: Server, step: int, tally: Tally) -> Gen:
+    yield job.box(("applied", step, s.rank))
+    snapshot = {n: s.params[n].copy() for n in s.names} if job.real else None
+    yield from job.wait([job.send(s.device, w.device, s.raw, "pull", step)], tally)
+    if snapshot is not None:
+        for n, a in snapshot.items():
+            np.copyto(w.params[n], a)
+
+
+class _Clock:
+    """Steps each worker has finished; holds back a worker more than `bound` ahead."""
+
+    def __init__(self, job: Job, bound: int | None):
+        self.job, self.bound = job, bound
+        self.finished = [0] * len(job.workers)
+        self.moved = job.sim.env.event()
+        job.metrics.extra["max_gap"] = 0
+        job.metrics.extra["staleness_max"] = 0
+
+    def gate(self, step: int) -> Gen:
+        while self.bound is not None and step - min(self.finished) > self.bound:
+            yield self.moved
+        extra = self.job.metrics.extra
+        extra["max_gap"] = max(extra["max_gap"], step - min(self.finished))
+
+    def tick(self, w: Worker) -> None:
+        self.finished[w.rank] += 1
+        moved, self.moved = self.moved, self.job.sim.env.event()
+        moved.succeed()
+
+
+def _async_worker(job: Job, w: Worker, servers: list[Server], clock: _Clock) -> Gen:
+    read = [0] * len(servers)  # the version of each server's shard this worker holds
+    for step in range(job.load.steps):
+        if job.stop:
+            return
+        tally = Tally(job.sim.now)
+        yield from clock.gate(step)
+        yield from job.local_step(w, step, tally)
+        packed = job.pack(w, job.scaled_grads(w)) if job.real else None
+        yield job.sim.env.all_of([job.sim.process(_exchange(job, w, s, step, tally, packed, read))
+                                  for s in servers])
+        clock.tick(w)
+        job.report(step, w, tally)
+
+
+def _exchange(job: Job, w: Worker, s: Server, step: int, tally: Tally, packed: Arrays | None,
+              read: list[int]) -> Gen:
+    """Push to `s`, which applies the gradient as soon as its unit is free, then pull."""
+    sim = job.sim
+    yield from job.wait([job.send(w.device, s.device, s.wire, "push", step, tally)], tally)
+
+    def apply() -> Arrays:  # numerics and the snapshot in one kernel: applies stay in order
+        s.opt.step(s.params, {n: packed[n] for n in s.names})
+        return {n: s.params[n].copy() for n in s.names}
+
+    snapshot = yield from job.update(s.device, s.opt, step, apply if packed is not None else None,
+                                     names=s.names, label=f"apply shard {s.rank}")
+    stale = s.version - read[s.rank]
+    s.version += 1
+    read[s.rank] = s.version
+    job.staleness.setdefault(step, []).append(float(stale))
+    job.metrics.extra["staleness_max"] = max(job.metrics.extra["staleness_max"], stale)
+    sim.log.add(sim.now, sim.now, "apply", s.device, w.device, f"staleness {stale}",
+                step=step)
+    yield from job.wait([job.send(s.device, w.device, s.raw, "pull", step)], tally)
+    if snapshot is not None:
+        for n, a in snapshot.items():
+            np.copyto(w.params[n], a)
+
+
+# -- gossip ----------------------------------------------------------------------------------
+
+def consensus(kind: str, ratio: float) -> float:
+    """CHOCO-gossip's consensus step (Koloskova et al., ICML 2019, alg. 1). 1 is plain
+    gossip averaging; sign and the near-exact codecs did best at 1. Top-k needs a step
+    that shrinks with the share sent: measured on a 4-worker ring, by_class, 40 steps,
+    the spread stayed lowest near 0.2 at 1% and 0.5 at 10% (at 1 it grew without bound)."""
+    return min(1.0, 2.0 * ratio ** 0.5) if kind == "topk" else 1.0
+
+
+def ring(n: int) -> list[list[int]]:
+    """Each worker's neighbours: the previous and next worker of the plan's order in a
+    ring (one for two workers, none alone)."""
+    if n == 1:
+        return [[]]
+    if n == 2:
+        return [[1], [0]]
+    return [[(r - 1) % n, (r + 1) % n] for r in range(n)]
+
+
+def gossip(job: Job) -> None:
+    """After its local step a worker sends its model change to its ring neighbours and
+    mixes in theirs with weight 1/(degree + 1) (CHOCO-gossip: each worker keeps a
+    public copy of its own and its neighbours' models, moved by the compressed
+    differences sent, which makes compression exact-in-the-limit without error
+    feedback). No barrier: a worker waits only for its neighbours' messages of the
+    same step. The workers' average model is evaluated."""
+    sim, ws, sync = job.sim, job.workers, job.plan.sync
+    nbrs = ring(len(ws))
+    held: list[dict[int, Arrays]] = []
+    for w in ws:
+        w.comp = make(sync.compression, sync.ratio, error_feedback=False)  # copies replace EF
+        job.hold(w)
+        sim.allocate(w.device, (len(nbrs[w.rank]) + 1) * job.trainable,
+                     f"public copies r{w.rank}")
+        if job.real:
+            held.append({u: {n: p.copy() for n, p in w.params.items()}
+                         for u in [w.rank, *nbrs[w.rank]]})
+
+    def average() -> Chain:
+        out = copy.deepcopy(ws[0].chain)
+        for n, p in out.params().items():
+            p[...] = np.mean([w.chain.params()[n] for w in ws], axis=0)
+        _buffers_into(out, [w.chain for w in ws], [1.0 / len(ws)] * len(ws))
+        return out
+
+    job.model = average
+    spread = _Spread(job)
+    for w in ws:
+        sim.process(_gossip_worker(job, w, nbrs[w.rank], held[w.rank] if job.real else {},
+                                   spread))
+
+
+def _gossip_worker(job: Job, w: Worker, nbrs: list[int], held: dict[int, Arrays],
+                   spread: _Spread) -> Gen:
+    sim, ws = job.sim, job.workers
+    gamma = consensus(job.plan.sync.compression, job.plan.sync.ratio) / (len(nbrs) + 1)
+    wire = float(sum(job.wire.values()))
+    for step in range(job.load.steps):
+        if job.stop:
+            return
+        tally = Tally(sim.now)
+        yield from job.local_step(w, step, tally)
+        yield from job.update(w.device, w.opt, step, stepper(w.opt, w.params, w.grads or None),
+                              tally)
+        q = None
+        if job.real:
+            spread.add("before", step, w)
+            own = held[w.rank]
+            q = job.pack(w, {n: w.params[n] - own[n] for n in job.names})
+            for n in job.names:
+                own[n] += q[n]
+        sends = []
+        for u in nbrs:
+            ev = job.send(w.device, ws[u].device, wire, "gossip", step, tally)
+            job.deliver(ev, ("gossip", step, w.rank, u), q)
+            sends.append(ev)
+        got = yield from job.wait(sends + [job.box(("gossip", step, u, w.rank)) for u in nbrs],
+                                  tally)
+
+        def mix() -> None:
+            own = held[w.rank]
+            for u, (_, qu) in zip(nbrs, got[len(nbrs):]):
+                for n in job.names:
+                    held[u][n] += qu[n]
+            for n in job.names:
+                w.params[n] += gamma * sum(held[u][n] - own[n] for u in nbrs)
+
+        t = sim.now
+        count = sum(job.size.values())
+        yield sim.compute(w.device, 3.0 * len(nbrs) * count, (2 * len(nbrs) + 2) * job.trainable,
+                          mix if job.real and nbrs else None, label="mix", step=step)
+        tally.compute += sim.now - t
+        if job.real:
+            spread.add("after", step, w)
+        job.report(step, w, tally)
+
+
+class _Spread:
+    """How far the workers' models are from their mean, before and after each step's
+    mixing (real mode): job.series["spread_before"/"spread_after"], the root mean square
+    over workers of the L2 distance to the mean model."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self.seen: dict[tuple[str, int], dict[int, np.ndarray]] = {}
+
+    def add(self, when: str, step: int, w: Worker) -> None:
+        got = self.seen.setdefault((when, step), {})
+        got[w.rank] = np.concatenate([w.params[n].ravel() for n in self.job.names])
+        if len(got) == len(self.job.workers):
+            flat = np.stack([got[r] for r in sorted(got)])
+            value = float(np.sqrt(np.mean((flat - flat.mean(axis=0)) ** 2) * flat.shape[1]))
+            self.job.series.setdefault(f"spread_{when}", []).append(value)
+            if when == "after":
+                self.job.metrics.extra["disagreement"] = value
+            del self.seen[(when, step)]
+
+
+# -- local SGD / federated averaging -----------------------------------------------------------
+
+def local_sgd(job: Job) -> None:
+    """Rounds: the server (the first worker) sends its model to the sampled clients
+    (stream "clients"; all when `clients` is 0), each takes `local_steps` steps on its
+    own data and sends back its (compressed) model change; the server adds the changes'
+    mean weighted by samples. Unsampled clients idle. The server's model is evaluated."""
+    sim, ws = job.sim, job.workers
+    model = copy.deepcopy(job.world.chain) if job.real else None
+    every = model.params() if model is not None else {}
+    sim.allocate(ws[0].device, 2 * job.trainable, "global model and sum of changes")
+    for w in ws:
+        job.hold(w)
+        sim.allocate(w.device, job.trainable, f"round start r{w.rank}")
+    job.model = lambda: model
+    sim.process(_rounds(job, {n: every[n] for n in job.names} if job.real else {}, model))
+
+
+def _rounds(job: Job, glob: Arrays, model: Chain | None) -> Gen:
+    sim, ws, sync = job.sim, job.workers, job.plan.sync
+    n = len(ws)
+    m = sync.clients if 0 < sync.clients < n else n
+    rng = stream(job.world.seed, "clients")
+    server = ws[0]
+    for r in range(job.load.steps):
+        if job.stop:
+            return
+        picked = sorted(int(i) for i in rng.choice(n, size=m, replace=False)) if m < n \
+            else list(range(n))
+        job.expected[r] = m
+        tallies = [Tally(sim.now) for _ in picked]
+        procs = [sim.process(_client(job, ws[i], r, t, glob, model))
+                 for i, t in zip(picked, tallies)]
+        yield sim.env.all_of(procs)
+        total = sum(ws[i].samples for i in picked)
+        weights = [ws[i].samples / total for i in picked]
+
+        def average() -> None:
+            for name in job.names:
+                glob[name] += sum(np.float32(wt) * p.value[name] for wt, p in zip(weights, procs))
+            _buffers_into(model, [ws[i].chain for i in picked], weights)
+
+        yield sim.compute(server.device, 2.0 * m * sum(job.size.values()),
+                          (m + 2) * job.trainable, average if job.real else None,
+                          label="average", step=r)
+        for i, tally in zip(picked, tallies):
+            job.report(r, ws[i], tally)
+
+
+def _client(job: Job, w: Worker, r: int, tally: Tally, glob: Arrays,
+            model: Chain | None) -> Gen:
+    server = job.workers[0]
+    yield from job.wait([job.send(server.device, w.device, job.trainable, "model", r)], tally)
+    start = None
+    if job.real:
+        for n in job.names:
+            np.copyto(w.params[n], glob[n])
+        _buffers_into(w.chain, [model], [1.0])
+        start = {n: w.params[n].copy() for n in job.names}
+    for _ in range(job.plan.sync.local_steps):
+        yield from job.local_step(w, r, tally)
+        yield from job.update(w.device, w.opt, r, stepper(w.opt, w.params, w.grads or None),
+                              tally)
+    delta = job.pack(w, {n: w.params[n] - start[n] for n in job.names}) if job.real else None
+    wire = float(sum(job.wire.values()))
+    yield from job.wait([job.send(w.device, server.device, wire, "delta", r, tally)], tally)
+    return delta
+
+
+SyncProtocol = Callable[[Job], None]
+
+SYNCS: dict[str, SyncProtocol] = {
+    "none": data_parallel,
+    "allreduce": data_parallel,
+    "ps": parameter_server,
+    "gossip": gossip,
+    "local_sgd": local_sgd,
+}
