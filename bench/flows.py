@@ -17,7 +17,7 @@ import numpy as np
 import simpy
 
 from simdl.hw.maxmin import max_min_hops, max_min_rates
-from simdl.hw.network import wifi_star
+from simdl.hw.topologies import wifi_star
 from simdl.rng import stream
 from simdl.sim.flows import Flows
 

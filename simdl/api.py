@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from simdl import __version__
 from simdl.errors import PlanError, ScenarioError
+from simdl.plan.estimate import transfer_time
 from simdl.plan.plan import Plan, check
 from simdl.plan.strategies import STRATEGIES
 from simdl.plan.training import TRAIN_STRATEGIES, TrainPlan
@@ -26,7 +27,6 @@ from simdl.report.tables import compare as compare_summaries
 from simdl.scenario import Scenario, StrategyEntry, call, choose, dump, load, parse
 from simdl.sim.adapt import distill, personalise
 from simdl.sim.engine import Simulator
-from simdl.plan.estimate import transfer_time
 from simdl.sim.inference import Outputs, execute, fuse, inputs, labels
 from simdl.sim.metrics import TrainingMetrics
 from simdl.sim.pipeline_train import train_pipeline
@@ -34,7 +34,7 @@ from simdl.sim.stages import prepare
 from simdl.sim.training import train
 from simdl.world import build
 
-__all__ = ["Run", "load", "run", "compare", "plan"]
+__all__ = ["Run", "load", "resolve", "run", "compare", "plan", "train_plan", "selected"]
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 
 from simdl.errors import ScenarioError
 from simdl.hw.devices import DeviceSpec, make_device
-from simdl.hw.network import TOPOLOGIES
+from simdl.hw.topologies import TOPOLOGIES
 from simdl.nn.chain import Chain
 from simdl.nn.data import SHAPES, Dataset, gaussian_mixture, shapes, tokens
 from simdl.nn.fit import fit

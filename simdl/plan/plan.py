@@ -26,7 +26,8 @@ class Stage:
     """Blocks [start, stop) on one device, or split over a tensor-parallel group.
 
     The first device leads: activations enter and leave the stage there. The
-    stage's weights are deployed as `dtype` with a `prune` fraction removed.
+    stage's weights are deployed as `dtype` with a `prune` fraction removed; a
+    group splits its layers as `split` says (see `simdl.nn.shard`).
     """
 
     devices: tuple[str, ...]
@@ -35,6 +36,7 @@ class Stage:
     unit: str | None = None
     dtype: str = "fp32"
     prune: float = 0.0
+    split: str = "auto"  # how a group splits layers: auto (Megatron), column or row
 
     @property
     def device(self) -> str:

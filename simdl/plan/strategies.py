@@ -61,15 +61,22 @@ def data_parallel(world: World, devices: list[str],
                 params={"devices": list(devices), "dispatch": dispatch})
 
 
-def tensor_parallel(world: World, devices: list[str], microbatches: PositiveInt = 1) -> Plan:
-    """Every block split over the group `devices` (Megatron-style: columns then rows,
-    conv output channels, attention heads), joined by all-gathers and all-reduces."""
+def tensor_parallel(world: World, devices: list[str], microbatches: PositiveInt = 1,
+                    split: Literal["auto", "column", "row"] = "auto") -> Plan:
+    """Every block split over the group `devices`, joined by all-gathers and all-reduces.
+
+    `auto` is Megatron's pairing (a column split feeding a row split: one all-reduce
+    per pair; conv output channels; attention heads); `column` splits every layer
+    by its outputs and all-gathers after each; `row` splits Linear and conv layers
+    by their inputs and all-reduces after each.
+    """
     if len(devices) < 2:
         raise PlanError("devices", devices, "tensor parallelism needs at least two devices")
     for d in devices:
         _known(world, "devices", d)
-    stage = Stage(tuple(devices), 0, len(world.chain))
-    return single_path("tensor_parallel", world, [stage], microbatches, devices=list(devices))
+    stage = Stage(tuple(devices), 0, len(world.chain), split=split)
+    return single_path("tensor_parallel", world, [stage], microbatches, devices=list(devices),
+                       split=split)
 
 
 def hybrid(world: World, pipelines: list[list[list[str]]], cuts: Cuts = "auto",

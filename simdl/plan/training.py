@@ -34,8 +34,9 @@ class Sync:
     halving_doubling, hierarchical) every step. ps: workers push gradients to
     `servers` (parameters sharded over them) and pull parameters, in `mode`
     bsp (all wait), asp (apply on arrival, staleness recorded) or ssp (no worker
-    more than `staleness` steps ahead of the slowest). gossip: each worker
-    averages its model with its neighbours on the network graph after each step.
+    more than `staleness` steps ahead of the slowest). gossip: after each step a
+    worker averages its model with its two neighbours on a ring over the workers
+    (CHOCO-gossip, compressed differences), with no global barrier.
     local_sgd: `local_steps` steps alone, then models averaged (federated
     averaging over `clients` sampled per round, 0 = all). Gradients (or model
     deltas) are sent compressed: fp16, int8, top-k (`ratio` kept) or sign, with

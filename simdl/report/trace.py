@@ -14,7 +14,7 @@ import pandas as pd
 from simdl.report.tables import clean
 
 #: Kinds drawn on a device's own process.
-DEVICE_KINDS = ("compute", "lost", "leave", "alloc")
+DEVICE_KINDS = ("compute", "lost", "leave", "alloc", "step")
 
 
 def _us(seconds: float) -> float:
@@ -91,7 +91,8 @@ def _thread_meta(pid: int, lanes: _Lanes) -> list[dict[str, Any]]:
 def chrome_trace(events: pd.DataFrame, title: str = "") -> dict[str, Any]:
     """The trace-event JSON object: {"traceEvents": [...], "displayTimeUnit": "ms"}.
 
-    Complete events ("X", ts/dur in µs) for kernels and transfers, instant events
+    Complete events ("X", ts/dur in µs) for kernels, transfers and training steps
+    (a "training steps" track per device), instant events
     ("i") for a device leaving and each lost kernel, a memory counter ("C") per
     device from alloc rows, async spans ("b"/"e") per request, and metadata ("M")
     naming every track. pids follow sorted device names, then "network", then
@@ -108,6 +109,8 @@ def chrome_trace(events: pd.DataFrame, title: str = "") -> dict[str, Any]:
     worked = events[events["kind"].isin(("compute", "lost"))]
     for device, unit in sorted(set(zip(worked["device"], worked["resource"]))):
         units[device].add(unit, unit)
+    for device in sorted(set(events.loc[events["kind"] == "step", "device"])):
+        units[device].add("steps", "training steps")
     transfers = events[events["kind"] == "transfer"]
     links = _Lanes()
     for pair in sorted(set(zip(transfers["device"], transfers["resource"]))):
@@ -131,6 +134,11 @@ def chrome_trace(events: pd.DataFrame, title: str = "") -> dict[str, Any]:
             body.append({"name": row.label or "transfer", "cat": "transfer", "ph": "X",
                          "pid": network_pid, "tid": tid, "ts": ts, "dur": dur,
                          "args": _args(row)})
+        elif kind == "step":
+            tid = units[row.device].place("steps", row.t_start, row.t_end)
+            body.append({"name": row.label or "step", "cat": "step", "ph": "X",
+                         "pid": pid[row.device], "tid": tid, "ts": ts, "dur": dur,
+                         "args": _args(row) | {"sync": row.resource}})
         elif kind == "lost":
             args = _args(row) | {"started_us": ts}
             body.append({"name": f"lost {row.label}".rstrip(), "cat": "lost", "ph": "i",

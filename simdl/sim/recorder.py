@@ -19,6 +19,10 @@ KINDS = {
     "alloc": "memory held on a device (nbytes > 0) or given back (nbytes < 0)",
     "leave": "a device left the pool (label says why)",
     "lost": "work in flight on a device that left; it did not complete",
+    "request": "an inference request served: arrival to answer (label: the device path)",
+    "dropped": "an inference request that could not be served (label: why)",
+    "step": "one worker's (or stage's) training step (resource: the sync kind)",
+    "apply": "a parameter server applied one worker's gradient (asynchronous modes)",
 }
 
 

@@ -46,7 +46,8 @@ def prepare(plan: Plan, world: World) -> list[ReplicaRunner]:
                 deployed[key] = base if key[1:] == ("fp32", 0.0) else deploy(
                     base, dtype=s.dtype, prune=s.prune)
             chain = deployed[key]
-            programs = ([tp.shard(chain[b].layer, len(s.devices)) for b in range(s.start, s.stop)]
+            programs = ([tp.shard(chain[b].layer, len(s.devices), s.split, chain.names[b])
+                         for b in range(s.start, s.stop)]
                         if len(s.devices) > 1 else None)
             density = chain.density if s.prune > 0 else None  # only pruning thins the kernels
             works.append(StageWork(s, chain, programs, density))

@@ -3,27 +3,19 @@
 Each worker owns a replica (a deep copy of the world's chain, never the chain itself),
 an optimizer, a gradient compressor and the batches of the data owners dealt to it.
 This module owns those, a step's kernels and memory, the synchronous all-reduce, and
-the record; parameter servers, gossip and local SGD are in `sim.sync`.
+the record; gossip and local SGD are in `sim.sync`, parameter servers in
+`sim.servers`, and which samples each worker draws (the batch rule) in `sim.batches`.
 
 Record: per step (round) and worker, compute = its kernels' time, comm = time in which
 one of its transfers (or its collective) was in flight while it waited, wait = the rest
 (barriers, stragglers, servers); rows give the means over the step's workers, the loss
 weighted by their samples, and every `eval_every` steps the evaluated model's held-out
 loss and accuracy (`Job.model`: worker 0's replica, the servers', the workers' mean).
-
-Batch rule: the training set is dealt to the data owners (`workload.data_on`, else
-the plan's workers): owner j of m gets `shard(j, m)` (iid) or `by_class(j, m)`
-(sorted by label, contiguous shares: each owner sees one or two classes). Per step,
-owner j draws B // m samples (one more for the first B % m owners) from its share
-with `stream(seed, f"batches/{owner}")`, epoch after epoch. Owner j is dealt to
-worker j % n, which trains on its owners' draws concatenated in owner order (owners
-on other devices send theirs as a "data" transfer). So a single worker over the
-same owners trains on exactly the concatenation of what n workers draw each step.
 """
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +24,6 @@ import simpy
 
 from simdl.errors import PlanError
 from simdl.nn.chain import Chain
-from simdl.nn.data import Dataset
 from simdl.nn.dense import SoftmaxCrossEntropy
 from simdl.nn.fit import evaluate
 from simdl.nn.gradcomp import Compressor, make, wire_bytes
@@ -40,49 +31,17 @@ from simdl.nn.optim import OPTIMIZERS, Optimizer
 from simdl.plan.plan import input_bytes
 from simdl.plan.training import TrainPlan
 from simdl.plan.world import Training, World
-from simdl.rng import stream
 from simdl.sim import collectives
+from simdl.sim.batches import deal, owner_batches, owner_sizes
 from simdl.sim.engine import Simulator
 from simdl.sim.metrics import TrainingMetrics
 
 Arrays = dict[str, np.ndarray]
-Batch = tuple[np.ndarray, np.ndarray]
 Gen = Generator[Any, Any, Any]
 
 #: FLOPs per parameter of one update: SGD p -= lr*g is 2 (+2 with momentum: v = mu*v + g);
 #: Adam about 10 (two moment updates, two bias corrections, sqrt, divide, update).
 UPDATE_FLOPS = {"sgd": 2.0, "adam": 10.0}
-
-
-def owner_batches(world: World, owners: Sequence[str]) -> list[Iterator[Batch]]:
-    """Each owner's endless stream of per-step batches, by the module's batch rule."""
-    load, data = world.workload, world.train_data
-    assert isinstance(load, Training) and data is not None
-    m = len(owners)
-    share = data.shard if load.shards == "iid" else data.by_class
-    sizes = owner_sizes(load.batch, m)
-    shares = [share(j, m) for j in range(m)]
-    for j, (o, d) in enumerate(zip(owners, shares)):
-        if len(d) < sizes[j]:  # a short batch would break the costs the timeline charges
-            raise PlanError("workload.batch", load.batch, f"data owner {o} holds {len(d)} "
-                            f"samples but draws {sizes[j]} per step; lower the batch")
-    return [_draws(d, sizes[j], stream(world.seed, f"batches/{o}"))
-            for j, (o, d) in enumerate(zip(owners, shares))]
-
-
-def owner_sizes(batch: int, m: int) -> list[int]:
-    """Samples each of m owners draws per step: B // m, one more for the first B % m."""
-    return [batch // m + (j < batch % m) for j in range(m)]
-
-
-def _draws(data: Dataset, size: int, rng: np.random.Generator) -> Iterator[Batch]:
-    """Batches of exactly `size` from shuffled epochs (a ragged last batch is dropped);
-    empty draws for an owner with no samples to give (batch < owners)."""
-    if size == 0:
-        while True:
-            yield data.x[:0], data.y[:0]
-    while True:
-        yield from data.batches(size, rng, drop_last=True)
 
 
 @dataclass
@@ -150,7 +109,7 @@ class Job:
         n = len(plan.workers)
         sizes = owner_sizes(load.batch, len(owners))
         self.owners, self.owner_sizes = owners, sizes
-        dealt = [[j for j in range(len(owners)) if j % n == r] for r in range(n)]
+        dealt = deal(len(owners), n)
         if min(sum(sizes[j] for j in d) for d in dealt) == 0:
             raise PlanError("workers", list(plan.workers), f"at most one worker per data owner "
                             f"({len(owners)}) and per sample of the batch ({load.batch})")
@@ -334,7 +293,7 @@ class Job:
             self.done.succeed()
 
 
-# -- synchronous all-reduce (and one device); the other protocols are in sim.sync ---------
+# -- synchronous all-reduce (and one device); the others: sim.sync, sim.servers -----------
 
 def sum_in_order(parts: Sequence[Arrays]) -> Arrays:
     """Element-wise sum in the given order (a fixed order: reruns match bit for bit)."""
@@ -343,6 +302,13 @@ def sum_in_order(parts: Sequence[Arrays]) -> Arrays:
         for n, a in p.items():
             total[n] += a
     return total
+
+
+def buffers_into(dst: Chain, sources: Sequence[Chain], weights: Sequence[float]) -> None:
+    """dst's buffers (BatchNorm statistics) := the weighted mean of the sources'."""
+    srcs = [s.buffers() for s in sources]
+    for n, b in dst.buffers().items():
+        b[...] = sum(w * s[n] for w, s in zip(weights, srcs))
 
 
 def data_parallel(job: Job) -> None:

@@ -7,12 +7,10 @@ import numpy as np
 import pytest
 
 from simdl.errors import SimdlError
-from simdl.nn.chain import Chain
-from simdl.nn.data import Dataset, gaussian_mixture, shapes, tokens
-from simdl.nn.layers import SoftmaxCrossEntropy
+from simdl.nn.data import gaussian_mixture, shapes, tokens
+from simdl.nn.fit import evaluate, fit
 from simdl.nn.models import lenet, mlp, tiny_transformer
 from simdl.nn.optim import OPTIMIZERS, SGD, Adam, Optimizer
-from simdl.rng import stream
 
 
 def two_steps(opt: Optimizer) -> np.ndarray:
@@ -75,28 +73,6 @@ def test_plain_sgd_keeps_no_state():
     assert opt.slots == 0 and opt.state_bytes() == 0
 
 
-def train(chain: Chain, data: Dataset, opt: Optimizer, steps: int, batch: int) -> float:
-    """Mean training loss over the last 20 steps."""
-    sce, rng, losses = SoftmaxCrossEntropy(), stream(0, "test_training"), []
-    while len(losses) < steps:
-        for x, y in data.batches(batch, rng, drop_last=True):
-            chain.zero_grad()
-            logits, caches = chain.forward(x, train=True)
-            loss, cache = sce.forward(logits, y)
-            chain.backward(sce.backward(cache), caches)
-            opt.step(chain.params(), chain.grads())
-            losses.append(float(loss))
-            if len(losses) == steps:
-                break
-    return float(np.mean(losses[-20:]))
-
-
-def evaluate(chain: Chain, data: Dataset) -> tuple[float, float]:
-    logits, _ = chain.forward(data.x)
-    loss, _ = SoftmaxCrossEntropy().forward(logits, data.y)
-    return float(loss), float(np.mean(logits.argmax(-1) == data.y))
-
-
 CASES = {
     "mlp/gaussian_mixture": (lambda: mlp(in_dim=16, hidden=32, n_classes=4),
                              lambda: gaussian_mixture(n=1200, dim=16, n_classes=4), 0.01, 200, 32),
@@ -114,7 +90,7 @@ def test_training_drives_loss_well_below_chance(case):
     batches and held-out accuracy at least three times chance (1/n_classes)."""
     make_model, make_data, lr, steps, batch = CASES[case]
     chain, (train_set, test_set) = make_model(), make_data().split(0.8)
-    final = train(chain, train_set, Adam(lr), steps, batch)
+    final = float(np.mean(fit(chain, train_set, steps, batch, "adam", lr)[-20:]))  # last 20 steps
     held_loss, held_acc = evaluate(chain, test_set)
     chance = math.log(chain.n_classes)
     print(f"\n{case}: train loss {final:.3f} (chance {chance:.3f}), "

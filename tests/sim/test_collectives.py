@@ -6,7 +6,7 @@ import pytest
 
 from simdl.errors import DeviceGone, PlanError
 from simdl.hw.devices import DeviceSpec, UnitSpec
-from simdl.hw.network import links, wifi_star
+from simdl.hw.topologies import links, wifi_star
 from simdl.sim import collectives as C
 from simdl.sim.engine import Simulator
 

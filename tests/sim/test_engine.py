@@ -179,7 +179,7 @@ def test_timing_only_and_real_mode_give_identical_timelines():
 
 def test_a_transfer_in_flight_when_its_device_leaves_fails_and_is_logged_lost():
     """10 MB at 1 MB/s from a to b; a leaves at 3 s: the sender hears at 3 s, a `lost` row."""
-    from simdl.hw.network import links
+    from simdl.hw.topologies import links
     devices = {"a": device(), "b": device()}
     net = links(devices, links=[{"a": "a", "b": "b", "bandwidth": 1e6, "latency": 0.0}])
     sim = Simulator(devices, net)

@@ -8,7 +8,7 @@ import pytest
 
 from simdl.errors import PlanError
 from simdl.hw.devices import DeviceSpec, UnitSpec, make_device
-from simdl.hw.network import links
+from simdl.hw.topologies import links
 from simdl.nn.data import gaussian_mixture
 from simdl.nn.dense import SoftmaxCrossEntropy
 from simdl.nn.models import mlp

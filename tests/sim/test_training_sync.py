@@ -13,7 +13,7 @@ import pytest
 
 from simdl.errors import PlanError
 from simdl.hw.devices import make_device
-from simdl.hw.network import wifi_star
+from simdl.hw.topologies import wifi_star
 from simdl.nn.data import gaussian_mixture
 from simdl.nn.dense import SoftmaxCrossEntropy
 from simdl.nn.models import mlp
@@ -21,9 +21,10 @@ from simdl.nn.optim import SGD
 from simdl.plan import training as T
 from simdl.plan.world import Training, World
 from simdl.rng import stream
+from simdl.sim.batches import owner_batches
 from simdl.sim.engine import Simulator
-from simdl.sim.sync import shard_params
-from simdl.sim.training import execute, owner_batches, train
+from simdl.sim.servers import shard_params
+from simdl.sim.training import execute, train
 
 SIZES = {"fc1.0.W": 512, "fc1.0.b": 32, "fc2.0.W": 1024, "fc2.0.b": 32, "head.0.W": 128,
          "head.0.b": 4}
