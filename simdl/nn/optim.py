@@ -74,6 +74,14 @@ class Optimizer:
         """Bytes held by the state arrays now (the step counter is not counted)."""
         return sum(int(a.nbytes) for table in self.state.values() for a in table.values())
 
+    #: FLOPs per parameter of one update (each subclass counts its own arithmetic).
+    flops_per_param = 2.0
+
+    def cost(self, n_params: float, itemsize: int = 4) -> tuple[float, float]:
+        """(FLOPs, bytes moved) of one step over `n_params` parameters, for the
+        simulator's kernel: it reads p, g and the state and writes p and the state."""
+        return self.flops_per_param * n_params, (3 + 2 * self.slots) * n_params * itemsize
+
 
 class SGD(Optimizer):
     """Stochastic gradient descent with optional momentum, Nesterov and L2 weight decay.
@@ -89,6 +97,10 @@ class SGD(Optimizer):
         self.slot_names = ("momentum",) if momentum else ()
         super().__init__(lr)
         self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
+
+    @property
+    def flops_per_param(self) -> float:  # type: ignore[override]
+        return 2.0 + 2.0 * self.slots  # scale-and-add, plus the momentum update
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
         if self.weight_decay:
@@ -108,6 +120,8 @@ class Adam(Optimizer):
     p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps), t = this optimizer's step count
     (one counter for all parameters, as in the paper).
     """
+
+    flops_per_param = 10.0  # two moment updates, bias corrections, sqrt, divide, step
 
     slot_names = ("m", "v")
 

@@ -25,8 +25,9 @@ from simdl.sim.engine import Simulator
 from simdl.sim.metrics import TrainingMetrics
 
 
-def step_kernels(sim: Simulator, device: str, chain: Chain, batch: int, step: int,
-                 fn: Callable[[], Any], first_trained: int = 0, tag: str = "") -> Generator[Any, Any, Any]:
+def step_kernels(sim: Simulator, device: str, chain: Chain, opt: Any, batch: int, step: int,
+                 fn: Callable[[], Any], first_trained: int = 0,
+                 tag: str = "") -> Generator[Any, Any, Any]:
     """One training step of `chain` on `device` as kernels: forward through every block,
     backward through blocks from `first_trained` on, then the optimizer. The numerics
     (`fn`) run once, with the forward kernel of block 0; the timeline is the model's."""
@@ -39,8 +40,8 @@ def step_kernels(sim: Simulator, device: str, chain: Chain, batch: int, step: in
     for b in range(len(costs) - 1, first_trained - 1, -1):
         yield sim.compute(device, costs[b].bwd_flops, costs[b].bwd_bytes,
                           label=f"bwd {chain.names[b]} {tag}", step=step)
-    trained = chain.param_bytes(first_trained)  # the update reads p and g, writes p
-    yield sim.compute(device, trained, 3 * trained, label=f"optimizer {tag}", step=step)
+    flops, nbytes = opt.cost(chain.n_params(first_trained))
+    yield sim.compute(device, flops, nbytes, label=f"optimizer {tag}", step=step)
     return value
 
 
@@ -85,7 +86,7 @@ def personalise(plan: TrainPlan, world: World, sim: Simulator,
                 return loss
 
             t0 = sim.now
-            loss = yield from step_kernels(sim, w, chain, len(x), step, learn, k, w)
+            loss = yield from step_kernels(sim, w, chain, opt, len(x), step, learn, k, w)
             sim.log.add(t0, sim.now, "step", w, "personalise", f"step {step}", step=step)
             losses.setdefault(step, []).append(np.nan if loss is None else loss)
             spans.setdefault(step, []).append((t0, sim.now))
@@ -145,7 +146,8 @@ def distill(plan: TrainPlan, world: World, sim: Simulator,
             for b, c in enumerate(teacher.costs(len(x))):  # the teacher's soft labels
                 yield sim.compute(device, c.fwd_flops, c.fwd_bytes,
                                   label=f"teacher {teacher.names[b]}", step=step)
-            loss = yield from step_kernels(sim, device, student, len(x), step, learn, 0, "student")
+            loss = yield from step_kernels(sim, device, student, opt, len(x), step, learn, 0,
+                                           "student")
             sim.log.add(t0, sim.now, "step", device, "distill", f"step {step}", step=step)
             row: dict[str, Any] = {"step": step, "t": sim.now, "loss": np.nan if loss is None else loss}
             if not sim.timing_only and ((step + 1) % load.eval_every == 0 or step == load.steps - 1):

@@ -59,7 +59,6 @@ SCHEDULES: dict[str, Callable[[int, int, int], list[Op]]] = {
 
 #: FLOPs per parameter of one optimizer update: SGD p -= lr*g is 2; momentum adds
 #: v = mu*v + g (2); Adam's two moments, bias corrections, sqrt and divide about 10.
-UPDATE_FLOPS = {"sgd": 2.0, "sgd+momentum": 4.0, "adam": 10.0}
 
 
 def train_pipeline(plan: TrainPlan, world: World, sim: Simulator,
@@ -216,9 +215,7 @@ class _Pipeline:
             else:
                 yield from self._backward(s, i, j)
         st = self.stages[s]
-        n = self.world.chain.n_params(st.start, st.stop)
-        flops = UPDATE_FLOPS[_update_kind(self.load)] * n
-        moved = (3 + 2 * self.opts[s].slots) * n * ITEMSIZE  # read p, g, state; write p, state
+        flops, moved = self.opts[s].cost(self.world.chain.n_params(st.start, st.stop))
         yield self.sim.compute(st.device, flops, moved, self.opts[s].step, self.params[s],
                                unit=st.unit, dtype=st.dtype, label=self._update_label(s), step=i)
         self.tally[s].end = self.sim.now
@@ -350,10 +347,6 @@ def _check(plan: TrainPlan, world: World) -> None:
 def _optimizer(load: Training) -> Optimizer:
     kw = {"momentum": load.momentum} if load.optimizer == "sgd" else {}
     return OPTIMIZERS[load.optimizer](lr=load.lr, **kw)
-
-
-def _update_kind(load: Training) -> str:
-    return "sgd+momentum" if load.optimizer == "sgd" and load.momentum else load.optimizer
 
 
 def _cycle(data: Any, batch: int, rng: np.random.Generator) -> Any:

@@ -41,7 +41,6 @@ Gen = Generator[Any, Any, Any]
 
 #: FLOPs per parameter of one update: SGD p -= lr*g is 2 (+2 with momentum: v = mu*v + g);
 #: Adam about 10 (two moment updates, two bias corrections, sqrt, divide, update).
-UPDATE_FLOPS = {"sgd": 2.0, "adam": 10.0}
 
 
 @dataclass
@@ -194,13 +193,10 @@ class Job:
                tally: Tally | None = None, names: Sequence[str] | None = None,
                label: str = "optimizer") -> Generator[Any, Any, Any]:
         """An optimizer step over `names` (default: every trained parameter) as a kernel:
-        UPDATE_FLOPS per parameter, reading p, g and the state, writing p and the state.
+        `Optimizer.cost`: its FLOPs per parameter, reading p, g and state, writing p and state.
         `fn` does the numerics (None in timing-only mode); its value is returned."""
         names = self.names if names is None else names
-        per = UPDATE_FLOPS[self.load.optimizer] + (2.0 * opt.slots if self.load.optimizer == "sgd"
-                                                   else 0.0)
-        flops = per * sum(self.size[n] for n in names)
-        nbytes = (3 + 2 * opt.slots) * sum(self.raw[n] for n in names)
+        flops, nbytes = opt.cost(sum(self.size[n] for n in names))
         t = self.sim.now
         value = yield self.sim.compute(device, flops, nbytes, fn if self.real else None,
                                        label=label, step=step)
