@@ -71,6 +71,14 @@ class Dataset:
         keep = np.isin(key, classes)
         return Dataset(self.x[keep], self.y[keep], self.n_classes, f"{self.name}[some classes]")
 
+    def forever(self, batch_size: int,
+                rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Batches epoch after epoch, each epoch reshuffled by `rng`, ragged ends dropped
+        (a set smaller than one batch yields all of itself, reshuffled, every time)."""
+        size = min(batch_size, len(self))
+        while True:
+            yield from self.batches(size, rng, drop_last=True)
+
     def batches(self, batch_size: int, rng: np.random.Generator,
                 drop_last: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """One epoch of (x, y) batches in an order shuffled by `rng`."""

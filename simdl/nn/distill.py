@@ -107,18 +107,14 @@ def distill(student: Chain, teacher: Chain, data: Dataset, steps: int, batch: in
     loss_fn = DistillationLoss(temperature, alpha)
     opt = OPTIMIZERS[optimizer](lr=lr)
     rng = stream(seed, "fit")
-    drop_last = len(data) >= batch
     params, grads = student.params(), student.grads()
     losses: list[float] = []
-    while len(losses) < steps:
-        for x, y in data.batches(batch, rng, drop_last=drop_last):
-            soft_targets = teacher.forward(x)[0]          # inference mode: no caches kept
-            student.zero_grad()
-            logits, caches = student.forward(x, train=True)
-            loss, cache = loss_fn.forward(logits, soft_targets, y)
-            student.backward(loss_fn.backward(cache), caches)
-            opt.step(params, grads)
-            losses.append(loss)
-            if len(losses) == steps:
-                break
+    for _, (x, y) in zip(range(steps), data.forever(batch, rng)):
+        soft_targets = teacher.forward(x)[0]          # inference mode: no caches kept
+        student.zero_grad()
+        logits, caches = student.forward(x, train=True)
+        loss, cache = loss_fn.forward(logits, soft_targets, y)
+        student.backward(loss_fn.backward(cache), caches)
+        opt.step(params, grads)
+        losses.append(loss)
     return losses

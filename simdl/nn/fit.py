@@ -47,19 +47,15 @@ def fit(chain: Chain, data: Dataset, steps: int, batch: int = 32, optimizer: str
         raise SimdlError("fit.optimizer", optimizer, f"choose one of: {', '.join(sorted(OPTIMIZERS))}")
     opt = OPTIMIZERS[optimizer](lr=lr)
     sce, rng = SoftmaxCrossEntropy(), stream(seed, "fit")
-    drop_last = len(data) >= batch
     params, grads = chain.params(), chain.grads()
     losses: list[float] = []
-    while len(losses) < steps:
-        for x, y in data.batches(batch, rng, drop_last=drop_last):
-            chain.zero_grad()
-            logits, caches = chain.forward(x, train=True)
-            loss, cache = sce.forward(logits, y)
-            chain.backward(sce.backward(cache), caches)
-            opt.step(params, grads)
-            losses.append(loss)
-            if len(losses) == steps:
-                break
+    for _, (x, y) in zip(range(steps), data.forever(batch, rng)):
+        chain.zero_grad()
+        logits, caches = chain.forward(x, train=True)
+        loss, cache = sce.forward(logits, y)
+        chain.backward(sce.backward(cache), caches)
+        opt.step(params, grads)
+        losses.append(loss)
     return losses
 
 

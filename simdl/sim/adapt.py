@@ -70,7 +70,7 @@ def personalise(plan: TrainPlan, world: World, sim: Simulator,
         chain, opt, ce = models[w], _optimizer(load), SoftmaxCrossEntropy()
         sim.allocate(w, chain.param_bytes() * (2 + opt.slots), f"model {w}")
         rng = stream(world.seed, f"batches/{w}")
-        draws = _cycle(local[w], batch, rng)
+        draws = local[w].forever(batch, rng)
         for step in range(load.steps):
             x, y = next(draws)
 
@@ -123,7 +123,7 @@ def distill(plan: TrainPlan, world: World, sim: Simulator,
     student = copy.deepcopy(world.models[plan.params["student"]])
     loss_fn = DistillationLoss(plan.params["temperature"], plan.params["alpha"])
     opt, rng = _optimizer(load), stream(world.seed, "batches/distill")
-    draws = _cycle(world.train_data, load.batch, rng)
+    draws = world.train_data.forever(load.batch, rng)
     out: dict[str, float] = {}
     done = sim.env.event()
 
@@ -173,9 +173,3 @@ def distill(plan: TrainPlan, world: World, sim: Simulator,
         metrics.extra["teacher_accuracy"] = evaluate(teacher, world.data)[1]
         metrics.extra["student_accuracy"] = evaluate(student, world.data)[1]
     return metrics
-
-
-def _cycle(data: Any, batch: int, rng: np.random.Generator) -> Any:
-    """Batches forever: epoch after epoch, each shuffled by `rng`."""
-    while True:
-        yield from data.batches(min(batch, len(data)), rng, drop_last=True)

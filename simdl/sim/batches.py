@@ -58,5 +58,4 @@ def _draws(data: Dataset, size: int, rng: np.random.Generator) -> Iterator[Batch
     if size == 0:
         while True:
             yield data.x[:0], data.y[:0]
-    while True:
-        yield from data.batches(size, rng, drop_last=True)
+    yield from data.forever(size, rng)

@@ -137,7 +137,7 @@ class _Pipeline:
         self.label_bytes = self.batch * per_sample
         self.batch_bytes = input_bytes(base, self.batch) + self.label_bytes
         self.ops = [SCHEDULES[plan.schedule](s, self.p, self.m) for s in range(self.p)]
-        self.draws = (_cycle(data, self.batch, stream(world.seed, "batches/pipeline"))
+        self.draws = (data.forever(self.batch, stream(world.seed, "batches/pipeline"))
                       if self.real else None)
         self.opts: list[Optimizer] = []
         self.params: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = []
@@ -347,12 +347,6 @@ def _check(plan: TrainPlan, world: World) -> None:
 def _optimizer(load: Training) -> Optimizer:
     kw = {"momentum": load.momentum} if load.optimizer == "sgd" else {}
     return OPTIMIZERS[load.optimizer](lr=load.lr, **kw)
-
-
-def _cycle(data: Any, batch: int, rng: np.random.Generator) -> Any:
-    """Batches forever: epoch after epoch, each shuffled by `rng`, ragged ends dropped."""
-    while True:
-        yield from data.batches(batch, rng, drop_last=True)
 
 
 _LOSS = SoftmaxCrossEntropy()
