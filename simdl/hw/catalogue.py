@@ -31,7 +31,6 @@ DEVICE_FIELDS = ("label", "units", "memory", "mem_bw", "idle_power", "radio_tx_p
 OVERRIDABLE = tuple(f for f in DEVICE_FIELDS if f != "sources")
 
 _FILE_KEYS = ("format", "notes", "shared", "devices")
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _EXAMPLE = {"size": "4GiB", "bandwidth": "300Mbps", "time": "50us", "compute": "26TOPS",
             "power": "2W", "energy": "15Wh"}
 
@@ -42,7 +41,7 @@ Raw = dict[str, Any]
 def read() -> dict[str, Raw]:
     """The raw `devices:` mapping of the shipped catalogue (cached; never mutate it)."""
     text = resources.files("simdl.hw").joinpath("catalogue.yaml").read_text(encoding="utf-8")
-    data = yaml.load(text, Loader=_LOADER)
+    data = yaml.safe_load(text)
     where = "catalogue"
     _mapping(data, where, "a mapping with a 'devices:' section")
     _known(data, _FILE_KEYS, where, "the catalogue file")
@@ -225,13 +224,7 @@ def _unit(raw: Any, name: str, where: str) -> dict[str, Any]:
         raise ScenarioError(f"{where}.kind", kind, f"choose one of: {', '.join(KINDS)}")
     peak_raw = raw.get("peak")
     _mapping(peak_raw, f"{where}.peak", "a mapping of dtype: peak, e.g. {int8: 26TOPS}")
-    peak = {}
-    for dtype, value in peak_raw.items():
-        if dtype not in DTYPES:
-            raise ScenarioError(f"{where}.peak.{dtype}", value,
-                                f"no such dtype; choose one of: {', '.join(DTYPES)}")
-        if value is not None:
-            peak[dtype] = _quantity(value, "compute", f"{where}.peak.{dtype}")
+    peak = _named_quantities(peak_raw, f"{where}.peak", DTYPES, "compute", "dtype")
     if not peak:
         raise ScenarioError(f"{where}.peak", peak_raw, "a unit needs a peak for at least one dtype")
     mem_bw = raw.get("mem_bw")
@@ -267,13 +260,19 @@ def _background(raw: Any, where: str) -> float | tuple[tuple[float, float], ...]
 
 def _interfaces(raw: Any, where: str) -> dict[str, float]:
     _mapping(raw, where, f"a mapping of interface: goodput, interfaces from {', '.join(INTERFACES)}")
+    return _named_quantities(raw, where, INTERFACES, "bandwidth", "interface")
+
+
+def _named_quantities(raw: Raw, where: str, names: tuple[str, ...], kind: str,
+                      what: str) -> dict[str, float]:
+    """name -> SI value for a mapping whose keys must be among `names` (null = absent)."""
     out = {}
     for name, value in raw.items():
-        if name not in INTERFACES:
+        if name not in names:
             raise ScenarioError(f"{where}.{name}", value,
-                                f"no such interface; choose from: {', '.join(INTERFACES)}")
+                                f"no such {what}; choose one of: {', '.join(names)}")
         if value is not None:
-            out[name] = _quantity(value, "bandwidth", f"{where}.{name}")
+            out[name] = _quantity(value, kind, f"{where}.{name}")
     return out
 
 

@@ -275,7 +275,7 @@ def test_unknown_type_lists_the_types():
      r"^devices\.t1\.units\.npu\.peak\.int4: '52TOPS' is not valid; no such dtype; "
      r"choose one of: fp32, fp16, int8$"),
     ({"interfaces.lora": "1Mbps"},
-     r"^devices\.t1\.interfaces\.lora: '1Mbps' is not valid; no such interface; choose from: "),
+     r"^devices\.t1\.interfaces\.lora: '1Mbps' is not valid; no such interface; choose one of: "),
     ({"units.nup.peak.int8": "1TOPS"},
      r"^devices\.t1\.units\.nup: \{'peak': '1TOPS'\} is not valid; no unit 'nup' here "
      r"\(it has cpu, gpu, npu\); a new unit needs kind, efficiency, overhead, active_power"),
