@@ -142,9 +142,7 @@ def _check_replica(world: World, plan: Plan, rep: Replica, where: str,
     n, at = len(chain), 0
     for i, s in enumerate(rep.stages):
         for d in s.devices:
-            if d not in world.devices:
-                raise PlanError(f"{where}.stages[{i}].devices", d,
-                                f"choose one of: {', '.join(world.devices)}")
+            world.known(f"{where}.stages[{i}].devices", d)
         if s.start != at or not s.start < s.stop <= n:
             raise PlanError(f"{where}.stages[{i}].blocks", (s.start, s.stop),
                             f"stages must cover blocks 0..{n - 1} in order, each at least one block")

@@ -22,7 +22,7 @@ Cuts = list[int] | Literal["auto"]
 def single(world: World, device: str | None = None, unit: str | None = None) -> Plan:
     """The whole model on one device (by default the one that owns the input)."""
     device = device or world.workload.source
-    _known(world, "device", device)
+    world.known("device", device)
     return single_path("single", world, [Stage((device,), 0, len(world.chain), unit)],
                        device=device)
 
@@ -52,7 +52,7 @@ def data_parallel(world: World, devices: list[str],
     proportion to their speed. Weights are placed once, before the first request.
     """
     for d in devices:
-        _known(world, "devices", d)
+        world.known("devices", d)
     n, batch = len(world.chain), world.workload.batch
     speed = [1.0 / sum(block_times(world, d, batch)) for d in devices]
     replicas = tuple(Replica((Stage((d,), 0, n),), share=s / sum(speed))
@@ -73,7 +73,7 @@ def tensor_parallel(world: World, devices: list[str], microbatches: PositiveInt 
     if len(devices) < 2:
         raise PlanError("devices", devices, "tensor parallelism needs at least two devices")
     for d in devices:
-        _known(world, "devices", d)
+        world.known("devices", d)
     stage = Stage(tuple(devices), 0, len(world.chain), split=split)
     return single_path("tensor_parallel", world, [stage], microbatches, devices=list(devices),
                        split=split)
@@ -107,7 +107,7 @@ def offload(world: World, target: str, cut: int | Literal["auto"] = "auto",
     `auto` picks the cut with the lowest estimated latency that the constraints allow.
     """
     source, n = world.workload.source, len(world.chain)
-    _known(world, "target", target)
+    world.known("target", target)
     if cut == "auto":
         first = 1 if world.input_stays_on == source else 0
         cut = min(range(first, n + 1), key=lambda c: (offload_latency(world, target, c), c))
@@ -127,7 +127,7 @@ def ensemble(world: World, devices: list[str], models: list[str] | None = None,
         raise PlanError("models", models, f"one model per device ({len(devices)})")
     replicas = []
     for d, m in zip(devices, models):
-        _known(world, "devices", d)
+        world.known("devices", d)
         if m not in world.models:
             raise PlanError("models", m, f"choose one of: {', '.join(world.models)}")
         replicas.append(Replica((Stage((d,), 0, len(world.models[m])),), model=m))
@@ -142,7 +142,7 @@ def _stages(world: World, groups: list[list[str]], cuts: Cuts, microbatches: int
     n = len(world.chain)
     for g in groups:
         for d in g:
-            _known(world, field, d)
+            world.known(field, d)
     if len(groups) > n:
         raise PlanError(field, groups, f"at most {n} stages, one block each at least")
     if microbatches > batch:
@@ -156,11 +156,6 @@ def _stages(world: World, groups: list[list[str]], cuts: Cuts, microbatches: int
                         f"between 1 and {n - 1} (the chain has {n} blocks), or 'auto'")
     bounds = [0, *cuts, n]
     return [Stage(tuple(g), a, b) for g, a, b in zip(groups, bounds, bounds[1:])]
-
-
-def _known(world: World, field: str, device: str) -> None:
-    if device not in world.devices:
-        raise PlanError(field, device, f"choose one of: {', '.join(world.devices)}")
 
 
 Strategy = Callable[..., Plan]

@@ -90,8 +90,7 @@ def _workers(world: World, workers: list[str] | None) -> tuple[str, ...]:
     assert isinstance(load, Training)
     chosen = tuple(workers) if workers else (load.data_on or tuple(world.devices))
     for d in chosen:
-        if d not in world.devices:
-            raise PlanError("workers", d, f"choose one of: {', '.join(world.devices)}")
+        world.known("workers", d)
     return chosen
 
 
@@ -120,8 +119,7 @@ def parameter_server(world: World, servers: list[str], workers: list[str] | None
     """Workers push gradients to the servers (parameters sharded over them) and pull
     the parameters back: synchronous, asynchronous or stale-synchronous."""
     for d in servers:
-        if d not in world.devices:
-            raise PlanError("servers", d, f"choose one of: {', '.join(world.devices)}")
+        world.known("servers", d)
     w = _workers(world, workers)
     sync = Sync("ps", mode=mode, servers=tuple(servers), staleness=staleness,
                 compression=compression, ratio=ratio)
@@ -180,9 +178,8 @@ def distill(world: World, teacher_device: str, student: str, target: str,
     """Knowledge distillation (Hinton et al. 2015): the main model, as teacher on
     `teacher_device`, trains the `student` model (one of the world's models) from
     its soft labels at `temperature`; the student ships to `target`."""
-    for field_, d in (("teacher_device", teacher_device), ("target", target)):
-        if d not in world.devices:
-            raise PlanError(field_, d, f"choose one of: {', '.join(world.devices)}")
+    world.known("teacher_device", teacher_device)
+    world.known("target", target)
     if student not in world.models or student == "main":
         raise PlanError("student", student, "one of the scenario's `models` (not the teacher): "
                         + ", ".join(m for m in world.models if m != "main"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from simdl.errors import PlanError
 from simdl.hw.devices import DeviceSpec
 from simdl.hw.network import Network
 from simdl.nn.chain import Chain
@@ -88,3 +89,9 @@ class World:
     @property
     def chain(self) -> Chain:
         return self.models["main"]
+
+    def known(self, field: str, device: str) -> str:
+        """`device` if the pool has it; else a PlanError naming `field` and the choices."""
+        if device not in self.devices:
+            raise PlanError(field, device, f"choose one of: {', '.join(self.devices)}")
+        return device
