@@ -39,10 +39,6 @@ from simdl.sim.metrics import TrainingMetrics
 Arrays = dict[str, np.ndarray]
 Gen = Generator[Any, Any, Any]
 
-#: FLOPs per parameter of one update: SGD p -= lr*g is 2 (+2 with momentum: v = mu*v + g);
-#: Adam about 10 (two moment updates, two bias corrections, sqrt, divide, update).
-
-
 @dataclass
 class Tally:
     """One worker's step: its start, kernel time, network spans, bytes it sent, losses."""
