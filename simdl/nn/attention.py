@@ -31,13 +31,15 @@ class SelfAttention(Layer):
     q, k, v = x Wq + bq, x Wk + bk, x Wv + bv, split into h heads of dh = d / h;
     per head P = softmax(q k^T / sqrt(dh)) (future positions masked when
     causal), then y = concat_heads(P v) Wo + bo. Weights N(0, 1/d) (LeCun), biases 0.
+    The arithmetic holds for any h heads of width dh (inner width h dh) and an
+    optional bo, which is what a tensor-parallel member's share of the heads is.
     """
 
     def __init__(self, d: int, n_heads: int, rng: np.random.Generator, causal: bool = False):
         super().__init__()
         if d % n_heads:
             raise ValueError(f"SelfAttention: n_heads={n_heads} must divide d={d}")
-        self.d, self.n_heads, self.causal = d, n_heads, causal
+        self.d, self.n_heads, self.dh, self.causal = d, n_heads, d // n_heads, causal
         std = math.sqrt(1.0 / d)
         for name in ("q", "k", "v", "o"):
             self.params["W" + name] = normal(rng, (d, d), std)
@@ -47,10 +49,9 @@ class SelfAttention(Layer):
 
     def forward(self, x: np.ndarray, train: bool = False) -> tuple[np.ndarray, Cache]:
         n, t, d = x.shape
-        h, dh = self.n_heads, d // self.n_heads
-        p = self.params
+        h, dh, p = self.n_heads, self.dh, self.params
         x2 = x.reshape(n * t, d)
-        # One GEMM for q, k and v: (N*T, d) @ (d, 3d); columns are [q heads | k heads | v heads].
+        # One GEMM for q, k and v: (N*T, d) @ (d, 3hd); columns are [q heads | k heads | v heads].
         w = np.concatenate([p["Wq"], p["Wk"], p["Wv"]], axis=1)
         qkv = x2 @ w
         qkv += np.concatenate([p["bq"], p["bk"], p["bv"]])
@@ -60,19 +61,21 @@ class SelfAttention(Layer):
         if self.causal:                      # position i may not look at j > i
             s += np.triu(np.full((t, t), -np.inf, s.dtype), 1)
         a = _softmax_rows(s)
-        ctx = (a @ v).transpose(0, 2, 1, 3).reshape(n * t, d)     # heads back side by side
+        ctx = (a @ v).transpose(0, 2, 1, 3).reshape(n * t, h * dh)  # heads back side by side
         y = ctx @ p["Wo"]
-        y += p["bo"]
+        if "bo" in p:
+            y += p["bo"]
         return y.reshape(n, t, d), (x2, q, k, v, a, ctx)
 
     def backward(self, dy: np.ndarray, cache: Cache) -> np.ndarray:
         x2, q, k, v, a, ctx = cache
         n, h, t, dh = q.shape
-        d = h * dh
+        d, hd = x2.shape[1], h * dh
         p, g = self.params, self.grads
         dy2 = dy.reshape(n * t, d)
         g["Wo"] += ctx.T @ dy2
-        g["bo"] += dy2.sum(axis=0)
+        if "bo" in p:
+            g["bo"] += dy2.sum(axis=0)
         dctx = (dy2 @ p["Wo"].T).reshape(n, t, h, dh).transpose(0, 2, 1, 3)
         da = dctx @ v.transpose(0, 1, 3, 2)                       # (N, h, T, T)
         dqkv = np.empty((n, t, 3, h, dh), dy.dtype)
@@ -82,30 +85,32 @@ class SelfAttention(Layer):
         # q holds q / sqrt(dh), so d(raw q) = (ds @ k) / sqrt(dh) and dk = ds^T @ (scaled q).
         dqkv[:, :, 0] = ((ds @ k) * (1.0 / math.sqrt(dh))).transpose(0, 2, 1, 3)
         dqkv[:, :, 1] = (ds.transpose(0, 1, 3, 2) @ q).transpose(0, 2, 1, 3)
-        dqkv2 = dqkv.reshape(n * t, 3 * d)
-        dw = x2.T @ dqkv2                                         # (d, 3d)
+        dqkv2 = dqkv.reshape(n * t, 3 * hd)
+        dw = x2.T @ dqkv2                                         # (d, 3hd)
         db = dqkv2.sum(axis=0)
         for i, name in enumerate("qkv"):
-            g["W" + name] += dw[:, i * d:(i + 1) * d]
-            g["b" + name] += db[i * d:(i + 1) * d]
+            g["W" + name] += dw[:, i * hd:(i + 1) * hd]
+            g["b" + name] += db[i * hd:(i + 1) * hd]
         w = np.concatenate([p["Wq"], p["Wk"], p["Wv"]], axis=1)
         return (dqkv2 @ w.T).reshape(n, t, d)
 
     def cost(self, in_shape: Shape) -> Cost:
-        """FLOPs with M = N*T tokens (biases and the q scaling are not counted):
+        """FLOPs with M = N*T tokens and inner width hd = h dh (= d for the whole layer;
+        biases and the q scaling are not counted):
 
-        q, k, v and output projections: 4 GEMMs of (M, d) @ (d, d) = 8 M d^2;
-        scores q k^T and weighted sum P v: 2 * 2 N h T^2 dh = 4 N T^2 d;
+        q, k, v and output projections: 4 GEMMs of (M, d) @ (d, hd) = 8 M d hd;
+        scores q k^T and weighted sum P v: 2 * 2 N h T^2 dh = 4 N T^2 hd;
         softmax: 5 per score, 5 N h T^2 (causal still computes the full T x T).
-        Backward: each GEMM twice (16 M d^2 + 8 N T^2 d) plus 4 N h T^2 for softmax.
+        Backward: each GEMM twice (16 M d hd + 8 N T^2 hd) plus 4 N h T^2 for softmax.
+        Every term is linear in h, so members holding shares of the heads sum to the layer.
         """
         n, t, d = in_shape
         h = self.n_heads
-        m = n * t
-        gemm = 8 * m * d * d + 4 * n * t * t * d
+        hd, m = h * self.dh, n * t
+        gemm = 8 * m * d * hd + 4 * n * t * t * hd
         scores = n * h * t * t
         fwd = gemm + SOFTMAX_FWD_FLOPS * scores
         bwd = 2 * gemm + SOFTMAX_BWD_FLOPS * scores
-        # Kept: x, q, k, v and the merged context (M x d each) and P (N h T T).
-        saved = nbytes((5, m, d)) + nbytes((n, h, t, t))
+        # Kept: x (M x d), q, k, v and the merged context (M x hd each) and P (N h T T).
+        saved = nbytes((m, d)) + nbytes((4, m, hd)) + nbytes((n, h, t, t))
         return kernel_cost(in_shape, in_shape, fwd, bwd, self.params, saved_bytes=saved)

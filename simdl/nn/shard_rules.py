@@ -9,7 +9,6 @@ Knows layers; knows nothing of devices, networks or time.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -20,7 +19,7 @@ from simdl.nn.attention import SelfAttention
 from simdl.nn.compose import Sequential
 from simdl.nn.conv import AvgPool, Conv2d, GlobalAvgPool, MaxPool
 from simdl.nn.core import Cache, Cost, Layer, Shape, nbytes
-from simdl.nn.dense import GELU, Flatten, Linear, ReLU, ReLU6, kernel_cost, numel, softmax
+from simdl.nn.dense import GELU, Flatten, Linear, ReLU, ReLU6, kernel_cost, numel
 from simdl.nn.layers import LAYERS
 from simdl.nn.norm import BatchNorm
 
@@ -103,18 +102,19 @@ class Slice(Layer):
         return f"Slice(axis={self.axis}, {self.start}:{self.stop})"
 
 
-class HeadShard(Layer):
+class HeadShard(SelfAttention):
     """A member's heads of a SelfAttention. (N, T, d) -> (N, T, d), a summand of the output.
 
     Wq, Wk, Wv: (d, h dh) and bq, bk, bv: the columns of this member's h heads;
     Wo: (h dh, d), their rows. bo is held by member 0 only, so the members'
-    outputs sum to the whole layer's. Same arithmetic as SelfAttention per head.
+    outputs sum to the whole layer's. SelfAttention's own arithmetic and cost
+    serve any share of the heads; only the weights are sliced here.
     """
 
     def __init__(self, whole: SelfAttention, h0: int, h1: int, with_bo: bool):
-        super().__init__()
+        Layer.__init__(self)
         self.d, self.causal = whole.d, whole.causal
-        self.n_heads, self.dh = h1 - h0, whole.d // whole.n_heads
+        self.n_heads, self.dh = h1 - h0, whole.dh
         cols = slice(h0 * self.dh, h1 * self.dh)
         for name in "qkv":
             self.params["W" + name] = whole.params["W" + name][:, cols].copy()
@@ -123,60 +123,6 @@ class HeadShard(Layer):
         if with_bo:
             self.params["bo"] = whole.params["bo"].copy()
         self._init_grads()
-
-    def _wqkv(self) -> np.ndarray:
-        p = self.params
-        return np.concatenate([p["Wq"], p["Wk"], p["Wv"]], axis=1)   # (d, 3 h dh)
-
-    def forward(self, x: np.ndarray, train: bool = False) -> tuple[np.ndarray, Cache]:
-        n, t, d = x.shape
-        h, dh, p = self.n_heads, self.dh, self.params
-        x2 = x.reshape(n * t, d)
-        qkv = x2 @ self._wqkv()
-        qkv += np.concatenate([p["bq"], p["bk"], p["bv"]])
-        q, k, v = qkv.reshape(n, t, 3, h, dh).transpose(2, 0, 3, 1, 4)   # each (N, h, T, dh)
-        q *= 1.0 / math.sqrt(dh)
-        s = q @ k.transpose(0, 1, 3, 2)                                  # (N, h, T, T)
-        if self.causal:
-            s += np.triu(np.full((t, t), -np.inf, s.dtype), 1)
-        a = softmax(s)
-        ctx = (a @ v).transpose(0, 2, 1, 3).reshape(n * t, h * dh)
-        y = ctx @ p["Wo"]
-        if "bo" in p:
-            y += p["bo"]
-        return y.reshape(n, t, d), (x2, q, k, v, a, ctx)
-
-    def backward(self, dy: np.ndarray, cache: Cache) -> np.ndarray:
-        """Adds this member's weight grads; returns its summand of d(input)."""
-        x2, q, k, v, a, ctx = cache
-        n, h, t, dh = q.shape
-        hd, p, g = h * dh, self.params, self.grads
-        dy2 = dy.reshape(n * t, self.d)
-        g["Wo"] += ctx.T @ dy2
-        if "bo" in p:
-            g["bo"] += dy2.sum(axis=0)
-        dctx = (dy2 @ p["Wo"].T).reshape(n, t, h, dh).transpose(0, 2, 1, 3)
-        da = dctx @ v.transpose(0, 1, 3, 2)
-        dqkv = np.empty((n, t, 3, h, dh), dy.dtype)
-        dqkv[:, :, 2] = (a.transpose(0, 1, 3, 2) @ dctx).transpose(0, 2, 1, 3)
-        ds = a * (da - (da * a).sum(axis=-1, keepdims=True))
-        dqkv[:, :, 0] = ((ds @ k) * (1.0 / math.sqrt(dh))).transpose(0, 2, 1, 3)
-        dqkv[:, :, 1] = (ds.transpose(0, 1, 3, 2) @ q).transpose(0, 2, 1, 3)
-        dqkv2 = dqkv.reshape(n * t, 3 * hd)
-        dw, db = x2.T @ dqkv2, dqkv2.sum(axis=0)
-        for i, name in enumerate("qkv"):
-            g["W" + name] += dw[:, i * hd:(i + 1) * hd]
-            g["b" + name] += db[i * hd:(i + 1) * hd]
-        return (dqkv2 @ self._wqkv().T).reshape(n, t, self.d)
-
-    def cost(self, in_shape: Shape) -> Cost:
-        """SelfAttention.cost for h of the heads: each term is linear in h; members sum to it."""
-        n, t, d = in_shape
-        hd, m, scores = self.n_heads * self.dh, n * t, n * self.n_heads * t * t
-        gemm = 8 * m * d * hd + 4 * n * t * t * hd
-        saved = nbytes((m, d)) + nbytes((4, m, hd)) + nbytes((n, self.n_heads, t, t))
-        return kernel_cost(in_shape, in_shape, gemm + 5 * scores, 2 * gemm + 4 * scores,
-                           self.params, saved_bytes=saved)
 
 
 # -- the rules --------------------------------------------------------------------
