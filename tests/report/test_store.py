@@ -12,6 +12,7 @@ from simdl.report import store
 from simdl.report.result import RUN_FILES, Result, write_comparison
 from simdl.report.store import atomic_write, new_run_id, write_csv, write_json
 from simdl.sim.recorder import COLUMNS
+from stand_ins import Joules, Spec
 
 ROWS = [
     (0.0, 0.0, "alloc", "phone", "memory", "weights", 0.0, 1000.0, -1, -1),
@@ -21,17 +22,6 @@ ROWS = [
     (0.0, 1.0, "request", "phone", "", "phone>tv", 0.0, 0.0, 0, -1),
     (0.5, 1.5, "dropped", "tv", "", "tv", 0.0, 0.0, 1, -1),
 ]
-
-
-class Spec:
-    def __init__(self, type_, units):
-        self.type, self.units = type_, dict.fromkeys(units, None)
-
-
-class Joules:
-    def __init__(self, idle, compute, radio):
-        self.idle, self.compute, self.radio = idle, compute, radio
-        self.total = idle + compute + radio
 
 
 def result(strategy="pipeline"):

@@ -19,17 +19,7 @@ import pytest
 from simdl.report.tables import (compare, devices_table, format_table, links_table,
                                  requests_table, summary)
 from simdl.sim.recorder import COLUMNS
-
-
-class Spec:
-    def __init__(self, type_, units):
-        self.type, self.units = type_, dict.fromkeys(units, None)
-
-
-class Joules:
-    def __init__(self, idle, compute, radio):
-        self.idle, self.compute, self.radio = idle, compute, radio
-        self.total = idle + compute + radio
+from stand_ins import Joules, Spec
 
 
 ROWS = [

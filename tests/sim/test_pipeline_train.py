@@ -67,8 +67,7 @@ def reference(w, steps):
     chain, ce = copy.deepcopy(w.chain), SoftmaxCrossEntropy()
     opt = SGD(lr=w.workload.lr, momentum=w.workload.momentum)
     rng = stream(w.seed, "batches/pipeline")
-    draws = (b for _ in range(10**6)
-             for b in w.train_data.batches(w.workload.batch, rng, drop_last=True))
+    draws = w.train_data.forever(w.workload.batch, rng)
     losses = []
     for _ in range(steps):
         x, y = next(draws)
