@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from simdl import __version__
 from simdl.errors import PlanError, ScenarioError
+from simdl.plan import train_memory
 from simdl.plan.estimate import transfer_time
 from simdl.plan.plan import Plan, check
 from simdl.plan.strategies import STRATEGIES
@@ -25,11 +26,9 @@ from simdl.plan.world import World
 from simdl.report.result import Result, write_comparison
 from simdl.report.tables import compare as compare_summaries
 from simdl.scenario import Scenario, StrategyEntry, call, choose, dump, load, parse
-from simdl.sim.adapt import distill, personalise
 from simdl.sim.engine import Simulator
 from simdl.sim.inference import Outputs, execute, fuse, inputs, labels
 from simdl.sim.metrics import TrainingMetrics
-from simdl.sim.pipeline_train import train_pipeline
 from simdl.sim.stages import prepare
 from simdl.sim.training import train
 from simdl.world import build
@@ -83,7 +82,7 @@ def run(scenario: Scenario | str | Path, strategy: str | None = None, *,
             sim = Simulator(world.devices, world.network, timing_only=timing_only)
             if sc.workload.kind == "training":
                 tp = train_plan(world, entry, i)
-                metrics = TRAINERS.get(tp.sync.kind, train)(tp, world, sim, progress)
+                metrics = train(tp, world, sim, progress)
                 results.append(_result(sc, world, entry, tp, sim, Outputs(), metrics))
             else:
                 p = plan(world, entry, i)
@@ -156,11 +155,13 @@ def plan(world: World, entry: StrategyEntry, i: int) -> Plan:
 
 
 def train_plan(world: World, entry: StrategyEntry, i: int) -> TrainPlan:
-    """The entry's training strategy applied to the world."""
+    """The entry's training strategy applied to the world, its peak memory checked."""
     where = f"strategies[{i}]"
     make = choose(TRAIN_STRATEGIES, entry.name, f"{where}.name")
     try:
-        return call(make, entry.params, where, world)
+        tp = call(make, entry.params, where, world)
+        train_memory.check(tp, world)
+        return tp
     except PlanError as err:
         raise type(err)(f"{where}.{err.where}", err.value, err.allowed) from None
 
@@ -214,9 +215,6 @@ def training_summary(df: pd.DataFrame, world: World) -> dict[str, float]:
         "bytes_per_worker_step": float(df.bytes_per_worker.mean()),
     }
 
-
-#: The executor of each kind of training plan (data-parallel sync kinds all go to `train`).
-TRAINERS = {"pipeline": train_pipeline, "personalise": personalise, "distill": distill}
 
 #: What `simdl run` and `compare` print for each kind of workload.
 HEADLINES = {

@@ -13,9 +13,9 @@ import numpy as np
 
 from simdl.errors import SimdlError
 from simdl.nn.chain import Chain
-from simdl.nn.core import Cache
+from simdl.nn.core import Cache, Cost, Shape, nbytes
 from simdl.nn.data import Dataset
-from simdl.nn.dense import SoftmaxCrossEntropy
+from simdl.nn.dense import SoftmaxCrossEntropy, kernel_cost, numel
 from simdl.nn.fit import _check
 from simdl.nn.optim import OPTIMIZERS
 from simdl.rng import stream
@@ -75,6 +75,13 @@ class DistillationLoss:
             hard, ce_cache = self._ce.forward(s, labels)
         loss = a * temp * temp * soft + (1.0 - a) * hard
         return loss, (q, p, ce_cache, s.shape)
+
+    def cost(self, in_shape: Shape) -> Cost:
+        """Per logit, forward: two temperature log-softmaxes (4 FLOPs each: shift, exp,
+        sum, subtract the log), the KL sum (3) and the hard cross-entropy (5); backward:
+        the soft gradient (3) and the hard one (2). Both probability arrays are kept."""
+        n = numel(in_shape)
+        return kernel_cost(in_shape, (), 16 * n, 5 * n, saved_bytes=2 * nbytes(in_shape))
 
     def backward(self, cache: Cache) -> np.ndarray:
         """d loss / d student_logits, the logits' shape and dtype."""

@@ -22,9 +22,6 @@ Fraction = Annotated[float, Gt(0.0), Lt(1.0)]
 NonNegativeInt = Annotated[int, Ge(0)]
 Compression = Literal["none", "fp16", "int8", "topk", "sign"]
 
-SYNC_KINDS = ("none", "allreduce", "ps", "gossip", "local_sgd", "pipeline", "personalise",
-              "distill")
-
 
 @dataclass(frozen=True)
 class Sync:
@@ -186,6 +183,29 @@ def distill(world: World, teacher_device: str, student: str, target: str,
     return TrainPlan("distill", (teacher_device,), Sync("distill"),
                      params={"student": student, "target": target, "temperature": temperature,
                              "alpha": alpha})
+
+
+# -- who holds what: data owners dealt to workers, parameters sharded over servers -----
+
+def owner_sizes(batch: int, m: int) -> list[int]:
+    """Samples each of m owners draws per step: B // m, one more for the first B % m."""
+    return [batch // m + (j < batch % m) for j in range(m)]
+
+
+def deal(owners: int, workers: int) -> list[list[int]]:
+    """Each worker's data owners (indices, in owner order): owner j goes to worker j % n."""
+    return [[j for j in range(owners) if j % workers == r] for r in range(workers)]
+
+
+def shard_params(sizes: dict[str, int], n_servers: int) -> dict[str, int]:
+    """Each parameter to one server (its index): largest first, to the server holding the
+    fewest bytes so far (ties: the earlier parameter, the earlier server)."""
+    load, out = [0] * n_servers, {}
+    for name in sorted(sizes, key=lambda n: -sizes[n]):  # stable: chain order among equals
+        i = min(range(n_servers), key=lambda j: (load[j], j))
+        out[name] = i
+        load[i] += sizes[name]
+    return {n: out[n] for n in sizes}
 
 
 TrainStrategy = Callable[..., TrainPlan]

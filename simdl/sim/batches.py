@@ -20,36 +20,34 @@ import numpy as np
 
 from simdl.errors import PlanError
 from simdl.nn.data import Dataset
+from simdl.plan.training import owner_sizes
 from simdl.plan.world import Training, World
 from simdl.rng import stream
 
 Batch = tuple[np.ndarray, np.ndarray]
 
 
-def owner_batches(world: World, owners: Sequence[str]) -> list[Iterator[Batch]]:
-    """Each owner's endless stream of per-step batches, by the module's batch rule."""
+def owner_shares(world: World, owners: Sequence[str], shards: str | None = None) -> list[Dataset]:
+    """The part of the training set each owner holds, by the module's batch rule;
+    `shards` (iid or by_class) overrides the workload's."""
     load, data = world.workload, world.train_data
     assert isinstance(load, Training) and data is not None
     m = len(owners)
-    share = data.shard if load.shards == "iid" else data.by_class
-    sizes = owner_sizes(load.batch, m)
-    shares = [share(j, m) for j in range(m)]
+    share = data.shard if (shards or load.shards) == "iid" else data.by_class
+    return [share(j, m) for j in range(m)]
+
+
+def owner_batches(world: World, owners: Sequence[str],
+                  shards: str | None = None) -> list[Iterator[Batch]]:
+    """Each owner's endless stream of per-step batches, by the module's batch rule."""
+    sizes = owner_sizes(world.workload.batch, len(owners))
+    shares = owner_shares(world, owners, shards)
     for j, (o, d) in enumerate(zip(owners, shares)):
         if len(d) < sizes[j]:  # a short batch would break the costs the timeline charges
-            raise PlanError("workload.batch", load.batch, f"data owner {o} holds {len(d)} "
-                            f"samples but draws {sizes[j]} per step; lower the batch")
+            raise PlanError("workload.batch", world.workload.batch, f"data owner {o} holds "
+                            f"{len(d)} samples but draws {sizes[j]} per step; lower the batch")
     return [_draws(d, sizes[j], stream(world.seed, f"batches/{o}"))
             for j, (o, d) in enumerate(zip(owners, shares))]
-
-
-def owner_sizes(batch: int, m: int) -> list[int]:
-    """Samples each of m owners draws per step: B // m, one more for the first B % m."""
-    return [batch // m + (j < batch % m) for j in range(m)]
-
-
-def deal(owners: int, workers: int) -> list[list[int]]:
-    """Each worker's data owners (indices, in owner order): owner j goes to worker j % n."""
-    return [[j for j in range(owners) if j % workers == r] for r in range(workers)]
 
 
 def _draws(data: Dataset, size: int, rng: np.random.Generator) -> Iterator[Batch]:

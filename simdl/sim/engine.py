@@ -43,7 +43,7 @@ class _Job:
 
     def __call__(self, timer: simpy.Event) -> None:
         """The timer's callback: the kernel is done (a bound call, no closure per kernel)."""
-        self.sim._finish(self, timer.value)
+        self.sim._finish(self, timer)
 
 
 class _Unit:
@@ -159,23 +159,26 @@ class Simulator:
         u.running, job.t_start = job, now
         self._running += 1
         duration = u.duration(job, now)
-        value = None if self.timing_only or job.fn is None else job.fn(*job.args)
         if job.event is None:  # a free unit: the caller will wait on a plain timeout
-            job.event = job.timer = timer = self.env.timeout(duration, value)
-            timer.callbacks.append(job)
+            job.event = job.timer = timer = self.env.timeout(duration)
+            timer.callbacks.append(job)  # first: the caller's resume is appended when it yields
         else:  # a queued job: schedule the event its caller already holds, one event not two
             timer = job.timer = job.event
-            timer._ok, timer._value = True, value  # what Timeout.__init__ does
-            timer.callbacks.insert(0, job)  # the unit moves on before its caller resumes
+            timer._ok, timer._value = True, None  # what Timeout.__init__ does
+            timer.callbacks.insert(0, job)  # runs before the caller resumes
             self.env.schedule(timer, delay=duration)
         if not self._watching:
             self._wake()
         return timer
 
-    def _finish(self, job: _Job, value: Any) -> None:
+    def _finish(self, job: _Job, timer: simpy.Event) -> None:
+        """The kernel's time is done: only now do its numerics run (a kernel lost with
+        its device never runs them), and the value is the one its caller resumes with."""
         u = job.unit
         if u.running is not job:  # the device left while this kernel ran
             return
+        if job.fn is not None and not self.timing_only:
+            timer._value = job.fn(*job.args)
         now = self.env.now
         u.running, u.busy = None, u.busy + (now - job.t_start)
         self._running -= 1

@@ -3,11 +3,12 @@ parameter and pull the parameters back, in bsp, asp or ssp mode.
 
 Owns the sharding of parameters over servers, the servers' model and optimizer state,
 and the staleness clock; knows nothing of gossip, local SGD or the SYNCS registry
-(`sim.sync`), and moves bytes only through the Job (`sim.training`).
+(`sim.sync`), and moves bytes only through the Job (`sim.job`).
 """
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,19 +17,10 @@ import numpy as np
 from simdl.errors import PlanError
 from simdl.nn.chain import Chain
 from simdl.nn.optim import Optimizer
-from simdl.sim.training import (Arrays, Gen, Job, Tally, Worker, buffers_into, stepper,
-                                 sum_in_order)
-
-
-def shard_params(sizes: dict[str, int], n_servers: int) -> dict[str, int]:
-    """Each parameter to one server (its index): largest first, to the server holding the
-    fewest bytes so far (ties: the earlier parameter, the earlier server)."""
-    load, out = [0] * n_servers, {}
-    for name in sorted(sizes, key=lambda n: -sizes[n]):  # stable: chain order among equals
-        i = min(range(n_servers), key=lambda j: (load[j], j))
-        out[name] = i
-        load[i] += sizes[name]
-    return {n: out[n] for n in sizes}
+from simdl.plan.training import TrainPlan, shard_params
+from simdl.plan.world import World
+from simdl.sim.engine import Simulator
+from simdl.sim.job import Arrays, Gen, Job, Tally, Worker, buffers_into, stepper, sum_in_order
 
 
 @dataclass
@@ -45,13 +37,15 @@ class Server:
     version: int = 0  # updates applied so far
 
 
-def parameter_server(job: Job) -> None:
+def parameter_server(plan: TrainPlan, world: World, sim: Simulator,
+                     progress: Callable[[int], None] | None = None) -> Job:
     """Workers push (compressed) gradients to the servers owning each parameter and pull
     the parameters back. bsp: a server applies the sum of all pushes once per step. asp:
     it applies each push on arrival; staleness = its version at the apply minus the version
     the pushing worker last pulled. ssp: asp, but a worker starts step t only once
     t - (the slowest worker's step) <= `staleness`. The server's model is evaluated."""
-    sync, sim = job.plan.sync, job.sim
+    job = Job(plan, world, sim, progress)
+    sync = plan.sync
     if not sync.servers:
         raise PlanError("sync.servers", sync.servers, "name at least one server device")
     if sync.mode not in ("bsp", "asp", "ssp"):
@@ -69,7 +63,7 @@ def parameter_server(job: Job) -> None:
                        {n: every[n] for n in names} if job.real else {})
             servers.append(s)
             sim.allocate(device, (2 + s.opt.slots) * s.raw, f"server shard {s.rank}")
-    for w in job.workers:
+    for w in job.add_workers(job.plan.workers):
         job.hold(w, state=False)
 
     def evaluated() -> Chain:
@@ -79,10 +73,11 @@ def parameter_server(job: Job) -> None:
     job.model = evaluated
     if sync.mode == "bsp":
         sim.process(_bsp_steps(job, servers))
-        return
+        return job
     clock = _Clock(job, None if sync.mode == "asp" else sync.staleness)
     for w in job.workers:
         sim.process(_async_worker(job, w, servers, clock))
+    return job
 
 
 def _bsp_steps(job: Job, servers: list[Server]) -> Gen:

@@ -1,8 +1,8 @@
-"""How data-parallel workers agree on the model: gossip, local SGD and the SYNCS registry
-(parameter servers are in `sim.servers`, the all-reduce in `sim.training`).
+"""How data-parallel workers agree on the model without a global barrier per step:
+gossip and local SGD / federated averaging (parameter servers are in `sim.servers`,
+the all-reduce in `sim.allreduce`, the registry in `sim.protocols`).
 
-Each protocol is a function (job) -> None that starts the run's processes, plus one
-SYNCS entry. Bytes move through the simulator (or its collectives), so they contend on
+Each protocol is a function (job) -> None that starts the run's processes. Bytes move through the simulator (or its collectives), so they contend on
 the network; the numerics (sums, applies, averages) run on the workers' arrays in real
 mode and are skipped in timing-only mode without changing any control flow.
 """
@@ -15,9 +15,11 @@ import numpy as np
 
 from simdl.nn.chain import Chain
 from simdl.nn.gradcomp import make
+from simdl.plan.training import TrainPlan
+from simdl.plan.world import World
 from simdl.rng import stream
-from simdl.sim.servers import parameter_server
-from simdl.sim.training import Arrays, Gen, Job, Tally, Worker, buffers_into, data_parallel, stepper
+from simdl.sim.engine import Simulator
+from simdl.sim.job import Arrays, Gen, Job, Tally, Worker, buffers_into, stepper
 
 
 # -- gossip ----------------------------------------------------------------------------------
@@ -40,14 +42,16 @@ def ring(n: int) -> list[list[int]]:
     return [[(r - 1) % n, (r + 1) % n] for r in range(n)]
 
 
-def gossip(job: Job) -> None:
+def gossip(plan: TrainPlan, world: World, sim: Simulator,
+           progress: Callable[[int], None] | None = None) -> Job:
     """After its local step a worker sends its model change to its ring neighbours and
     mixes in theirs with weight 1/(degree + 1) (CHOCO-gossip: each worker keeps a
     public copy of its own and its neighbours' models, moved by the compressed
     differences sent, which makes compression exact-in-the-limit without error
     feedback). No barrier: a worker waits only for its neighbours' messages of the
     same step. The workers' average model is evaluated."""
-    sim, ws, sync = job.sim, job.workers, job.plan.sync
+    job = Job(plan, world, sim, progress)
+    ws, sync = job.add_workers(plan.workers), plan.sync
     nbrs = ring(len(ws))
     held: list[dict[int, Arrays]] = []
     for w in ws:
@@ -71,6 +75,7 @@ def gossip(job: Job) -> None:
     for w in ws:
         sim.process(_gossip_worker(job, w, nbrs[w.rank], held[w.rank] if job.real else {},
                                    spread))
+    return job
 
 
 def _gossip_worker(job: Job, w: Worker, nbrs: list[int], held: dict[int, Arrays],
@@ -141,13 +146,15 @@ class _Spread:
 
 # -- local SGD / federated averaging -----------------------------------------------------------
 
-def local_sgd(job: Job) -> None:
+def local_sgd(plan: TrainPlan, world: World, sim: Simulator,
+              progress: Callable[[int], None] | None = None) -> Job:
     """Rounds: the server (the first worker) sends its model to the sampled clients
     (stream "clients"; all when `clients` is 0), each takes `local_steps` steps on its
     own data and sends back its (compressed) model change; the server adds the changes'
     mean weighted by samples. Unsampled clients idle. The server's model is evaluated."""
-    sim, ws = job.sim, job.workers
-    model = copy.deepcopy(job.world.chain) if job.real else None
+    job = Job(plan, world, sim, progress)
+    ws = job.add_workers(plan.workers)
+    model = copy.deepcopy(world.chain) if job.real else None
     every = model.params() if model is not None else {}
     sim.allocate(ws[0].device, 2 * job.trainable, "global model and sum of changes")
     for w in ws:
@@ -155,6 +162,7 @@ def local_sgd(job: Job) -> None:
         sim.allocate(w.device, job.trainable, f"round start r{w.rank}")
     job.model = lambda: model
     sim.process(_rounds(job, {n: every[n] for n in job.names} if job.real else {}, model))
+    return job
 
 
 def _rounds(job: Job, glob: Arrays, model: Chain | None) -> Gen:
@@ -206,14 +214,3 @@ def _client(job: Job, w: Worker, r: int, tally: Tally, glob: Arrays,
     wire = float(sum(job.wire.values()))
     yield from job.wait([job.send(w.device, server.device, wire, "delta", r, tally)], tally)
     return delta
-
-
-SyncProtocol = Callable[[Job], None]
-
-SYNCS: dict[str, SyncProtocol] = {
-    "none": data_parallel,
-    "allreduce": data_parallel,
-    "ps": parameter_server,
-    "gossip": gossip,
-    "local_sgd": local_sgd,
-}

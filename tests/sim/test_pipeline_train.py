@@ -16,9 +16,10 @@ from simdl.nn.optim import SGD
 from simdl.plan.plan import Stage
 from simdl.plan.training import Sync, TrainPlan
 from simdl.plan.world import Training, World
-from simdl.rng import stream
+from simdl.sim.batches import owner_batches
 from simdl.sim.engine import Simulator
-from simdl.sim.pipeline_train import SCHEDULES, gpipe, one_f_one_b, train_pipeline
+from simdl.sim.pipeline_train import SCHEDULES, gpipe, one_f_one_b, pipeline
+from simdl.sim.training import execute
 
 NAMES = ("a", "b", "c", "d")
 KERNEL = 1e-3  # s: the overhead-only device's time for any kernel
@@ -46,7 +47,7 @@ def world(devices, steps=3, batch=16, depth=3, hidden=8, optimizer="sgd", moment
     data = gaussian_mixture(n=200, dim=hidden, n_classes=4, seed=1)
     train, test = data.split(0.8)
     load = Training(steps=steps, batch=batch, optimizer=optimizer, lr=0.1, momentum=momentum,
-                    eval_every=eval_every)
+                    data_on=("a",), eval_every=eval_every)
     chain = mlp(in_dim=hidden, hidden=hidden, depth=depth, n_classes=4, seed=2)
     return World("t", 7, {"main": chain}, devices, star(devices), load, test, train_data=train)
 
@@ -63,11 +64,10 @@ def laptops(n=4):
 
 
 def reference(w, steps):
-    """Single-device training on the same global batches (same stream, same epochs)."""
+    """Single-device training on the same global batches: the data owner a's draws."""
     chain, ce = copy.deepcopy(w.chain), SoftmaxCrossEntropy()
     opt = SGD(lr=w.workload.lr, momentum=w.workload.momentum)
-    rng = stream(w.seed, "batches/pipeline")
-    draws = w.train_data.forever(w.workload.batch, rng)
+    (draws,) = owner_batches(w, ["a"])
     losses = []
     for _ in range(steps):
         x, y = next(draws)
@@ -87,8 +87,9 @@ def replace_steps(w, steps):
 def run(w, p, timing_only=False):
     sim = Simulator(w.devices, w.network, timing_only=timing_only)
     chain = copy.deepcopy(w.chain)
-    metrics = train_pipeline(p, w, sim, chain=chain)
-    return sim, metrics, chain
+    job = pipeline(p, w, sim, chain=chain)
+    sim.run(until=job.finished)
+    return sim, job.metrics, chain
 
 
 def test_schedules_list_every_forward_and_backward_once_forward_first():
@@ -129,8 +130,7 @@ def test_gradients_and_weights_match_single_device_training(schedule, cuts, m):
 def test_world_chain_is_never_changed():
     w = world(laptops())
     before = {k: v.copy() for k, v in w.chain.params().items()}
-    sim = Simulator(w.devices, w.network)
-    train_pipeline(plan([1, 2, 3], "1f1b", 4), w, sim)
+    execute(plan([1, 2, 3], "1f1b", 4), w, Simulator(w.devices, w.network))
     for k, v in w.chain.params().items():
         np.testing.assert_array_equal(v, before[k])
 

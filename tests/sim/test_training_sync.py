@@ -23,7 +23,7 @@ from simdl.plan.world import Training, World
 from simdl.rng import stream
 from simdl.sim.batches import owner_batches
 from simdl.sim.engine import Simulator
-from simdl.sim.servers import shard_params
+from simdl.plan.training import shard_params
 from simdl.sim.training import execute, train
 
 SIZES = {"fc1.0.W": 512, "fc1.0.b": 32, "fc2.0.W": 1024, "fc2.0.b": 32, "head.0.W": 128,
@@ -308,13 +308,15 @@ def test_step_time_splits_into_compute_comm_and_wait():
     assert (df.compute_s > 0).all() and (df.comm_s > 0).all() and (df.wait_s >= 0).all()
 
 
-def test_memory_holds_weights_gradients_and_the_saved_activations():
-    """One device, plain SGD (no state), its own data: peak = weights + gradients +
-    every block's saved activations at batch 12; all activations are given back."""
+def test_memory_holds_weights_gradients_the_batch_and_the_saved_activations():
+    """One device, plain SGD (no state), its own data: peak = weights + gradients + the
+    step's batch (12 x 16 float32 inputs + 12 int64 labels = 864 B) + every block's saved
+    activations at batch 12 + the loss's saved probabilities (12 x 4 x 4 B = 192 B);
+    the batch and all activations are given back."""
     w = world(("pc",), batch=12)
     job, sim = run(T.single_device(w), w)
     saved = sum(c.saved_bytes for c in w.chain.costs(12))
-    assert sim.memory_peak["pc"] == 2 * S + saved
+    assert sim.memory_peak["pc"] == 2 * S + 864 + saved + 192
     assert sim.memory_used["pc"] == 2 * S
 
 

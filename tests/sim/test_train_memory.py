@@ -1,0 +1,88 @@
+"""The memory a training plan is refused by before it runs is the memory its run holds:
+`plan.train_memory.need` equals the simulated peak on every device, exactly, for every
+protocol (so neither the rule nor the executors can drift without a failure)."""
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from simdl import api
+from simdl.errors import PlanError
+from simdl.plan import train_memory
+from simdl.plan import training as T
+from simdl.sim.engine import Simulator
+from simdl.sim.training import PROTOCOLS, execute
+from simdl.world import build
+
+from test_training_sync import PLANS, world
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAINING = sorted(p for p in (ROOT / "scenarios").glob("*.yaml")
+                  if api.resolve(p).workload.kind == "training")
+
+
+def peaks(plan, w):
+    """The simulated peak of every device that trained (a federated client that was
+    never sampled holds only its lasting memory: at most the rule, checked here)."""
+    sim = Simulator(w.devices, w.network, timing_only=True)
+    execute(plan, w, sim)
+    log = sim.log.frame()
+    trained = set(log[log.kind == "compute"].device)
+    rule = train_memory.need(plan, w)
+    for d, p in sim.memory_peak.items():
+        assert p <= rule.get(d, 0.0), d
+    return {d: p for d, p in sim.memory_peak.items() if p and d in trained}
+
+
+def trained_need(plan, w):
+    got = peaks(plan, w)
+    return {d: v for d, v in train_memory.need(plan, w).items() if d in got}, got
+
+
+MORE = {
+    "ps-bsp-sharded-momentum": lambda w: T.parameter_server(w, ["phone", "laptop"]),
+    "gossip-two": lambda w: T.gossip(w, workers=["phone", "pc"]),
+    "local_sgd-all": lambda w: T.local_sgd(w, local_steps=1),
+    "personalise": lambda w: T.personalise(w, freeze=1),
+    "pipeline-1f1b": lambda w: T.pipeline_train(w, ["phone", "laptop", "pc"], microbatches=4,
+                                                schedule="1f1b"),
+    "pipeline-gpipe": lambda w: T.pipeline_train(w, ["pc", "phone"], microbatches=3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PLANS) + sorted(MORE))
+def test_the_rule_equals_the_simulated_peak(name):
+    w = world(steps=2, momentum=0.9)
+    plan = (PLANS | MORE)[name](w)
+    rule, got = trained_need(plan, w)
+    assert rule == got and got
+
+
+@pytest.mark.parametrize("path", TRAINING, ids=[p.stem for p in TRAINING])
+def test_every_shipped_training_strategy_peaks_where_the_rule_says(path):
+    sc = api.resolve(path)
+    w = build(sc)
+    for i, entry in api.selected(sc, None):
+        plan = api.train_plan(w, entry, i)
+        rule, got = trained_need(plan, w)
+        assert rule == got and got, entry.label or entry.name
+
+
+def test_every_protocol_is_covered():
+    """A new protocol must appear in one of the plans above (by its sync kind)."""
+    w = world(steps=2)
+    kinds = {f(w).sync.kind for f in (PLANS | MORE).values()} | {"distill"}  # distill: shipped
+    assert kinds >= set(PROTOCOLS)
+
+
+def test_a_plan_that_can_never_fit_is_refused_with_the_numbers():
+    w = world(("phone", "laptop", "pc"), steps=1)
+    plan = T.allreduce(w)
+    need = train_memory.need(plan, w)["phone"]
+    small = dict(w.devices)
+    small["phone"] = replace(small["phone"], memory=need - 1)
+    tight = replace(w, devices=small)
+    with pytest.raises(PlanError, match=r"devices\.phone\.memory.*MiB needed.*must fit in"):
+        train_memory.check(plan, tight)
+    small["phone"] = replace(small["phone"], memory=need)
+    train_memory.check(plan, replace(w, devices=small))  # exactly enough is enough
