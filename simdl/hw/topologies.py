@@ -293,12 +293,3 @@ TOPOLOGIES: dict[str, Topology] = {
     "cloud": cloud,
     "links": links,
 }
-
-
-def get(name: str) -> Topology:
-    """The builder called `name`, or a ScenarioError listing the choices."""
-    try:
-        return TOPOLOGIES[name]
-    except KeyError:
-        raise ScenarioError("network.kind", name,
-                            f"choose one of: {', '.join(sorted(TOPOLOGIES))}") from None

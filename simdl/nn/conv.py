@@ -268,22 +268,27 @@ class _Pool(Layer):
 class MaxPool(_Pool):
     """Max over k x k windows. (N, C, H, W) -> (N, C, OH, OW), OH = (H - k) // stride + 1.
 
-    Caches the winning offset per output (uint8, k*k <= 256); the gradient goes
-    to that one input (the first maximum on ties, like argmax).
+    Caches the winning offset per output in the smallest unsigned dtype that
+    holds k*k offsets (uint8 up to 16x16 windows); the gradient goes to that one
+    input (the first maximum on ties, like argmax).
     """
+
+    def _arg_dtype(self) -> np.dtype:
+        """The narrowest unsigned dtype holding offsets 0 .. k*k - 1: uint8, uint16, uint32."""
+        return np.min_scalar_type(self.k * self.k - 1)
 
     def forward(self, x: np.ndarray, train: bool = False) -> tuple[np.ndarray, Cache]:
         oh, ow = self._out(x.shape)
         n, c = x.shape[:2]
         win = windows(x, self.k, self.stride, oh, ow).reshape(n, c, self.k * self.k, oh, ow)
-        arg = win.argmax(axis=2).astype(np.uint8)             # (N, C, OH, OW)
+        arg = win.argmax(axis=2).astype(self._arg_dtype())  # (N, C, OH, OW)
         y = np.take_along_axis(win, arg[:, :, None].astype(np.intp), axis=2)[:, :, 0]
         return y, (arg, x.shape)
 
     def backward(self, dy: np.ndarray, cache: Cache) -> np.ndarray:
         arg, shape = cache
         kk = self.k * self.k
-        onehot = arg[:, :, None] == np.arange(kk, dtype=np.uint8)[None, None, :, None, None]
+        onehot = arg[:, :, None] == np.arange(kk, dtype=arg.dtype)[None, None, :, None, None]
         d = (onehot * dy[:, :, None]).reshape(*dy.shape[:2], self.k, self.k, *dy.shape[2:])
         return self._scatter(d, shape, dy.dtype)
 
@@ -291,7 +296,7 @@ class MaxPool(_Pool):
         out = (*in_shape[:2], *self._out(in_shape))
         m = numel(out)
         return kernel_cost(in_shape, out, m * self.k * self.k, m * self.k * self.k,
-                           saved_bytes=nbytes(out, 1))
+                           saved_bytes=nbytes(out, self._arg_dtype().itemsize))
 
 
 class AvgPool(_Pool):

@@ -309,12 +309,3 @@ class Flows:
         return [{"resource": name, "bytes": self._bytes[i],
                  "busy_time": self._busy[i] + (now - self._since[i] if self._crossing[i] else 0.0)}
                 for name, i in self._index.items()]
-
-    def device_stats(self) -> list[dict[str, Any]]:
-        """Per device: bytes sent and received as a flow's end, and radio seconds."""
-        rows = []
-        for device in self.network.devices:
-            tx, rx = self.radio_time(device)
-            rows.append({"device": device, "sent": self._sent[device],
-                         "received": self._received[device], "tx_time": tx, "rx_time": rx})
-        return rows

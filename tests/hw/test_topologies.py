@@ -147,8 +147,3 @@ def test_explicit_links_take_unit_strings_and_a_medium_defaults_to_its_widest_li
 def test_bad_units_name_the_field():
     with pytest.raises(UnitError, match=r"^network\.airtime: '300 parsecs'"):
         topo.wifi_star(pool(), airtime="300 parsecs")
-
-
-def test_unknown_topology_lists_the_choices():
-    with pytest.raises(ScenarioError, match="choose one of: cloud, edge, home, links, p2p_mesh"):
-        topo.get("wifistar")
