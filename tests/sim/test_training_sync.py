@@ -328,6 +328,31 @@ def test_target_accuracy_stops_at_the_first_evaluation_that_reaches_it():
     assert df.accuracy.iloc[-1] >= 0.6 and (df.accuracy.iloc[:-1].dropna() < 0.6).all()
 
 
+EVERY_PROTOCOL = {
+    "allreduce": lambda w: T.allreduce(w),
+    "ps-bsp": lambda w: T.parameter_server(w, ["pc"]),
+    "ps-asp": lambda w: T.parameter_server(w, ["pc"], mode="asp"),
+    "gossip": lambda w: T.gossip(w),
+    "local_sgd": lambda w: T.local_sgd(w, local_steps=1),
+    "pipeline": lambda w: T.pipeline_train(w, ["phone", "pc"], microbatches=2),
+    "personalise": lambda w: T.personalise(w, freeze=1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EVERY_PROTOCOL))
+def test_every_protocol_stops_at_a_reached_target(name):
+    """A target of 0 is reached at the first evaluation (step 2 of 30, eval_every 3):
+    every protocol ends there, not after its 30 steps (workers of an asynchronous one
+    may close the step they were in); in timing-only mode there is no accuracy, so it
+    runs all 30."""
+    w = world(steps=30, eval_every=3, target=0.0)
+    plan = EVERY_PROTOCOL[name](w)
+    df = train(plan, w, Simulator(w.devices, w.network)).frame()
+    assert df.accuracy.first_valid_index() == 2 and len(df) <= 4
+    timing = train(plan, w, Simulator(w.devices, w.network, timing_only=True)).frame()
+    assert len(timing) == 30
+
+
 PLANS = {
     "single": lambda w: T.single_device(w),
     "allreduce-ring-topk": lambda w: T.allreduce(w, compression="topk", freeze=1),
