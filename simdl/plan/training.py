@@ -74,7 +74,8 @@ class TrainPlan:
         how = {"allreduce": f"{s.algorithm} all-reduce", "ps": f"parameter server {s.mode}"
                f" on {'+'.join(s.servers)}", "gossip": "gossip",
                "local_sgd": f"local SGD, {s.local_steps} local steps", "none": "one device"}
-        comp = "" if s.compression == "none" else f", {s.compression} gradients"
+        sent = "model changes" if s.kind in ("gossip", "local_sgd") else "gradients"
+        comp = "" if s.compression == "none" else f", {s.compression} {sent}"
         frozen = f", first {self.freeze} blocks frozen" if self.freeze else ""
         return f"{self.strategy}: {len(self.workers)} workers, {how.get(s.kind, s.kind)}{comp}{frozen}"
 

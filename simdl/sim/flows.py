@@ -69,7 +69,6 @@ class Flows:
         self._bytes, self._busy = [0.0] * n_res, [0.0] * n_res
         self._crossing, self._since = [0] * n_res, [0.0] * n_res
         nodes = list(network.graph.nodes)
-        self._sent, self._received = dict.fromkeys(nodes, 0.0), dict.fromkeys(nodes, 0.0)
         self._radio_n = {n: [0, 0] for n in nodes}         # flows sending, receiving
         self._radio_since = {n: [0.0, 0.0] for n in nodes}
         self._radio_time = {n: [0.0, 0.0] for n in nodes}
@@ -231,8 +230,6 @@ class Flows:
             self._crossing[r] -= 1
             if self._crossing[r] == 0:
                 self._busy[r] += now - self._since[r]
-        self._sent[src] += count
-        self._received[dst] += count
         self._radio(path, -1, now)
         flow = Flow(src, dst, count, t_request, t_start, now, path.route, label, tags)
         if moved is None:
