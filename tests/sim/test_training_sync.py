@@ -62,6 +62,9 @@ SYNCHRONOUS = {
     "halving_doubling": lambda w: T.allreduce(w, algorithm="halving_doubling"),
     "ps-one-server": lambda w: T.parameter_server(w, ["pc"]),
     "ps-two-sharded": lambda w: T.parameter_server(w, ["phone", "laptop"]),
+    "pipeline-gpipe": lambda w: T.pipeline_train(w, ["phone", "laptop", "pc"], microbatches=3),
+    "pipeline-1f1b": lambda w: T.pipeline_train(w, ["pc", "phone"], microbatches=4,
+                                                schedule="1f1b"),
 }
 
 
@@ -69,12 +72,13 @@ SYNCHRONOUS = {
 def test_synchronous_sgd_gives_the_single_device_weights(name):
     """10 samples over 3 workers (4, 3, 3): the sample-weighted sum of per-worker mean
     gradients is the global-batch mean gradient, so 5 SGD steps land on single-device
-    training over the concatenated batches. allclose rtol 1e-5, atol 1e-6: the float32
+    training over the concatenated batches; a pipeline draws the same batch (on its first
+    stage) and accumulates its micro-batches' gradients. allclose rtol 1e-5, atol 1e-6: the float32
     sums run in another order (per worker, then across), nothing else differs."""
     w = world()
     ref_job, _ = run(T.single_device(w), w)
     job, _ = run(SYNCHRONOUS[name](w), w)
-    assert [x.samples for x in job.workers] == [4, 3, 3]
+    assert [x.samples for x in job.workers] == ([] if "pipeline" in name else [4, 3, 3])
     ref, got = ref_job.model().params(), job.model().params()
     for n in SIZES:
         assert not np.array_equal(got[n], w.chain.params()[n])  # it trained...
