@@ -86,7 +86,7 @@ class TrainPlan:
 def _workers(world: World, workers: list[str] | None) -> tuple[str, ...]:
     load = world.workload
     assert isinstance(load, Training)
-    chosen = tuple(workers) if workers else (load.data_on or tuple(world.devices))
+    chosen = tuple(workers) if workers else load.data_on  # world.build fills data_on
     for d in chosen:
         world.known("workers", d)
     return chosen
