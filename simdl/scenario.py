@@ -16,7 +16,8 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt,
-                      PositiveFloat, PositiveInt, ValidationError, create_model, model_validator)
+                      PositiveFloat, PositiveInt, ValidationError, ValidationInfo, create_model,
+                      field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from simdl.errors import ScenarioError
@@ -70,10 +71,37 @@ class ModelEntry(Named):
 
 
 class DeployEntry(Strict):
-    """How a device stores and runs its weights."""
+    """How a device stores and runs its weights: as `dtype`, with a `prune` fraction
+    removed in a `sparsity` pattern: unstructured (each tensor's smallest |w|) or '2:4'
+    (2 of every 4 along the input, what sparse tensor cores speed up; prune is then
+    0.5, filled in when left out)."""
 
     dtype: Literal["fp32", "fp16", "int8"] = "fp32"
+    sparsity: Literal["unstructured", "2:4"] = "unstructured"
     prune: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _half_for_2_4(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("sparsity") == "2:4" and "prune" not in data:
+            return {**data, "prune": 0.5}
+        return data
+
+    @field_validator("sparsity", mode="before")
+    @classmethod
+    def _pattern_is_text(cls, value: Any) -> Any:
+        if not isinstance(value, str):  # a bare 2:4 is YAML 1.1's base-60 integer 124
+            raise PydanticCustomError("pattern", "write 'unstructured' or '2:4' (quoted: YAML "
+                                      "reads a bare 2:4 as the number 124)")
+        return value
+
+    @field_validator("prune")
+    @classmethod
+    def _half_is_2_4(cls, value: float, info: ValidationInfo) -> float:
+        if info.data.get("sparsity") == "2:4" and value != 0.5:
+            raise PydanticCustomError("prune_2_4", "2:4 keeps 2 of every 4 weights, so prune "
+                                      "is 0.5 (or left out)")
+        return value
 
 
 class StrategyEntry(Named):
@@ -151,19 +179,69 @@ class Scenario(Strict):
     strategies: list[StrategyEntry] = Field(min_length=1)
 
 
+#: Lists and mappings a scenario file may nest inside each other. Real scenarios
+#: need fewer than ten; PyYAML composes recursively (three Python frames a level),
+#: so a bound far below the recursion limit keeps a hostile file to one clear line.
+MAX_NESTING = 64
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses nesting deeper than MAX_NESTING, aliases included,
+    before the recursive composer (or anything after it) runs out of stack."""
+
+    def __init__(self, text: str, name: str):
+        super().__init__(text)
+        self.file = name
+        self.depth = 0                         # collections open around the next node
+        self.height: dict[int, int] = {}       # id(collection node) -> levels in it, once closed
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor)   # None: the composer reports it undefined
+            if isinstance(target, yaml.CollectionNode):
+                if id(target) not in self.height:
+                    raise ScenarioError(self._where(event), f"*{event.anchor}",
+                                        "an alias may not refer to a list or mapping it is inside")
+                self._check(self.depth + self.height[id(target)], event)
+            return super().compose_node(parent, index)
+        if not isinstance(event, yaml.CollectionStartEvent):
+            return super().compose_node(parent, index)
+        self._check(self.depth + 1, event)
+        self.depth += 1
+        node = super().compose_node(parent, index)
+        self.depth -= 1
+        children = node.value
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        self.height[id(node)] = 1 + max((self.height.get(id(c), 0) for c in children), default=0)
+        return node
+
+    def _where(self, event: yaml.Event) -> str:
+        return f"{self.file}:{event.start_mark.line + 1}"
+
+    def _check(self, levels: int, event: yaml.Event) -> None:
+        if levels > MAX_NESTING:
+            raise ScenarioError(f"{self._where(event)} nesting depth", levels,
+                                f"lists and mappings may nest at most {MAX_NESTING} levels deep")
+
+
 def load(path: str | Path) -> Scenario:
-    """Read and validate a scenario file (safe YAML only)."""
+    """Read and validate a scenario file (safe YAML only, nesting bounded)."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as err:
         raise ScenarioError(str(path), str(path), f"a readable scenario file ({err.strerror})") from None
+    loader = _BoundedLoader(text, path.name)
     try:
-        data = yaml.safe_load(text)
+        data = loader.get_single_data()
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path.name}:{mark.line + 1}" if mark else path.name
         raise ScenarioError(where, getattr(err, "problem", str(err)), "well-formed YAML") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, Mapping):
         raise ScenarioError(path.name, data, "a mapping with name, devices, network, model, "
                             "workload and strategies")

@@ -22,11 +22,13 @@ DTYPES = ("fp32", "fp16", "int8")
 KINDS = ("cpu", "gpu", "npu")
 INTERFACES = ("bluetooth", "cellular", "ethernet", "p2p", "wifi")
 SOURCE_KINDS = ("spec-peak", "measured", "estimate", "override")
+#: Pruning patterns a unit may accelerate (the same as simdl.nn.compress.PATTERNS).
+PATTERNS = ("unstructured", "2:4")
 
-UNIT_FIELDS = ("kind", "peak", "efficiency", "overhead", "active_power", "mem_bw")
+UNIT_FIELDS = ("kind", "peak", "efficiency", "overhead", "active_power", "mem_bw", "sparsity")
 UNIT_REQUIRED = ("peak", "efficiency", "overhead", "active_power")
 DEVICE_FIELDS = ("label", "units", "memory", "mem_bw", "idle_power", "radio_tx_power",
-                 "radio_rx_power", "battery", "background", "interfaces", "sparse", "sources")
+                 "radio_rx_power", "battery", "background", "interfaces", "sources")
 #: Sources follow the figures: an override writes its own source entry.
 OVERRIDABLE = tuple(f for f in DEVICE_FIELDS if f != "sources")
 
@@ -103,7 +105,6 @@ def parse_device(raw: Any, where: str) -> dict[str, Any]:
                     else _quantity(raw["battery"], "energy", f"{where}.battery")),
         "background": _background(raw.get("background", 0.0), f"{where}.background"),
         "interfaces": _interfaces(raw.get("interfaces", {}), f"{where}.interfaces"),
-        "sparse": _flag(raw.get("sparse", False), f"{where}.sparse"),
         "sources": _sources(raw.get("sources", {}), f"{where}.sources"),
     }
 
@@ -196,12 +197,6 @@ def _fraction(value: Any, where: str, *, low_open: bool, high_open: bool) -> flo
     return x
 
 
-def _flag(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ScenarioError(where, value, "write true or false")
-    return value
-
-
 def _units(raw: Any, where: str) -> dict[str, dict[str, Any]]:
     _mapping(raw, where, "a mapping of compute units, e.g. {cpu: {...}}")
     out = {}
@@ -227,7 +222,7 @@ def _unit(raw: Any, name: str, where: str) -> dict[str, Any]:
     peak = _named_quantities(peak_raw, f"{where}.peak", DTYPES, "compute", "dtype")
     if not peak:
         raise ScenarioError(f"{where}.peak", peak_raw, "a unit needs a peak for at least one dtype")
-    mem_bw = raw.get("mem_bw")
+    mem_bw, sparsity = raw.get("mem_bw"), raw.get("sparsity")
     return {
         "kind": kind,
         "peak": peak,
@@ -237,7 +232,43 @@ def _unit(raw: Any, name: str, where: str) -> dict[str, Any]:
         "active_power": _quantity(raw.get("active_power"), "power", f"{where}.active_power",
                                   zero=True),
         "mem_bw": None if mem_bw is None else _quantity(mem_bw, "bandwidth", f"{where}.mem_bw"),
+        "sparsity": {} if sparsity is None else _sparsity(sparsity, f"{where}.sparsity", peak),
     }
+
+
+def _sparsity(raw: Any, where: str, peak: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """pattern -> dtype -> how many times faster the unit multiplies weights pruned so.
+
+    A vendor's sparse figure holds for one pattern and for the dtypes of one engine
+    (Ampere: 2:4 on the tensor cores' fp16 and int8, not on the CUDA cores' fp32), so
+    both are named; a pattern or dtype not declared gets no speed-up. Factors are >= 1:
+    a unit never runs its sparse mode when that would be slower. A null removes one.
+    """
+    _mapping(raw, where, "a mapping of pattern: {dtype: speed-up}, e.g. {'2:4': {fp16: 2}}")
+    out = {}
+    for pattern, factors in raw.items():
+        at = f"{where}.{pattern}"
+        if pattern not in PATTERNS:
+            raise ScenarioError(at, factors, f"no such pattern; choose one of: {', '.join(PATTERNS)}"
+                                " (quote '2:4': bare, YAML reads it as the number 124)")
+        if factors is None:
+            continue
+        _mapping(factors, at, "a mapping of dtype: speed-up, e.g. {fp16: 2}")
+        row = {}
+        for dtype, value in factors.items():
+            if dtype not in peak:
+                raise ScenarioError(f"{at}.{dtype}", value,
+                                    f"a speed-up for a dtype the unit runs: {', '.join(peak)}")
+            if value is None:
+                continue
+            allowed = "a speed-up factor of 1 or more, e.g. 2 (twice as fast)"
+            x = _number(value, f"{at}.{dtype}", allowed)
+            if not (math.isfinite(x) and x >= 1):
+                raise ScenarioError(f"{at}.{dtype}", value, allowed)
+            row[dtype] = x
+        if row:
+            out[pattern] = row
+    return out
 
 
 def _background(raw: Any, where: str) -> float | tuple[tuple[float, float], ...]:

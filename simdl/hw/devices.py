@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from simdl.errors import PlanError, ScenarioError
 from simdl.hw import catalogue
-from simdl.hw.catalogue import DTYPES, INTERFACES, KINDS
+from simdl.hw.catalogue import DTYPES, INTERFACES, KINDS, PATTERNS
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["DTYPES", "INTERFACES", "KINDS", "DEVICE_TYPES", "FrozenMap", "UnitSpec", "DeviceSpec",
-           "background_at", "kernel_time", "best_unit", "device_power", "load_catalogue",
-           "make_device", "catalogue_frame"]
+__all__ = ["DTYPES", "INTERFACES", "KINDS", "PATTERNS", "DEVICE_TYPES", "FrozenMap", "UnitSpec",
+           "DeviceSpec", "background_at", "kernel_time", "best_unit", "sparse_speedup",
+           "device_power", "load_catalogue", "make_device", "catalogue_frame"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -59,7 +59,8 @@ class FrozenMap(Mapping[K, V]):
 
 @dataclass(frozen=True)
 class UnitSpec:
-    """One compute unit. Rates are dense peaks; `efficiency` says how much real kernels get."""
+    """One compute unit. Rates are dense peaks; `efficiency` says how much real kernels get;
+    `sparsity` says which pruning patterns it multiplies faster, per dtype (see sparse_speedup)."""
 
     kind: str                      # "cpu" | "gpu" | "npu"
     peak: Mapping[str, float]      # dtype -> peak op/s; a missing dtype is unsupported
@@ -67,9 +68,13 @@ class UnitSpec:
     overhead: float                # s of launch/dispatch per kernel
     active_power: float            # W above the device's idle while this unit runs a kernel
     mem_bw: float | None = None    # B/s this unit sees if not the device's (a host CPU beside VRAM)
+    # pattern ("2:4") -> dtype -> speed-up of weight products pruned in it; absent = none
+    sparsity: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peak", FrozenMap(self.peak))
+        object.__setattr__(self, "sparsity", FrozenMap(
+            (pattern, FrozenMap(factors)) for pattern, factors in self.sparsity.items()))
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,6 @@ class DeviceSpec:
     battery: float | None          # J; None for mains
     background: float | tuple[tuple[float, float], ...]  # load, or ((0, l0), (t1, l1), ...)
     interfaces: Mapping[str, float]  # interface -> goodput B/s; absent = none
-    sparse: bool = False           # has sparse kernels (pruning speeds it up)
     sources: Mapping[str, str] = field(default_factory=dict)  # field path -> "kind; source; retrieved"
 
     def __post_init__(self) -> None:
@@ -141,6 +145,18 @@ def best_unit(spec: DeviceSpec, dtype: str = "fp32") -> str:
         has = "; ".join(f"{n}: {', '.join(u.peak)}" for n, u in spec.units.items())
         raise PlanError(f"devices.{spec.type}.units", dtype, f"no unit runs it ({has})")
     return rates[0][1]
+
+
+def sparse_speedup(spec: DeviceSpec, unit: str | None, dtype: str, pattern: str | None) -> float:
+    """How many times faster `unit` multiplies `dtype` weights pruned in `pattern` (None:
+    not pruned): the unit's declared factor, else 1 -- a unit without a sparse mode for
+    that pattern and dtype multiplies the zeros like any weight. `unit` None is the one
+    the simulator runs the kernel on: best_unit for the dtype.
+    """
+    if pattern is None:
+        return 1.0
+    u = _unit(spec, unit or best_unit(spec, dtype))
+    return u.sparsity.get(pattern, {}).get(dtype, 1.0)
 
 
 def device_power(spec: DeviceSpec, busy_units: Iterable[str], tx: bool, rx: bool) -> float:

@@ -133,7 +133,8 @@ def _parallel(a: Cost, b: Cost) -> Cost:
                 bwd_flops=a.bwd_flops + b.bwd_flops, param_bytes=a.param_bytes + b.param_bytes,
                 in_bytes=a.in_bytes, out_bytes=a.out_bytes,
                 fwd_bytes=a.fwd_bytes + b.fwd_bytes, bwd_bytes=a.bwd_bytes + b.bwd_bytes,
-                saved_bytes=a.saved_bytes + b.saved_bytes)
+                saved_bytes=a.saved_bytes + b.saved_bytes,
+                sparse_flops=a.sparse_flops + b.sparse_flops)
 
 
 class Residual(Composite):

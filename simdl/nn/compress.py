@@ -1,17 +1,19 @@
-"""Compressed deployment with real numerics: int8/fp16 weight quantization and magnitude pruning.
+"""Compressed deployment with real numerics: int8/fp16 weight quantization and pruning.
 
-`deploy(chain, dtype, prune)` returns a deep copy of a trained chain whose
-Linear, Conv2d and attention weights are *stored* as a device would hold them
-(int8 + per-channel scale and zero-point, float16, or CSR when pruning makes
-that smaller) and computed from those arrays, so accuracy changes are measured,
-and `param_bytes()` / `cost()` see the stored width. Biases, norms and
-embeddings stay float32. Deployed layers are inference-only.
+`deploy(chain, dtype, prune, sparsity=...)` returns a deep copy of a trained chain
+whose Linear, Conv2d and attention weights are *stored* as a device would hold them
+(int8 + per-channel scale and zero-point, float16; pruned unstructured as CSR when
+that is smaller, pruned 2:4 in NVIDIA's compressed format) and computed from those
+arrays, so accuracy changes are measured, and `param_bytes()` / `cost()` see the
+stored bytes (`stored_bytes` is the one storage rule). Biases, norms and embeddings
+stay float32. Deployed layers are inference-only.
 Knows layers and chains; knows nothing of devices or time (the simulator reads
-`chain.dtype` for the kernel rate and `chain.density` for sparse kernels).
+`chain.dtype` for the kernel rate and `Cost.sparse_flops` for what a sparse unit speeds up).
 """
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import replace
 from typing import Any, Callable, Iterator
 
@@ -27,12 +29,17 @@ from simdl.nn.data import Dataset
 from simdl.nn.dense import Linear, numel
 from simdl.nn.fit import predict, scores
 
-__all__ = ["DTYPES", "Compressed", "quantize", "prune", "deploy", "density", "accuracy_change",
-           "quantize_int8", "dequantize_int8", "fake_quant", "magnitude_prune"]
+__all__ = ["DTYPES", "PATTERNS", "Compressed", "quantize", "prune", "deploy", "density",
+           "accuracy_change", "stored_bytes", "quantize_int8", "dequantize_int8",
+           "fake_quant", "magnitude_prune", "prune_2_4"]
 
 DTYPES = ("fp32", "fp16", "int8")
+#: unstructured: the smallest |w| of each tensor; 2:4: 2 of every 4 along the input axis.
+PATTERNS = ("unstructured", "2:4")
 STORED = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}
+WIDTH = {dtype: np.dtype(t).itemsize for dtype, t in STORED.items()}   # bytes per value
 INDEX_BYTES = 4          # CSR column indices and row pointers are int32
+META_BITS = 2            # 2:4 metadata: a kept value's position in its group of 4
 QMIN, QMAX = -128, 127   # int8
 # FLOPs per input value to quantize a layer's input on the fly: the range (min and
 # max, 2) and scale-and-round (2) for int8; one conversion for fp16.
@@ -109,6 +116,26 @@ def fake_quant(x: np.ndarray, dtype: str, groups: int) -> np.ndarray:
             * scale.astype(x.dtype)[:, None]).reshape(x.shape)
 
 
+def stored_bytes(dtype: str, sparsity: str, size: float, kept: float,
+                 rows: int | None = None) -> float:
+    """Bytes that hold one weight matrix: values and their index, not int8 scales.
+
+    `size` weights, `kept` of them not pruned, `rows` output channels.
+    unstructured: dense (size x width), or CSR when that is smaller: per kept weight
+      its value and a 4-byte column index, plus a 4-byte pointer per row and one more.
+    2:4: NVIDIA's compressed format, always: the kept half's values plus 2 bits
+      (META_BITS) per kept value for its position in the group, rounded up to a byte.
+    rows=None leaves out the per-matrix terms (row pointers, rounding): the rate of a
+    large matrix, which is what a plan estimates with (`simdl.plan.plan.stored_fraction`).
+    """
+    width = WIDTH[dtype]
+    if sparsity == "2:4":
+        meta = kept * META_BITS / 8
+        return kept * width + (meta if rows is None else math.ceil(meta))
+    pointers = 0 if rows is None else (rows + 1) * INDEX_BYTES
+    return min(size * width, kept * (width + INDEX_BYTES) + pointers)
+
+
 def magnitude_prune(w: np.ndarray, fraction: float) -> np.ndarray:
     """A copy of w with its round(fraction * w.size) smallest-|w| entries set to zero.
 
@@ -121,7 +148,51 @@ def magnitude_prune(w: np.ndarray, fraction: float) -> np.ndarray:
     return flat.reshape(w.shape)
 
 
+def prune_2_4(w: np.ndarray, axis: int) -> np.ndarray:
+    """A copy of w that keeps, in every group of 4 consecutive weights along `axis` (the
+    input, reduction axis), the 2 of largest |w| and zeroes the other 2.
+
+    Ties go to the earlier position. w.shape[axis] must be a multiple of 4. This is
+    the pattern Ampere's sparse tensor cores multiply at twice the dense rate.
+    """
+    return np.where(_mask_2_4(w, axis), w, np.zeros((), w.dtype))
+
+
+def _mask_2_4(w: np.ndarray, axis: int) -> np.ndarray:
+    """True where `prune_2_4` keeps a weight of w."""
+    groups = np.moveaxis(np.abs(w), axis, -1)
+    flat = groups.reshape(-1, 4)
+    keep = np.zeros(flat.shape, bool)
+    np.put_along_axis(keep, np.argsort(-flat, axis=1, kind="stable")[:, :2], True, axis=1)
+    return np.moveaxis(keep.reshape(groups.shape), -1, axis)
+
+
+def _pack_positions(keep: np.ndarray, axis: int) -> np.ndarray:
+    """2:4 metadata: each kept weight's position (0-3) in its group along `axis`,
+    META_BITS each, packed into uint8."""
+    pos = np.nonzero(np.moveaxis(keep, axis, -1).reshape(-1, 4))[1].astype(np.uint8)
+    return np.packbits(np.stack([pos >> 1, pos & 1], axis=-1).reshape(-1))
+
+
+def _unpack_positions(meta: np.ndarray, shape: Shape, axis: int) -> np.ndarray:
+    """Inverse of `_pack_positions`: the keep mask of a weight of `shape`."""
+    n = numel(shape) // 4                                      # groups of 4
+    bits = np.unpackbits(meta, count=n * 2 * META_BITS).reshape(-1, 2)
+    keep = np.zeros((n, 4), bool)
+    keep[np.repeat(np.arange(n), 2), (bits[:, 0] << 1) | bits[:, 1]] = True
+    moved = (*(d for i, d in enumerate(shape) if i != axis), shape[axis])
+    return np.moveaxis(keep.reshape(moved), -1, axis)
+
+
 # -- the deployed layer ----------------------------------------------------------
+
+
+def _in_axis(axis: int) -> int:
+    """The input (reduction) axis of a weight whose output-channel axis is `axis`:
+    Linear and attention W are (in, out), a Conv2d W is (out, in / groups, k, k)."""
+    return 1 - axis
+
+
 def _targets(layer: Layer) -> tuple[tuple[str, ...], int] | None:
     """The weight matrices a deployment compresses in `layer` and their output-channel axis."""
     if isinstance(layer, Compressed):
@@ -138,22 +209,27 @@ def _targets(layer: Layer) -> tuple[tuple[str, ...], int] | None:
 class Compressed(Layer):
     """A Linear, Conv2d or SelfAttention deployed with compressed weights (inference only).
 
-    Stored, for each weight matrix W (rows = output channels):
-      params["W"]  dense in W's shape as float32 / float16 / int8, or, when smaller,
-                   the CSR values (1-D, row-major, one row per output channel);
-      buffers["W_indices"], ["W_indptr"]  the CSR column indices and row pointers (int32);
+    Stored, for each weight matrix W (rows = output channels), by `layout`:
+      dense: params["W"] in W's shape as float32 / float16 / int8;
+      csr (pruned unstructured, when smaller): params["W"] the values (1-D, row-major,
+        one row per output channel), buffers["W_indices"], ["W_indptr"] the column
+        indices and row pointers (int32);
+      2:4 (pruned 2:4): params["W"] the kept half (1-D, in W's C order),
+        buffers["W_meta"] their positions in their groups, 2 bits each (uint8);
       buffers["W_scale"] (float32), ["W_zero"] (int8)  per channel, int8 only.
     Biases stay float32 params. A zero weight is 0 (float) or q = Z (int8);
     CSR keeps the others. forward rebuilds each W as float32 (S (q - Z) for int8,
     an exact widening for fp16), optionally rounds the input the same way
     (`activations`), and runs the wrapped kernel's own forward in float32.
+    `sparsity` is the pattern the weights were pruned in (None: not pruned).
     """
 
     def __init__(self, kernel: Layer, dense: dict[str, np.ndarray], dtype: str,
-                 activations: bool):
+                 activations: bool, sparsity: str | None = None):
         super().__init__()
         self.weights, self.axis = _targets(kernel)  # type: ignore[misc]
         self.kernel, self.dtype, self.activations = kernel, dtype, activations
+        self.sparsity = sparsity
         self.shapes = {k: tuple(dense[k].shape) for k in self.weights}
         for name, w in dense.items():
             if name in self.weights:
@@ -162,7 +238,8 @@ class Compressed(Layer):
                 self.params[name] = np.asarray(w, np.float32).copy()
 
     def _store(self, name: str, w: np.ndarray) -> None:
-        m = _rows(np.asarray(w, np.float32), self.axis)          # (C, K)
+        w = np.asarray(w, np.float32)
+        m = _rows(w, self.axis)                                   # (C, K)
         empty: Any = 0
         if self.dtype == "int8":
             m, scale, zero = _affine(m)
@@ -170,9 +247,13 @@ class Compressed(Layer):
             empty = zero[:, None]
         else:
             m = m.astype(STORED[self.dtype])
+        if self.sparsity == "2:4":  # the kept pair of each group, chosen on the fp32 weights
+            keep = _mask_2_4(w, _in_axis(self.axis))
+            self.params[name] = _unrows(m, self.shapes[name], self.axis)[keep]
+            self.buffers[name + "_meta"] = _pack_positions(keep, _in_axis(self.axis))
+            return
         nz = m != empty
-        csr = int(nz.sum()) * (m.itemsize + INDEX_BYTES) + (m.shape[0] + 1) * INDEX_BYTES
-        if csr < m.nbytes:
+        if stored_bytes(self.dtype, "unstructured", m.size, int(nz.sum()), m.shape[0]) < m.nbytes:
             self.params[name] = m[nz]
             self.buffers[name + "_indices"] = np.nonzero(nz)[1].astype(np.int32)
             self.buffers[name + "_indptr"] = np.concatenate(
@@ -180,33 +261,49 @@ class Compressed(Layer):
         else:
             self.params[name] = _unrows(m, self.shapes[name], self.axis)
 
-    def sparse(self, name: str) -> bool:
-        """Is weight `name` stored in CSR?"""
-        return name + "_indptr" in self.buffers
+    def layout(self, name: str) -> str:
+        """How weight `name` is stored: "dense", "csr" or "2:4" (see the class)."""
+        if name + "_meta" in self.buffers:
+            return "2:4"
+        return "csr" if name + "_indptr" in self.buffers else "dense"
 
     def weight(self, name: str) -> np.ndarray:
         """Weight `name` as the kernel computes with it: float32, its layer's shape."""
-        v, shape = self.params[name], self.shapes[name]
-        if not self.sparse(name) and self.dtype == "fp32":
-            return v                                              # stored as computed
-        if self.sparse(name):
-            indptr = self.buffers[name + "_indptr"]
+        v, shape, layout = self.params[name], self.shapes[name], self.layout(name)
+        if layout == "dense":
+            if self.dtype == "fp32":
+                return v                                          # stored as computed
+            m = _rows(v, self.axis)
+        else:                      # scatter the stored values into the empty matrix
             m = np.zeros((shape[self.axis], numel(shape) // shape[self.axis]), v.dtype)
             if self.dtype == "int8":
                 m[...] = self.buffers[name + "_zero"][:, None]
-            rows = np.repeat(np.arange(m.shape[0]), np.diff(indptr))
-            m[rows, self.buffers[name + "_indices"]] = v
-        else:
-            m = _rows(v, self.axis)
+            if layout == "csr":
+                indptr = self.buffers[name + "_indptr"]
+                rows = np.repeat(np.arange(m.shape[0]), np.diff(indptr))
+                m[rows, self.buffers[name + "_indices"]] = v
+            else:
+                full = _unrows(m, shape, self.axis)
+                full[_unpack_positions(self.buffers[name + "_meta"], shape,
+                                       _in_axis(self.axis))] = v
+                m = _rows(full, self.axis)
         if self.dtype == "int8":
             m = dequantize_int8(m, self.buffers[name + "_scale"], self.buffers[name + "_zero"], 0)
         return _unrows(m.astype(np.float32), shape, self.axis)
 
     def nonzeros(self, name: str) -> int:
         """Weights of `name` that are not zero as stored (q != Z for int8)."""
-        if self.sparse(name):
+        if self.layout(name) == "csr":
             return int(self.params[name].size)
         return int(np.count_nonzero(self.weight(name)))
+
+    def weight_flops(self, out_shape: Shape) -> float:
+        """Forward FLOPs of the products with the stored weights, for an output of
+        `out_shape`: 2 per weight per output position (a GEMM row, or a conv's output
+        pixel). The part of the layer a unit's sparse mode can speed up."""
+        channels = out_shape[1] if isinstance(self.kernel, Conv2d) else out_shape[-1]
+        positions = numel(out_shape) // channels
+        return 2.0 * positions * sum(numel(self.shapes[k]) for k in self.weights)
 
     def _groups(self, x: np.ndarray) -> int:
         """Activation ranges: one per sample for a conv, one per GEMM row otherwise."""
@@ -228,11 +325,12 @@ class Compressed(Layer):
     def cost(self, in_shape: Shape) -> Cost:
         """The wrapped kernel's cost with weights at their stored bytes.
 
-        FLOPs are the dense kernel's (a device times them at its `dtype` rate;
-        sparsity is `density`'s business), plus ACT_FLOPS per input value with
-        `activations`. param_bytes and the weights forward reads are the stored
-        bytes (values, scales, zero-points, CSR indices); activations stay float32
-        bytes. Backward numbers are the fp32 kernel's (it cannot run here).
+        FLOPs are the dense kernel's (a device times them at its `dtype` rate; what
+        a sparse unit may save is marked as `sparse_flops`), plus ACT_FLOPS per input
+        value with `activations`. param_bytes and the weights forward reads are the
+        stored bytes (values, scales, zero-points, CSR indices, 2:4 metadata);
+        activations stay float32 bytes. Backward numbers are the fp32 kernel's (it
+        cannot run here).
         """
         stand_in = copy.copy(self.kernel)   # shapes only, no memory: kernel_cost reads .shape
         stand_in.params = {k: np.broadcast_to(np.float32(0), self.shapes.get(k, v.shape))
@@ -240,28 +338,44 @@ class Compressed(Layer):
         c = stand_in.cost(in_shape)
         stored = self.param_bytes()
         act = ACT_FLOPS[self.dtype] * numel(in_shape) if self.activations else 0
+        sparse = self.weight_flops(c.out_shape) if self.sparsity else 0.0  # pruned products
         return replace(c, fwd_flops=c.fwd_flops + act, param_bytes=stored,
-                       fwd_bytes=c.fwd_bytes - c.param_bytes + stored)
+                       fwd_bytes=c.fwd_bytes - c.param_bytes + stored, sparse_flops=sparse)
 
     def __repr__(self) -> str:
-        return f"Compressed[{self.dtype}]({self.kernel!r})"
+        pruned = f", {self.sparsity}" if self.sparsity else ""
+        return f"Compressed[{self.dtype}{pruned}]({self.kernel!r})"
 
 
 def _compress(layer: Layer, dtype: str | None = None, activations: bool | None = None,
-              fraction: float = 0.0) -> Compressed:
-    """`layer` (plain or already deployed) stored as `dtype` (default: as it is), pruned by `fraction`."""
-    names, _ = _targets(layer)  # type: ignore[misc]
+              fraction: float = 0.0, sparsity: str = "unstructured") -> Compressed:
+    """`layer` (plain or already deployed) stored as `dtype` (default: as it is), pruned
+    by `fraction` in the `sparsity` pattern.
+
+    2:4 leaves a layer dense when a weight's input axis is not a multiple of 4 (a
+    1-channel first conv, a depthwise conv): the pattern cannot be laid on it, and
+    NVIDIA's pruning tool (ASP) likewise skips layers its sparse kernels cannot take.
+    """
+    names, axis = _targets(layer)  # type: ignore[misc]
     if isinstance(layer, Compressed):
         kernel, old_dtype, old_act = layer.kernel, layer.dtype, layer.activations
         dense = {k: layer.weight(k) if k in names else v for k, v in layer.params.items()}
+        pattern = layer.sparsity
     else:
         kernel, old_dtype, old_act = copy.copy(layer), "fp32", False
         kernel.params, kernel.grads, kernel.buffers = {}, {}, {}   # code and sizes only
         dense = dict(layer.params)
-    if fraction:
+        pattern = None
+    if fraction and sparsity == "2:4":
+        if all(dense[k].shape[_in_axis(axis)] % 4 == 0 for k in names):
+            dense = {k: prune_2_4(v, _in_axis(axis)) if k in names else v
+                     for k, v in dense.items()}
+            pattern = "2:4"
+    elif fraction:
         dense = {k: magnitude_prune(v, fraction) if k in names else v for k, v in dense.items()}
+        pattern = "unstructured"
     return Compressed(kernel, dense, dtype or old_dtype,
-                      old_act if activations is None else activations)
+                      old_act if activations is None else activations, pattern)
 
 
 def _replace(layer: Layer, fn: Callable[[Layer], Layer]) -> Layer:
@@ -316,27 +430,37 @@ def quantize(chain: Chain, dtype: str, activations: bool = False) -> Chain:
     return _transform(chain, lambda layer: _compress(layer, dtype, activations), dtype)
 
 
-def prune(chain: Chain, fraction: float) -> Chain:
-    """A deep copy of `chain` with each Linear/Conv2d/attention weight matrix magnitude-pruned.
+def prune(chain: Chain, fraction: float, sparsity: str = "unstructured") -> Chain:
+    """A deep copy of `chain` with each Linear/Conv2d/attention weight matrix pruned.
 
-    Per tensor, not global: each matrix loses exactly round(fraction * size) of its
-    smallest-|w| entries (He-init scales differ by fan-in, so one global threshold
-    would strip the widest layers and spare the head). Keeps the chain's dtype.
+    unstructured: per tensor, not global, each matrix loses exactly round(fraction *
+    size) of its smallest-|w| entries (He-init scales differ by fan-in, so one global
+    threshold would strip the widest layers and spare the head). 2:4: `prune_2_4` along
+    each weight's input axis, so `fraction` must be 0.5 (see `_compress` for layers it
+    cannot fit). Keeps the chain's dtype.
     """
+    if sparsity not in PATTERNS:
+        raise SimdlError("prune.sparsity", sparsity, f"choose one of: {', '.join(PATTERNS)}")
     if not 0.0 <= fraction < 1.0:
         raise SimdlError("prune.fraction", fraction, "a fraction in [0, 1)")
+    if sparsity == "2:4" and fraction != 0.5:
+        raise SimdlError("prune.fraction", fraction,
+                         "2:4 keeps 2 of every 4 weights, so the fraction is 0.5")
     dtype = getattr(chain, "dtype", "fp32")
-    return _transform(chain, lambda layer: _compress(layer, fraction=fraction), dtype)
+    return _transform(chain, lambda layer: _compress(layer, fraction=fraction,
+                                                     sparsity=sparsity), dtype)
 
 
 _prune = prune
 
 
 def deploy(chain: Chain, dtype: str = "fp32", prune: float = 0.0,
-           activations: bool = False) -> Chain:
-    """Prune (magnitude, per tensor), then quantize: the chain a device would run."""
+           activations: bool = False, sparsity: str = "unstructured") -> Chain:
+    """Prune (in the `sparsity` pattern, per tensor), then quantize: the chain a device
+    would run. 2:4 needs prune=0.5."""
     _check_dtype("deploy.dtype", dtype)
-    return quantize(_prune(chain, prune) if prune else chain, dtype, activations)
+    pruned = prune or sparsity != "unstructured"
+    return quantize(_prune(chain, prune, sparsity) if pruned else chain, dtype, activations)
 
 
 def density(chain: Chain) -> list[float]:

@@ -36,6 +36,8 @@ class Cost:
     fwd_bytes: int = 0       # bytes read + written by forward
     bwd_bytes: int = 0       # bytes read + written by backward
     saved_bytes: int = 0     # activations kept from forward for backward
+    sparse_flops: float = 0.0  # of fwd_flops: products with pruned weights, the only
+    #                            part a unit's sparse mode for their pattern speeds up
 
     def then(self, nxt: Cost) -> Cost:
         """The cost of running `self` and then `nxt` on its output."""
@@ -49,6 +51,7 @@ class Cost:
             fwd_bytes=self.fwd_bytes + nxt.fwd_bytes,
             bwd_bytes=self.bwd_bytes + nxt.bwd_bytes,
             saved_bytes=self.saved_bytes + nxt.saved_bytes,
+            sparse_flops=self.sparse_flops + nxt.sparse_flops,
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -39,6 +39,8 @@ def numeric_fields(spec):
         paths += [f"units.{name}.{f}" for f in ("efficiency", "overhead", "active_power")]
         if unit.mem_bw is not None:
             paths.append(f"units.{name}.mem_bw")
+        paths += [f"units.{name}.sparsity.{pattern}.{dtype}"
+                  for pattern, factors in unit.sparsity.items() for dtype in factors]
     paths += ["memory", "mem_bw", "idle_power", "radio_tx_power", "radio_rx_power", "background"]
     paths += [f"interfaces.{k}" for k in spec.interfaces]
     if spec.battery is not None:
@@ -81,7 +83,7 @@ def test_every_figure_has_a_source_with_kind_source_and_date(type):
 @pytest.mark.parametrize("type", DEVICE_TYPES)
 def test_every_source_names_a_real_field(type):
     spec = load_catalogue()[type]
-    fields = numeric_fields(spec) + ["battery", "sparse"]
+    fields = numeric_fields(spec) + ["battery"]
     for key in spec.sources:
         assert any(f == key or f.startswith(key + ".") for f in fields), f"{type}: {key}"
 
@@ -270,7 +272,7 @@ def test_unknown_type_lists_the_types():
      r"^devices\.t1\.memroy: '4GiB' is not valid; no such field; a device has: .*, memory, "),
     ({"units.npu.pek": "1TOPS"},
      r"^devices\.t1\.units\.npu\.pek: '1TOPS' is not valid; no such field; a unit has: "
-     r"active_power, efficiency, kind, mem_bw, overhead, peak$"),
+     r"active_power, efficiency, kind, mem_bw, overhead, peak, sparsity$"),
     ({"units.npu.peak.int4": "52TOPS"},
      r"^devices\.t1\.units\.npu\.peak\.int4: '52TOPS' is not valid; no such dtype; "
      r"choose one of: fp32, fp16, int8$"),

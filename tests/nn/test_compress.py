@@ -199,7 +199,8 @@ def test_pruned_bytes_are_dense_or_csr_whichever_is_smaller(trained):
     csr8 = sum(nnz[n] * 5 + (o + 1) * 4 + o * 5 + o * 4 for n, (_, o) in SIZES.items())
     p95 = prune(chain, 0.95)
     assert p95.param_bytes() == csr32 == 10492
-    assert all(layer.sparse("W") for layer in _leaves(p95.blocks[1].layer))
+    assert all(layer.layout("W") == "csr" for layer in _leaves(p95.blocks[1].layer))
+    assert all(layer.layout("W") == "dense" for _, layer in pairs(chain, prune(chain, 0.5)))
     d8 = deploy(chain, "int8", prune=0.95)
     assert d8.param_bytes() == csr8 == 8642
     assert d8.params()["fc2.0.W"].dtype == np.int8 and d8.params()["fc2.0.W"].shape == (819,)
