@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from simdl.errors import PlanError
+from simdl.nn import shard as tp
+from simdl.nn.chain import Chain
+from simdl.nn.compress import WIDTH, stored_bytes
 from simdl.nn.core import nbytes
 from simdl.plan.world import World
 
@@ -26,8 +29,9 @@ class Stage:
     """Blocks [start, stop) on one device, or split over a tensor-parallel group.
 
     The first device leads: activations enter and leave the stage there. The
-    stage's weights are deployed as `dtype` with a `prune` fraction removed; a
-    group splits its layers as `split` says (see `simdl.nn.shard`).
+    stage's weights are deployed as `dtype` with a `prune` fraction removed in the
+    `sparsity` pattern ("unstructured", or "2:4" with prune 0.5); a group splits its
+    layers as `split` says (see `simdl.nn.shard`).
     """
 
     devices: tuple[str, ...]
@@ -36,6 +40,7 @@ class Stage:
     unit: str | None = None
     dtype: str = "fp32"
     prune: float = 0.0
+    sparsity: str = "unstructured"
     split: str = "auto"  # how a group splits layers: auto (Megatron), column or row
 
     @property
@@ -113,10 +118,11 @@ def single_path(strategy: str, world: World, stages: list[Stage], microbatches: 
 
 def check(plan: Plan, world: World) -> None:
     """Refuse a plan that cannot run: bad ranges, unknown devices or models, no route,
-    a raw input that must not leave its device, or too little memory.
+    a raw input that must not leave its device, or a device too small for one micro-batch.
 
-    Memory counts each device's weights (at their deployed width) plus one
-    micro-batch's largest activation pair (a block's input and output are alive together).
+    Memory counts what the run will hold: each device's weights (every replica's, at
+    their deployed width) plus the largest `footprint` of a single micro-batch there.
+    More in flight is not refused: they wait for memory (`Simulator.reserve`).
     """
     if plan.dispatch not in DISPATCH:
         raise PlanError("dispatch", plan.dispatch, f"choose one of: {', '.join(DISPATCH)}")
@@ -124,18 +130,29 @@ def check(plan: Plan, world: World) -> None:
         raise PlanError("fuse", plan.fuse, f"choose one of: {', '.join(FUSE)}")
     if not plan.replicas:
         raise PlanError("replicas", [], "a plan needs at least one replica")
-    need: dict[str, float] = {}
+    weights: dict[str, float] = {}
     for r, rep in enumerate(plan.replicas):
-        _check_replica(world, plan, rep, f"replicas[{r}]", need)
-    for device, bytes_needed in need.items():
-        capacity = world.devices[device].memory
-        if bytes_needed > capacity:
-            raise PlanError(f"devices.{device}.memory", f"{bytes_needed / 2**20:.1f} MiB needed",
-                            f"the plan must fit in {capacity / 2**20:.1f} MiB")
+        _check_replica(world, plan, rep, f"replicas[{r}]", weights)
+    worst = {d: (0, "") for d in weights}  # device -> (one micro-batch's bytes, whose)
+    for r, (rep, n) in enumerate(zip(plan.replicas, replica_batches(plan, world.workload.batch))):
+        if n == 0:
+            continue
+        size = -(-n // min(plan.microbatches, n))  # the largest micro-batch it is given
+        for d, held in footprint(rep, plan.source, world.models[rep.model], size).items():
+            if held > worst.get(d, (0, ""))[0]:
+                worst[d] = (held, f"replicas[{r}]")
+    for d, (held, whose) in worst.items():
+        need, capacity = weights.get(d, 0.0) + held, world.devices[d].memory
+        if need > capacity:
+            what = f"its weights ({weights.get(d, 0.0):.0f} B)" + (
+                f" and one micro-batch of {whose} ({held} B)" if whose else "")
+            raise PlanError(f"devices.{d}.memory", f"{need:.0f} B needed",
+                            f"{what} must fit in its {capacity:.0f} B")
 
 
 def _check_replica(world: World, plan: Plan, rep: Replica, where: str,
-                   need: dict[str, float]) -> None:
+                   weights: dict[str, float]) -> None:
+    """Check one replica and add the weights it places to `weights` (device -> bytes)."""
     if rep.model not in world.models:
         raise PlanError(f"{where}.model", rep.model, f"choose one of: {', '.join(world.models)}")
     chain = world.models[rep.model]
@@ -161,23 +178,67 @@ def _check_replica(world: World, plan: Plan, rep: Replica, where: str,
     for a, b in zip(hops, hops[1:]):
         if a != b:
             world.network.route(a, b)
-    batch = -(-world.workload.batch // plan.microbatches)
-    costs = chain.costs(batch)
     for i, s in enumerate(rep.stages):
-        if len(s.devices) > 1 and (s.dtype, s.prune) != ("fp32", 0.0):
+        if len(s.devices) == 1:
+            held = [chain.param_bytes(s.start, s.stop)
+                    * stored_fraction(s.dtype, s.prune, s.sparsity)]
+        elif (s.dtype, s.prune) != ("fp32", 0.0):
             raise PlanError(f"{where}.stages[{i}].dtype", s.dtype, "a tensor-parallel group "
                             "runs fp32 weights (compressed shards are not supported yet)")
-        weights = chain.param_bytes(s.start, s.stop) * stored_fraction(s.dtype, s.prune)
-        live = max(c.in_bytes + c.out_bytes for c in costs[s.start:s.stop])
-        for d in s.devices:  # a tensor-parallel member holds its share of the weights
-            need[d] = need.get(d, 0.0) + weights / len(s.devices) + live
+        else:  # each member holds its own shards, exactly as the run places them
+            held = shard_weights(shard_stage(chain, s), len(s.devices))
+        for d, nbytes in zip(s.devices, held):
+            weights[d] = weights.get(d, 0.0) + nbytes
 
 
-def stored_fraction(dtype: str, prune: float) -> float:
-    """About what share of its fp32 bytes a deployed weight keeps: the narrower width,
-    and for pruned weights index-and-value pairs (4-byte indices) when that is smaller."""
-    width = {"fp32": 4, "fp16": 2, "int8": 1}[dtype]
-    return min(width, (1.0 - prune) * (width + 4)) / 4
+def footprint(rep: Replica, source: str, chain: Chain, size: int) -> dict[str, int]:
+    """Peak bytes one micro-batch of `size` samples holds on each device of its path.
+
+    The run (`simdl.sim.stages`) allocates exactly these: on the source its input,
+    later its answer; on each device of a stage a block's input and output together.
+    It holds them on one device (or group) at a time, handing over before it moves
+    on, so a device it visits twice needs the larger visit, not the sum. Admission
+    reserves these bytes before the micro-batch starts.
+    """
+    acts = [input_bytes(chain, size)] + [c.out_bytes for c in chain.costs(size)]
+    need = {source: max(acts[0], acts[-1])}  # acts[b]: block b's input; acts[-1]: the answer
+    for s in rep.stages:
+        live = max(acts[b] + acts[b + 1] for b in range(s.start, s.stop))
+        for d in s.devices:
+            need[d] = max(need.get(d, 0), live)
+    return need
+
+
+def replica_batches(plan: Plan, batch: int) -> list[int]:
+    """Samples of one request's `batch` each replica can be given: all of them, or with
+    `split` its `share`, by largest remainders so that the parts add up to the batch."""
+    if plan.dispatch != "split":
+        return [batch] * len(plan.replicas)
+    exact = [batch * r.share for r in plan.replicas]
+    sizes = [int(e) for e in exact]
+    order = sorted(range(len(exact)), key=lambda i: (sizes[i] - exact[i], i))
+    for i in order[:batch - sum(sizes)]:
+        sizes[i] += 1
+    return sizes
+
+
+def shard_stage(chain: Chain, s: Stage) -> list[tp.Program]:
+    """A tensor-parallel stage's blocks, each as a shard program over its devices."""
+    return [tp.shard(chain[b].layer, len(s.devices), s.split, chain.names[b])
+            for b in range(s.start, s.stop)]
+
+
+def shard_weights(programs: list[tp.Program], members: int) -> list[int]:
+    """Bytes of weights each member of a group holds: its shard of every kernel."""
+    return [sum(op.shards[m].param_bytes() for p in programs for op in p.ops
+                if isinstance(op, tp.Compute)) for m in range(members)]
+
+
+def stored_fraction(dtype: str, prune: float, sparsity: str = "unstructured") -> float:
+    """About what share of its fp32 bytes a deployed weight keeps, per weight of a large
+    matrix by `simdl.nn.compress.stored_bytes` (the rule the deployed layers store by):
+    the narrower width, and the pruning format's index overhead."""
+    return stored_bytes(dtype, sparsity, 1.0, 1.0 - prune) / WIDTH["fp32"]
 
 
 def input_bytes(chain: Any, batch: int) -> int:

@@ -17,7 +17,8 @@ import pandas as pd
 from simdl.sim.recorder import COLUMNS
 
 NAN = float("nan")
-REQUEST_COLUMNS = ["request", "class", "status", "arrival", "start", "finish", "latency", "path"]
+REQUEST_COLUMNS = ["request", "class", "status", "arrival", "start", "finish", "latency",
+                   "memory_wait", "path"]
 LINK_COLUMNS = ["resource", "bytes", "busy_s", "utilisation"]
 #: Rows that are work or its end; their last t_end is the makespan.
 WORK_KINDS = ("compute", "transfer", "request", "dropped", "step")
@@ -81,7 +82,8 @@ def requests_table(events: pd.DataFrame) -> pd.DataFrame:
     """One row per request that finished ("done") or could not be served ("dropped").
 
     start is the t_start of the request's first completed kernel; a dropped
-    request has no finish and no latency. Times in seconds, sorted by request.
+    request has no finish and no latency. memory_wait is how long its work waited
+    for memory (`memory_waits`). Times in seconds, sorted by request.
     """
     events = clean(events)
     rows = events[events["kind"].isin(("request", "dropped"))]
@@ -98,7 +100,20 @@ def requests_table(events: pd.DataFrame) -> pd.DataFrame:
         "path": rows["label"],
     })
     out["latency"] = out["finish"] - out["arrival"]
+    out["memory_wait"] = out["request"].map(memory_waits(events)).fillna(0.0).astype("float64")
     return out[REQUEST_COLUMNS].sort_values("request", kind="stable").reset_index(drop=True)
+
+
+def memory_waits(events: pd.DataFrame) -> pd.Series:
+    """Seconds each request (the index) had work waiting for memory: the union of its
+    memwait rows, so micro-batches that wait side by side count once."""
+    w = events[events["kind"] == "memwait"].sort_values(["request", "t_start", "t_end"],
+                                                        kind="stable")
+    by = w["request"]
+    reach = w["t_end"].groupby(by).cummax()  # the furthest end so far, this row's included
+    before = reach.groupby(by).shift(1, fill_value=-np.inf)  # ... of the rows before it
+    new = (w["t_end"] - np.maximum(w["t_start"], before)).clip(lower=0.0)
+    return new.groupby(by).sum()
 
 
 def devices_table(events: pd.DataFrame, specs: Mapping[str, DeviceLike],
@@ -169,7 +184,7 @@ def summary(events: pd.DataFrame, devices_df: pd.DataFrame, links_df: pd.DataFra
     makespan_s is the last end of any work row (a drop decision included);
     throughput_rps = requests done / makespan_s (NaN without requests); latency
     percentiles (ms) are numpy's "linear" ones over done requests, overall and
-    per priority class when classes exist.
+    per priority class when classes exist; memory_wait_s sums the requests' memory_wait.
     """
     events = clean(events)
     reqs = requests_table(events)
@@ -193,6 +208,7 @@ def summary(events: pd.DataFrame, devices_df: pd.DataFrame, links_df: pd.DataFra
         energy_J=float(devices_df["energy_J"].sum()) if len(devices_df) else 0.0,
         peak_memory_max_MiB=(float(devices_df["peak_memory_bytes"].max()) / MIB
                              if len(devices_df) else 0.0),
+        memory_wait_s=float(reqs["memory_wait"].sum()),
         mean_utilisation=float(devices_df["utilisation"].mean()) if len(devices_df) else NAN,
         max_link_utilisation=float(links_df["utilisation"].max()) if len(links_df) else NAN,
     )

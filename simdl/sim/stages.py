@@ -14,13 +14,15 @@ from typing import Any
 import numpy as np
 
 from simdl.errors import DeviceGone
+from simdl.hw.devices import sparse_speedup
 from simdl.nn import shard as tp
 from simdl.nn.chain import Chain
 from simdl.nn.compress import deploy
-from simdl.plan.plan import Plan, Replica, Stage, input_bytes
+from simdl.plan.plan import (Plan, Replica, Stage, footprint, input_bytes, shard_stage,
+                             shard_weights)
 from simdl.plan.world import World
 from simdl.sim import collectives
-from simdl.sim.engine import Simulator
+from simdl.sim.engine import Reservation, Simulator
 
 
 @dataclass
@@ -35,20 +37,18 @@ class StageWork:
 
 def prepare(plan: Plan, world: World) -> list[ReplicaRunner]:
     """Deploy each stage's weights and shard the tensor-parallel ones (function plane)."""
-    deployed: dict[tuple[str, str, float], Chain] = {}
+    deployed: dict[tuple[str, str, float, str], Chain] = {}
     runners = []
     for rep in plan.replicas:
         works = []
         for s in rep.stages:
-            key = (rep.model, s.dtype, s.prune)
+            key = (rep.model, s.dtype, s.prune, s.sparsity)
             if key not in deployed:
                 base = world.models[rep.model]
-                deployed[key] = base if key[1:] == ("fp32", 0.0) else deploy(
-                    base, dtype=s.dtype, prune=s.prune)
+                deployed[key] = base if (s.dtype, s.prune) == ("fp32", 0.0) else deploy(
+                    base, dtype=s.dtype, prune=s.prune, sparsity=s.sparsity)
             chain = deployed[key]
-            programs = ([tp.shard(chain[b].layer, len(s.devices), s.split, chain.names[b])
-                         for b in range(s.start, s.stop)]
-                        if len(s.devices) > 1 else None)
+            programs = shard_stage(chain, s) if len(s.devices) > 1 else None
             density = chain.density if s.prune > 0 else None  # only pruning thins the kernels
             works.append(StageWork(s, chain, programs, density))
         runners.append(ReplicaRunner(rep, works, plan.source, plan.microbatches))
@@ -56,13 +56,24 @@ def prepare(plan: Plan, world: World) -> list[ReplicaRunner]:
 
 
 class ReplicaRunner:
-    """Runs micro-batches of one replica's stages on the simulator."""
+    """Runs micro-batches of one replica's stages on the simulator.
+
+    A micro-batch is admitted before it starts: it reserves, all at once, the peak
+    bytes it will hold on each device of its path (`footprint`), and gives a device's
+    share back as soon as it has left that device for good. A micro-batch that runs
+    never waits for memory, so replicas crossing the same devices in any order cannot
+    deadlock; one that does not fit yet waits in line (`Simulator.reserve`).
+    """
 
     def __init__(self, replica: Replica, works: list[StageWork], source: str, microbatches: int):
         self.replica, self.works, self.source = replica, works, source
         self.microbatches = microbatches
         self.path = replica.path
-        self._costs: dict[int, list[Any]] = {}
+        self._footprints: dict[int, dict[str, int]] = {}  # micro-batch size -> bytes per device
+        # needed[i]: the devices a micro-batch still visits from stage i on (and the source,
+        # where its answer ends); membership only.
+        self._needed = [{source}.union(*(w.stage.devices for w in works[i:]))
+                        for i in range(len(works) + 1)]
 
     def place_weights(self, sim: Simulator) -> None:
         """Hold every stage's deployed weights on its devices, once, before any request."""
@@ -72,8 +83,8 @@ class ReplicaRunner:
             if w.programs is None:
                 sim.allocate(s.device, w.chain.param_bytes(s.start, s.stop), label)
                 continue
-            for m, device in enumerate(s.devices):
-                held = sum(_shard_bytes(op, m) for p in w.programs for op in p.ops)
+            for m, (device, held) in enumerate(zip(s.devices, shard_weights(w.programs,
+                                                                            len(s.devices)))):
                 sim.allocate(device, held, f"{label} shard {m}")
 
     def run(self, sim: Simulator, r: int, x: np.ndarray | None, batch: int,
@@ -93,61 +104,88 @@ class ReplicaRunner:
 
     def _microbatch(self, sim: Simulator, r: int, j: int, x: Any, size: int,
                     priority: int) -> Generator[Any, Any, Any]:
+        """One micro-batch: admitted, through the stages, its answer home; every byte it
+        holds comes out of its reservation, given back device by device as it moves on."""
         tag, chain0 = f"r{r}.{j}", self.works[0].chain
+        if size not in self._footprints:
+            self._footprints[size] = footprint(self.replica, self.source, chain0, size)
+        res = sim.reserve(self._footprints[size], tag, request=r)
+        if res.wait is not None:  # no event at all when it fits at once
+            yield res.wait
         where, held, kind = self.source, input_bytes(chain0, size), "input"
         try:
-            sim.allocate(where, held, f"{kind} {tag}", request=r)
-            for w in self.works:
+            sim.allocate(where, held, f"{kind} {tag}", request=r, under=res)
+            for i, w in enumerate(self.works):
                 members = w.stage.devices
                 away = [m for m in members if m != where]
                 if away:  # hand the activation to the stage (to every member of a group)
                     yield sim.env.all_of([sim.transfer(where, m, held, label=f"{kind} {tag}",
                                                        request=r) for m in away])
-                    sim.free(where, held, f"{kind} {tag}", request=r)
+                    sim.free(where, held, f"{kind} {tag}", request=r, under=res)
                     for m in members:
-                        sim.allocate(m, held, f"act {tag}", request=r)
+                        sim.allocate(m, held, f"act {tag}", request=r, under=res)
+                    self._leave(sim, res, [where], i)
                     where = w.stage.device
                 kind = "act"
                 if w.programs is None:
-                    x, held = yield from self._blocks(sim, w, x, size, held, r, tag, priority)
+                    x, held = yield from self._blocks(sim, w, x, size, held, r, tag, priority,
+                                                      res)
                 else:
-                    x, held = yield from self._sharded(sim, w, x, size, held, r, tag, priority)
+                    x, held = yield from self._sharded(sim, w, x, size, held, r, tag, priority,
+                                                       res)
                     for m in members[1:]:
-                        sim.free(m, held, f"act {tag}", request=r)
+                        sim.free(m, held, f"act {tag}", request=r, under=res)
+                    self._leave(sim, res, members[1:], i + 1)
             if where != self.source:
                 yield sim.transfer(where, self.source, held, label=f"out {tag}", request=r)
-                sim.free(where, held, f"out {tag}", request=r)
-                sim.allocate(self.source, held, f"out {tag}", request=r)
-            sim.free(self.source, held, f"out {tag}", request=r)
-            return x
+                sim.free(where, held, f"out {tag}", request=r, under=res)
+                sim.allocate(self.source, held, f"out {tag}", request=r, under=res)
+            sim.free(self.source, held, f"out {tag}", request=r, under=res)
         except DeviceGone as gone:
+            sim.release(res)  # what it still held, wherever it was
             return gone
+        sim.release(res)  # the source's share and the last stage's
+        return x
+
+    def _leave(self, sim: Simulator, res: Reservation, devices: list[str], i: int) -> None:
+        """Give back the shares of `devices` that the micro-batch, now holding nothing
+        there, will not visit again from stage `i` on."""
+        done = [d for d in devices if d in res.shares and d not in self._needed[i]]
+        if done:
+            sim.release(res, done)
 
     def _blocks(self, sim: Simulator, w: StageWork, x: Any, size: int, held: float, r: int,
-                tag: str, priority: int) -> Generator[Any, Any, tuple[Any, float]]:
+                tag: str, priority: int,
+                res: Reservation) -> Generator[Any, Any, tuple[Any, float]]:
         """The stage's blocks as kernels on its one device."""
         s, chain = w.stage, w.chain
         costs = chain.costs(size)
-        sparse = sim.devices[s.device].sparse and w.density is not None
+        # A unit's sparse mode speeds up only the products with weights pruned in its pattern.
+        speedup = sparse_speedup(sim.devices[s.device], s.unit, s.dtype,
+                                 s.sparsity if s.prune else None)
         for b in range(s.start, s.stop):
             c = costs[b]
-            flops = c.fwd_flops * (w.density[b] if sparse else 1.0)
-            sim.allocate(s.device, c.out_bytes, f"act {tag}", request=r)
+            flops = c.fwd_flops - c.sparse_flops * (1 - 1 / speedup)
+            sim.allocate(s.device, c.out_bytes, f"act {tag}", request=r, under=res)
             x = yield sim.compute(s.device, flops, c.fwd_bytes, _block, (chain, x, b),
                                   unit=s.unit, dtype=s.dtype, label=f"{chain.names[b]} {tag}",
                                   priority=priority, request=r)
-            sim.free(s.device, held, f"act {tag}", request=r)
+            sim.free(s.device, held, f"act {tag}", request=r, under=res)
             held = c.out_bytes
         return x, held
 
     def _sharded(self, sim: Simulator, w: StageWork, x: Any, size: int, held: float, r: int,
-                 tag: str, priority: int) -> Generator[Any, Any, tuple[Any, float]]:
-        """The stage's blocks as shard programs over its group, collectives in between."""
-        s, members = w.stage, w.stage.devices
-        in_shape = (size, *w.chain.in_shape) if s.start == 0 else w.chain.costs(size)[s.start - 1].out_shape
+                 tag: str, priority: int,
+                 res: Reservation) -> Generator[Any, Any, tuple[Any, float]]:
+        """The stage's blocks as shard programs over its group, collectives in between.
+        Every member holds each block's input and output, as a single device would."""
+        s, members, costs = w.stage, w.stage.devices, w.chain.costs(size)
+        in_shape = (size, *w.chain.in_shape) if s.start == 0 else costs[s.start - 1].out_shape
         xs: list[Any] = [x] * len(members)
         for b, program in zip(range(s.start, s.stop), w.programs):
             name = w.chain.names[b]
+            for m in members:
+                sim.allocate(m, costs[b].out_bytes, f"act {tag}", request=r, under=res)
             stacks: list[list[Any]] = [[] for _ in members]  # residual stashes, per member
             for op, cost in zip(program.ops, program.costs(in_shape)):
                 if isinstance(op, tp.Compute):
@@ -164,12 +202,10 @@ class ReplicaRunner:
                         xs = [tp.combine(op, xs)] * len(members)
                 elif not sim.timing_only:  # Save / Swap / AddSaved: local, no simulated time
                     tp.apply(op, xs, stacks)  # in place
-            in_shape = w.chain.costs(size)[b].out_shape
-        out_bytes = w.chain.costs(size)[s.stop - 1].out_bytes
-        for m in members:
-            sim.allocate(m, out_bytes, f"act {tag}", request=r)
-            sim.free(m, held, f"act {tag}", request=r)
-        return xs[0], out_bytes
+            for m in members:
+                sim.free(m, held, f"act {tag}", request=r, under=res)
+            held, in_shape = costs[b].out_bytes, costs[b].out_shape
+        return xs[0], held
 
 
 def _block(chain: Chain, x: np.ndarray, b: int) -> np.ndarray:
@@ -178,7 +214,3 @@ def _block(chain: Chain, x: np.ndarray, b: int) -> np.ndarray:
 
 def _layer(layer: Any, x: np.ndarray) -> np.ndarray:
     return layer.forward(x)[0]
-
-
-def _shard_bytes(op: Any, member: int) -> int:
-    return op.shards[member].param_bytes() if isinstance(op, tp.Compute) else 0

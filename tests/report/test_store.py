@@ -111,9 +111,9 @@ def test_a_run_folder_holds_every_view(tmp_path):
     folder = result().write(tmp_path / "run")
     assert sorted(p.name for p in folder.iterdir()) == sorted(RUN_FILES)
     assert (folder / "requests.csv").read_text().split("\n") == [
-        "request,class,status,arrival,start,finish,latency,path",
-        "0,,done,0,0,1,1,phone>tv",
-        "1,,dropped,0.5,,,,tv",  # a dropped request's finish is empty
+        "request,class,status,arrival,start,finish,latency,memory_wait,path",
+        "0,,done,0,0,1,1,0,phone>tv",
+        "1,,dropped,0.5,,,,0,tv",  # a dropped request's finish is empty
         ""]
     events = pd.read_csv(folder / "events.csv")
     assert list(events.columns) == list(COLUMNS) and len(events) == len(ROWS)

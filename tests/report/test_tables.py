@@ -61,7 +61,7 @@ def tables(events):
 def test_requests_table_has_arrival_start_finish_latency_and_status(events):
     r = requests_table(events)
     assert list(r.columns) == ["request", "class", "status", "arrival", "start", "finish",
-                               "latency", "path"]
+                               "latency", "memory_wait", "path"]
     assert r["request"].tolist() == [0, 1, 2, 3]
     assert r["class"].tolist() == ["interactive", "batch", "batch", "interactive"]
     assert r["status"].tolist() == ["done", "done", "dropped", "done"]
