@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 
 from simdl.hw.devices import best_unit, kernel_time
+from simdl.nn import shard as tp
 from simdl.plan.plan import input_bytes
 from simdl.plan.world import World
 
@@ -21,11 +22,26 @@ def block_times(world: World, device: str, batch: int, unit: str | None = None) 
             for c in world.chain.costs(batch)]
 
 
-def group_block_times(world: World, devices: tuple[str, ...], batch: int) -> list[float]:
-    """Per block, a tensor-parallel group's time: the slowest member's 1/k share
-    (collectives left out: a lower bound)."""
-    per_device = [block_times(world, d, batch) for d in devices]
-    return [max(times) / len(devices) for times in zip(*per_device)]
+def group_block_times(world: World, devices: tuple[str, ...], batch: int,
+                      split: str = "auto") -> list[float]:
+    """Per block, a tensor-parallel group's compute time: the busiest member's shard
+    kernels, as `shard` cuts the block (collectives left out: a lower bound). One device
+    is `block_times`."""
+    if len(devices) == 1:
+        return block_times(world, devices[0], batch)
+    chain, specs = world.chain, [world.devices[d] for d in devices]
+    units = [best_unit(spec) for spec in specs]
+    shape, out = (batch, *chain.in_shape), []
+    for b, cost in enumerate(chain.costs(batch)):
+        program = tp.shard(chain[b].layer, len(devices), split, chain.names[b])
+        busy = [0.0] * len(devices)
+        for op, op_cost in zip(program.ops, program.costs(shape)):
+            if isinstance(op, tp.Compute):  # the only ops the simulator gives time to
+                for m, c in enumerate(op_cost):
+                    busy[m] += kernel_time(specs[m], units[m], c.fwd_flops, c.fwd_bytes)
+        out.append(max(busy))
+        shape = cost.out_shape
+    return out
 
 
 def transfer_time(world: World, src: str, dst: str, nbytes: float) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -135,14 +136,19 @@ def _dispatcher(plan: Plan) -> Callable[[list[int]], int]:
         return lambda busy: min(range(len(busy)), key=lambda i: (
             (busy[i] + 1) / plan.replicas[i].share, -plan.replicas[i].share, i))
     if plan.dispatch == "weighted":
-        # Smooth weighted round robin: deterministic, each replica gets its share.
-        credit = [0.0] * len(plan.replicas)
+        # Smooth weighted round robin (nginx's): every pick adds each replica's share to its
+        # credit, and the largest credit pays the total. Deterministic, each replica gets its
+        # share. Credits are exact rationals: in floats equal credits reached by different
+        # sums stop tying (three equal replicas went a b c c a b c).
+        shares = [Fraction(rep.share) for rep in plan.replicas]
+        total = sum(shares)
+        credit = [Fraction(0)] * len(shares)
 
         def weighted(busy: list[int]) -> int:
-            for i, rep in enumerate(plan.replicas):
-                credit[i] += rep.share
+            for i, share in enumerate(shares):
+                credit[i] += share
             best = max(range(len(credit)), key=lambda i: (credit[i], -i))
-            credit[best] -= 1.0
+            credit[best] -= total
             return best
         return weighted
     return lambda busy: 0
