@@ -7,7 +7,7 @@ the event log into a Result. Nothing here reads the wall clock.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +19,18 @@ from simdl import __version__
 from simdl.errors import PlanError, ScenarioError
 from simdl.plan import train_memory
 from simdl.plan.estimate import transfer_time
-from simdl.plan.plan import Plan, check
+from simdl.plan.plan import Plan, Stage, check
 from simdl.plan.strategies import STRATEGIES
 from simdl.plan.training import TRAIN_STRATEGIES, TrainPlan
 from simdl.plan.world import World
 from simdl.report.result import Result, write_comparison
 from simdl.report.tables import compare as compare_summaries
-from simdl.scenario import Scenario, StrategyEntry, call, choose, dump, load, parse
+from simdl.scenario import DeployEntry, Scenario, StrategyEntry, call, choose, dump, load, parse
 from simdl.sim.engine import Simulator
 from simdl.sim.inference import Outputs, execute, fuse, inputs, labels
 from simdl.sim.metrics import TrainingMetrics
 from simdl.sim.stages import prepare
-from simdl.sim.training import train
+from simdl.sim.training import train, undecided
 from simdl.world import build
 
 __all__ = ["Run", "load", "resolve", "run", "compare", "plan", "train_plan", "selected"]
@@ -38,10 +38,14 @@ __all__ = ["Run", "load", "resolve", "run", "compare", "plan", "train_plan", "se
 
 @dataclass
 class Run:
-    """Every strategy's Result for one scenario and seed, and their comparison."""
+    """Every strategy's Result for one scenario and seed, and their comparison.
+
+    `skipped`: the value-dependent decisions (`sim.training.DECISIONS`) the scenario
+    asks for that this run could not take because it ran timing-only."""
 
     scenario: Scenario
     results: list[Result]
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def comparison(self) -> pd.DataFrame:
@@ -77,18 +81,21 @@ def run(scenario: Scenario | str | Path, strategy: str | None = None, *,
     # sweeps parallelise over processes instead.
     with threadpool_limits(limits=1, user_api="blas"):
         world = build(sc)
+        skipped = undecided(world) if timing_only else []
         results = []
         for i, entry in selected(sc, strategy):
             sim = Simulator(world.devices, world.network, timing_only=timing_only)
             if sc.workload.kind == "training":
                 tp = train_plan(world, entry, i)
                 metrics = train(tp, world, sim, progress)
+                if skipped:
+                    metrics.extra["timing_only_skipped"] = " ".join(skipped)
                 results.append(_result(sc, world, entry, tp, sim, Outputs(), metrics))
             else:
                 p = plan(world, entry, i)
                 outputs = execute(p, world, sim, prepare(p, world), progress)
                 results.append(_result(sc, world, entry, p, sim, outputs))
-    return Run(sc, results)
+    return Run(sc, results, skipped)
 
 
 def compare(scenario: Scenario | str | Path, **kwargs: Any) -> pd.DataFrame:
@@ -147,7 +154,7 @@ def plan(world: World, entry: StrategyEntry, i: int) -> Plan:
                                 f"choose one of: {', '.join(world.devices)}")
     try:
         p = call(make, entry.params, where, world)
-        p = deployed(p, {d: (e.dtype, e.prune) for d, e in entry.deploy.items()})
+        p = deployed(p, entry.deploy)
         check(p, world)
     except PlanError as err:
         raise type(err)(f"{where}.{err.where}", err.value, err.allowed) from None
@@ -166,13 +173,16 @@ def train_plan(world: World, entry: StrategyEntry, i: int) -> TrainPlan:
         raise type(err)(f"{where}.{err.where}", err.value, err.allowed) from None
 
 
-def deployed(p: Plan, deploy: dict[str, tuple[str, float]]) -> Plan:
+def deployed(p: Plan, deploy: dict[str, DeployEntry]) -> Plan:
     """The plan with each stage stored as its leading device's deployment says."""
     if not deploy:
         return p
-    replicas = tuple(replace(r, stages=tuple(
-        replace(s, dtype=deploy[s.device][0], prune=deploy[s.device][1]) if s.device in deploy
-        else s for s in r.stages)) for r in p.replicas)
+
+    def stored(s: Stage) -> Stage:
+        e = deploy.get(s.device)
+        return s if e is None else replace(s, dtype=e.dtype, prune=e.prune, sparsity=e.sparsity)
+
+    replicas = tuple(replace(r, stages=tuple(stored(s) for s in r.stages)) for r in p.replicas)
     return replace(p, replicas=replicas)
 
 

@@ -16,6 +16,7 @@ from simdl import __version__, api
 from simdl.errors import SimdlError
 from simdl.report.store import new_run_id
 from simdl.report.tables import format_table
+from simdl.sim.training import DECISIONS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +56,9 @@ def _print_comparison(result: api.Run) -> None:
     print(f"{result.scenario.name} (seed {result.scenario.seed}), {amount} per strategy\n")
     columns = [c for c in api.HEADLINES[result.scenario.workload.kind] if c in result.comparison]
     print(format_table(result.comparison, columns))
+    for decision in result.skipped:
+        print(f"\nnote: --timing-only has no values, so it could not {DECISIONS[decision]}: "
+              "it ran every step (a real run may end sooner)")
 
 
 def _execute(args: argparse.Namespace) -> api.Run:
@@ -111,7 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
     for p in (run, compare):
         p.add_argument("--timing-only", action="store_true",
-                       help="skip the numpy kernels; the timeline is identical")
+                       help="skip the numpy kernels: the same timeline, except that "
+                       "decisions taken from values (a training run's stop at "
+                       "target_accuracy) are not taken, and the run says so")
         p.add_argument("--seed", type=int, help="override the scenario's seed")
     scenario_command("validate", _validate, "check a scenario and its plans without running")
     devices = sub.add_parser("devices", help="the device catalogue as a table")

@@ -6,15 +6,37 @@ import pytest
 
 from simdl import api
 from simdl.scenario import dump, parse
+from simdl.sim.training import DECISIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml"))
 
 
+#: How a scenario is written without each value-dependent decision (sim.training.DECISIONS).
+WITHOUT = {"target_accuracy": lambda data: data["workload"] | {"target_accuracy": None}}
+
+
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
-def test_every_shipped_scenario_runs_to_its_end(path):
-    run = api.run(path, timing_only=True)
+def test_every_shipped_scenario_gives_one_timeline_real_or_timing_only(path):
+    """Both modes, every strategy: identical event logs, except where timing-only says it
+    could not take a listed decision; then the real run without that decision has the
+    timing-only log, and the real run with it ends sooner (the decision matters)."""
     scenario = api.resolve(path)
+    run = api.run(scenario, timing_only=True)
+    assert set(run.skipped) <= set(DECISIONS) and set(WITHOUT) == set(DECISIONS)
+    real = api.run(scenario)
+    assert real.skipped == []
+    if run.skipped:
+        data = dump(scenario)
+        for decision in run.skipped:
+            data["workload"] = WITHOUT[decision](data)
+        decided = real
+        real = api.run(parse(data))
+        assert any(len(a.events) < len(b.events) for a, b in zip(decided.results, real.results))
+        for r in run.results:
+            assert r.summary.timing_only_skipped.iloc[0] == " ".join(run.skipped)
+    for a, b in zip(real.results, run.results):
+        assert a.events.equals(b.events), a.strategy
     assert [r.strategy for r in run.results] == [api.label(e) for _, e in api.selected(scenario, None)]
     for r in run.results:
         if scenario.workload.kind == "training":
@@ -57,13 +79,6 @@ def test_a_pipeline_computes_exactly_the_single_device_outputs(microbatches):
     for r in single:
         np.testing.assert_allclose(pipe[r], single[r], rtol=1e-6, atol=1e-6)
         assert single[r].shape == (6, 10)
-
-
-def test_timing_only_and_real_runs_have_identical_timelines():
-    path = ROOT / "scenarios" / "quickstart.yaml"
-    real = api.run(path, "phone-tablet-tv")["phone-tablet-tv"].events
-    timing = api.run(path, "phone-tablet-tv", timing_only=True)["phone-tablet-tv"].events
-    assert real.equals(timing)
 
 
 def test_requests_on_a_device_whose_battery_dies_are_reported_dropped_never_lost():

@@ -1,7 +1,7 @@
 """Who draws which samples: the training set dealt to data owners, owners to workers.
 
 Knows datasets, the batch size and the seed's named streams; knows nothing of devices'
-speeds, transfers, replicas or the clock (`sim.training` charges and trains on them).
+speeds, transfers, replicas or the clock (`sim.job` charges and trains on them).
 
 Batch rule: the training set is dealt to the data owners (`workload.data_on`, else
 the plan's workers): owner j of m gets `shard(j, m)` (iid) or `by_class(j, m)`

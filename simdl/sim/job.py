@@ -5,7 +5,7 @@ factory, the step's kernels (forward per block, the loss fused into the last blo
 kernels, backward per trained block, the optimizer step), the memory rules, the data
 (which samples each step draws, `sim.batches`, and the transfers that bring them to
 the device that trains on them), the record (one metrics row per step), the held-out
-evaluation and the target check. The protocols (`sim.protocols` registers them) say
+evaluation and the target check. The protocols (`sim.training` registers them) say
 only who computes what when and how workers agree.
 
 Work takes effect when its simulated time is done: every numeric change runs as the
@@ -387,7 +387,7 @@ class Job:
     def record(self, row: dict[str, Any]) -> None:
         """The step's metrics row; the held-out evaluation every `eval_every` steps and at
         the last; the target check (the one value-dependent decision of a training run:
-        timing-only mode cannot take it, see `sim.protocols.DECISIONS`); the job is done
+        timing-only mode cannot take it, see `sim.training.DECISIONS`); the job is done
         after its last step or at the target."""
         step = row["step"]
         last = step == self.load.steps - 1

@@ -1,6 +1,6 @@
 """How data-parallel workers agree on the model without a global barrier per step:
 gossip and local SGD / federated averaging (parameter servers are in `sim.servers`,
-the all-reduce in `sim.allreduce`, the registry in `sim.protocols`).
+the all-reduce in `sim.allreduce`, the registry in `sim.training`).
 
 Each protocol is a function (job) -> None that starts the run's processes. Bytes move through the simulator (or its collectives), so they contend on
 the network; the numerics (sums, applies, averages) run on the workers' arrays in real
