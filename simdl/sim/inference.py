@@ -16,7 +16,7 @@ import numpy as np
 
 from simdl.errors import DeviceGone
 from simdl.nn.dense import softmax
-from simdl.plan.plan import Plan
+from simdl.plan.plan import Plan, replica_batches
 from simdl.plan.world import World
 from simdl.rng import stream
 from simdl.sim.engine import Simulator
@@ -53,8 +53,9 @@ def execute(plan: Plan, world: World, sim: Simulator, runners: list[ReplicaRunne
             chosen = list(range(len(runners)))
             parts = [(x, load.batch)] * len(runners)
         elif plan.dispatch == "split":
-            chosen = [i for i, n in enumerate(_split(load.batch, plan)) if n > 0]
-            sizes = [n for n in _split(load.batch, plan) if n > 0]
+            split = replica_batches(plan, load.batch)
+            chosen = [i for i, n in enumerate(split) if n > 0]
+            sizes = [n for n in split if n > 0]
             cuts = np.cumsum(sizes)[:-1]
             parts = list(zip(np.split(x, cuts) if x is not None else [None] * len(sizes), sizes))
         else:
@@ -114,16 +115,6 @@ def fuse(how: str, logits: list[np.ndarray]) -> np.ndarray:
         return np.sum([np.eye(n_classes)[p.argmax(-1)] for p in probs], axis=0)
     weights = [p.max(-1, keepdims=True) for p in probs]
     return np.sum([w * p for w, p in zip(weights, probs)], axis=0) / np.sum(weights, axis=0)
-
-
-def _split(batch: int, plan: Plan) -> list[int]:
-    """The batch shared over replicas by `share`, largest remainders first (exact total)."""
-    exact = [batch * r.share for r in plan.replicas]
-    sizes = [int(e) for e in exact]
-    order = sorted(range(len(exact)), key=lambda i: (sizes[i] - exact[i], i))
-    for i in order[:batch - sum(sizes)]:
-        sizes[i] += 1
-    return sizes
 
 
 def _dispatcher(plan: Plan) -> Callable[[list[int]], int]:

@@ -23,6 +23,8 @@ KINDS = {
     "dropped": "an inference request that could not be served (label: why)",
     "step": "one worker's (or stage's) training step (resource: the sync kind)",
     "apply": "a parameter server applied one worker's gradient (asynchronous modes)",
+    "memwait": "a request's micro-batch waited for memory on its path (device: the first "
+               "that was short; nbytes: what it wanted there)",
 }
 
 

@@ -22,7 +22,8 @@ from simdl.plan.plan import (Plan, Replica, Stage, footprint, input_bytes, shard
                              shard_weights)
 from simdl.plan.world import World
 from simdl.sim import collectives
-from simdl.sim.engine import Reservation, Simulator
+from simdl.sim.engine import Simulator
+from simdl.sim.memory import Reservation
 
 
 @dataclass
@@ -32,7 +33,6 @@ class StageWork:
     stage: Stage
     chain: Chain
     programs: list[tp.Program] | None  # one per block of the stage, for a group
-    density: list[float] | None        # fraction of weights kept per block (pruned)
 
 
 def prepare(plan: Plan, world: World) -> list[ReplicaRunner]:
@@ -49,8 +49,7 @@ def prepare(plan: Plan, world: World) -> list[ReplicaRunner]:
                     base, dtype=s.dtype, prune=s.prune, sparsity=s.sparsity)
             chain = deployed[key]
             programs = shard_stage(chain, s) if len(s.devices) > 1 else None
-            density = chain.density if s.prune > 0 else None  # only pruning thins the kernels
-            works.append(StageWork(s, chain, programs, density))
+            works.append(StageWork(s, chain, programs))
         runners.append(ReplicaRunner(rep, works, plan.source, plan.microbatches))
     return runners
 

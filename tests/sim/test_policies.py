@@ -8,11 +8,11 @@ from simdl.errors import DeviceGone
 from simdl.hw.topologies import links
 from simdl.nn.data import gaussian_mixture
 from simdl.nn.models import mlp
-from simdl.plan.plan import Plan, Replica, Stage, check
+from simdl.plan.plan import Plan, Replica, Stage, check, replica_batches
 from simdl.plan.strategies import data_parallel, pipeline
 from simdl.plan.world import Arrival, Inference, World
 from simdl.sim.engine import Simulator
-from simdl.sim.inference import _split, execute, fuse
+from simdl.sim.inference import execute, fuse
 from simdl.sim.stages import prepare
 from test_engine import device
 
@@ -101,7 +101,7 @@ def test_split_shares_a_batch_by_largest_remainders_in_the_run():
     devs, net = three_speeds()
     world = small_world(devs, net, batch=10, times=(0.0, 1.0))
     plan = data_parallel(world, ["a", "b", "c"], dispatch="split")
-    assert _split(10, plan) == [6, 3, 1]
+    assert replica_batches(plan, 10) == [6, 3, 1]
     _, log = serve(plan, world)
     inputs = log[(log.kind == "transfer") & log.label.str.startswith("input")]
     for r in (0, 1):
@@ -111,7 +111,8 @@ def test_split_shares_a_batch_by_largest_remainders_in_the_run():
 
 
 def shares(*values):
-    return Plan("t", tuple(Replica((Stage(("d",), 0, 1),), share=s) for s in values), "d")
+    return Plan("t", tuple(Replica((Stage(("d",), 0, 1),), share=s) for s in values), "d",
+                dispatch="split")
 
 
 @pytest.mark.parametrize("batch, plan, sizes", [
@@ -127,7 +128,7 @@ def shares(*values):
     (10, shares(0.46, 0.27, 0.27), [4, 3, 3]),       # 4.6 2.7 2.7: the two .7s, not the .6
 ])
 def test_split_gives_floors_then_one_more_to_each_largest_remainder(batch, plan, sizes):
-    assert _split(batch, plan) == sizes
+    assert replica_batches(plan, batch) == sizes
 
 
 @pytest.mark.parametrize("how, scores", [
