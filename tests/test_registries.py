@@ -3,37 +3,32 @@ new entry is tested without editing a list here: strategies (each choice of each
 parameter), dispatch and fusion modes, topologies, models and collectives."""
 import inspect
 import itertools
-import sys
 import typing
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import simpy
 
-HERE = Path(__file__).resolve().parent
-for folder in ("sim", "hw", "nn"):  # test folders are not packages
-    sys.path.insert(0, str(HERE / folder))
-from test_engine import device  # noqa: E402
-from test_models import SMALL  # noqa: E402
-from test_policies import small_world, three_speeds  # noqa: E402
-from test_topologies import EXAMPLE_PARAMS, pool as interface_pool  # noqa: E402
+from test_engine import device
+from test_models import SMALL
+from test_policies import small_world, three_speeds
+from test_topologies import EXAMPLE_PARAMS, pool as interface_pool
 
-from simdl.errors import PlanError  # noqa: E402
-from simdl.hw.topologies import TOPOLOGIES, links  # noqa: E402
-from simdl.nn.models import MODELS  # noqa: E402
-from simdl.plan.estimate import block_times, offload_latency, transfer_time  # noqa: E402
-from simdl.plan.plan import DISPATCH, FUSE, check  # noqa: E402
-from simdl.plan.strategies import (STRATEGIES, data_parallel, ensemble, offload,  # noqa: E402
+from simdl.errors import PlanError
+from simdl.hw.topologies import TOPOLOGIES, links
+from simdl.nn.models import MODELS
+from simdl.plan.estimate import block_times, offload_latency, transfer_time
+from simdl.plan.plan import DISPATCH, FUSE, check, replica_batches
+from simdl.plan.strategies import (STRATEGIES, data_parallel, ensemble, offload,
                                    pipeline, single)
-from simdl.plan.world import Arrival, Inference, World  # noqa: E402
-from simdl.sim import collectives as C  # noqa: E402
-from simdl.sim.engine import Simulator  # noqa: E402
-from simdl.sim.flows import Flows  # noqa: E402
-from simdl.sim.inference import _split, execute, fuse, inputs  # noqa: E402
-from simdl.sim.stages import prepare  # noqa: E402
-from simdl.world import data_for  # noqa: E402
+from simdl.plan.world import Arrival, Inference, World
+from simdl.sim import collectives as C
+from simdl.sim.engine import Simulator
+from simdl.sim.flows import Flows
+from simdl.sim.inference import execute, fuse, inputs
+from simdl.sim.stages import prepare
+from simdl.world import data_for
 
 SPEEDS = {"src": 1.0, "a": 2.0, "b": 3.0, "c": 5.0, "d": 7.0}
 
@@ -69,7 +64,7 @@ def reference(plan, world, r):
     if plan.dispatch == "all":
         return fuse(plan.fuse, [whole(rep.model, x) for rep in plan.replicas])
     if plan.dispatch == "split":
-        sizes = _split(len(x), plan)
+        sizes = replica_batches(plan, len(x))
         parts = np.split(x, np.cumsum(sizes)[:-1])
         return np.concatenate([whole(rep.model, p) for rep, p, n in
                                zip(plan.replicas, parts, sizes) if n > 0])

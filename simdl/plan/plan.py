@@ -187,8 +187,8 @@ def _check_replica(world: World, plan: Plan, rep: Replica, where: str,
                             "runs fp32 weights (compressed shards are not supported yet)")
         else:  # each member holds its own shards, exactly as the run places them
             held = shard_weights(shard_stage(chain, s), len(s.devices))
-        for d, nbytes in zip(s.devices, held):
-            weights[d] = weights.get(d, 0.0) + nbytes
+        for d, b in zip(s.devices, held):
+            weights[d] = weights.get(d, 0.0) + b
 
 
 def footprint(rep: Replica, source: str, chain: Chain, size: int) -> dict[str, int]:

@@ -11,7 +11,6 @@ timed there.
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Generator
 from typing import Any
 

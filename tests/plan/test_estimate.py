@@ -1,29 +1,26 @@
 """The analytic estimator against brute force and against the simulator where nothing
 queues or shares, and the `auto` choices built on it (balanced cuts, the offload cut)."""
 import itertools
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sim"))  # test folders are not packages
-from test_engine import device  # noqa: E402
-from test_policies import fixed, requests, serve, small_world  # noqa: E402
+from test_engine import device
+from test_policies import fixed, requests, serve, small_world
 
-from simdl.hw.devices import UnitSpec  # noqa: E402
-from simdl.hw.topologies import links  # noqa: E402
-from simdl.nn.chain import Block, Chain  # noqa: E402
-from simdl.nn.data import gaussian_mixture  # noqa: E402
-from simdl.nn.layers import Linear, Sequential  # noqa: E402
-from simdl.nn.models import MODELS  # noqa: E402
-from simdl.plan.estimate import (balanced_cuts, block_times, group_block_times,  # noqa: E402
+from simdl.hw.devices import UnitSpec
+from simdl.hw.topologies import links
+from simdl.nn.chain import Block, Chain
+from simdl.nn.data import gaussian_mixture
+from simdl.nn.layers import Linear, Sequential
+from simdl.nn.models import MODELS
+from simdl.plan.estimate import (balanced_cuts, block_times, group_block_times,
                                  offload_latency, transfer_time)
-from simdl.plan.strategies import hybrid, offload, pipeline, single, tensor_parallel  # noqa: E402
-from simdl.plan.world import Arrival, Inference, World  # noqa: E402
-from simdl.sim.engine import Simulator  # noqa: E402
-from simdl.world import data_for  # noqa: E402
+from simdl.plan.strategies import hybrid, offload, pipeline, single, tensor_parallel
+from simdl.plan.world import Arrival, Inference, World
+from simdl.sim.engine import Simulator
+from simdl.world import data_for
 
 
 def bottleneck(times, cuts):
