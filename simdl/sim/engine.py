@@ -25,20 +25,23 @@ from simdl.sim.recorder import EventLog
 
 #: A battery counts as empty below this fraction of its capacity (float guard).
 _EMPTY = 1e-12
+#: Tickets per priority class: more than any run hands out.
+_TICKETS = 2**48
 
 
 class _Job:
     """One kernel waiting for, or running on, a unit."""
 
     __slots__ = ("sim", "unit", "flops", "nbytes", "dtype", "fn", "args", "label",
-                 "request", "step", "event", "timer", "t_start")
+                 "request", "step", "event", "timer", "t_start", "priority", "keep")
 
     def __init__(self, sim: Simulator, unit: _Unit, flops: float, nbytes: float, dtype: str,
                  fn: Callable[..., Any] | None, args: tuple, label: str,
-                 request: int, step: int, event: simpy.Event | None):
+                 request: int, step: int, event: simpy.Event | None, priority: int, keep: bool):
         self.sim, self.unit, self.flops, self.nbytes, self.dtype = sim, unit, flops, nbytes, dtype
         self.fn, self.args, self.label = fn, args, label
         self.request, self.step = request, step
+        self.priority, self.keep = priority, keep
         self.event = event  # what the caller waits on; None until a free unit makes a timeout
         self.timer: simpy.Event | None = None  # the event scheduled at the kernel's end
         self.t_start = -1.0  # not started
@@ -51,12 +54,14 @@ class _Job:
 class _Unit:
     """A compute unit: one kernel at a time, the rest wait by (priority, arrival)."""
 
-    __slots__ = ("device", "name", "spec", "queue", "running", "busy", "seq", "rates", "load")
+    __slots__ = ("device", "name", "spec", "queue", "running", "held", "busy", "seq", "rates",
+                 "load")
 
     def __init__(self, device: str, name: str, spec: DeviceSpec):
         self.device, self.name, self.spec = device, name, spec
         self.queue: list[tuple[int, int, _Job]] = []
         self.running: _Job | None = None
+        self.held: int | None = None  # kept idle for the next kernel of this priority
         self.busy = 0.0  # seconds of finished kernels
         self.seq = 0
         self.rates: dict[str, tuple[float, float, float]] = {}  # dtype -> roofline constants
@@ -112,6 +117,7 @@ class Simulator:
         for departure in self._departures.values():  # a departed device holds nobody back
             departure.callbacks.append(self.memory.regrant)
         self._running = 0  # kernels on units right now, over the whole pool
+        self._tickets = 0  # handed out by `ticket`
         self._batteries = [d for d, spec in self.devices.items() if spec.battery is not None]
         self._version = dict.fromkeys(self._batteries, 0)
         self._watching = False
@@ -125,11 +131,15 @@ class Simulator:
     def compute(self, device: str, flops: float, nbytes: float = 0.0,
                 fn: Callable[..., Any] | None = None, args: tuple = (), *,
                 unit: str | None = None, dtype: str = "fp32", label: str = "",
-                priority: int = 0, request: int = -1, step: int = -1) -> simpy.Event:
+                priority: int = 0, request: int = -1, step: int = -1,
+                keep: bool = False) -> simpy.Event:
         """Run `fn(*args)` as a kernel of `flops` and `nbytes` on a unit of `device`.
 
         The unit is held for the roofline time of the device model; kernels on a
         busy unit wait in its queue, lower `priority` first, then in arrival order.
+        `keep`: the caller's next kernel of the same `priority` (a `ticket`) follows at
+        once; the unit waits for it instead of starting a queued one, as a runtime runs
+        one invocation of a stage's blocks to its end before the next.
         """
         if device in self.gone:
             event = self.env.event()
@@ -138,14 +148,23 @@ class Simulator:
         u = self.units.get((device, unit or self._best_unit(device, dtype)))
         if u is None:
             raise self._no_unit(device, unit)
-        if u.running is None:  # the hot path: the caller waits on the timer itself
-            job = _Job(self, u, flops, nbytes, dtype, fn, args, label, request, step, None)
-            return self._start(job)
+        if u.running is None and (u.held is None or u.held == priority):  # the hot path:
+            u.held = None                                     # the caller waits on the timer
+            return self._start(_Job(self, u, flops, nbytes, dtype, fn, args, label, request,
+                                    step, None, priority, keep))
         event = self.env.event()
         u.seq += 1
         heapq.heappush(u.queue, (priority, u.seq, _Job(self, u, flops, nbytes, dtype, fn, args,
-                                                       label, request, step, event)))
+                                                       label, request, step, event, priority,
+                                                       keep)))
         return event
+
+    def ticket(self, priority: int = 0) -> int:
+        """A queue priority of `priority`'s class that no other work has: the name of one
+        invocation of a stage, whose kernels `keep` the unit for each other. Tickets of a
+        class order as they were handed out, after every lower class."""
+        self._tickets += 1
+        return priority * _TICKETS + self._tickets
 
     def _best_unit(self, device: str, dtype: str) -> str:
         key = (device, dtype)
@@ -191,7 +210,9 @@ class Simulator:
         self._running -= 1
         self.log.rows.append((job.t_start, now, "compute", u.device, u.name, job.label,
                               job.flops, job.nbytes, job.request, job.step))
-        if u.queue:
+        if job.keep:  # its caller resumes next and asks for the unit again
+            u.held = job.priority
+        elif u.queue:
             self._start(heapq.heappop(u.queue)[2])
 
     # -- network ---------------------------------------------------------------
@@ -307,7 +328,7 @@ class Simulator:
             if u.running is not None:
                 u.busy += now - u.running.t_start
                 self._running -= 1
-            u.running, u.queue = None, []
+            u.running, u.queue, u.held = None, [], None
             for job in jobs:
                 self.log.add(job.t_start if job.t_start >= 0 else now, now, "lost", device, u.name,
                              job.label, job.flops, job.nbytes, job.request, job.step)

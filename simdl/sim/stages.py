@@ -126,11 +126,11 @@ class ReplicaRunner:
                     self._leave(sim, res, [where], i)
                     where = w.stage.device
                 kind = "act"
+                order = sim.ticket(priority)  # the stage runs this invocation to its end
                 if w.programs is None:
-                    x, held = yield from self._blocks(sim, w, x, size, held, r, tag, priority,
-                                                      res)
+                    x, held = yield from self._blocks(sim, w, x, size, held, r, tag, order, res)
                 else:
-                    x, held = yield from self._sharded(sim, w, x, size, held, r, tag, priority,
+                    x, held = yield from self._sharded(sim, w, x, size, held, r, tag, order,
                                                        res)
                     for m in members[1:]:
                         sim.free(m, held, f"act {tag}", request=r, under=res)
@@ -154,9 +154,10 @@ class ReplicaRunner:
             sim.release(res, done)
 
     def _blocks(self, sim: Simulator, w: StageWork, x: Any, size: int, held: float, r: int,
-                tag: str, priority: int,
+                tag: str, order: int,
                 res: Reservation) -> Generator[Any, Any, tuple[Any, float]]:
-        """The stage's blocks as kernels on its one device."""
+        """The stage's blocks as kernels on its one device, one after another with the
+        unit kept between them (`order` is this invocation's ticket)."""
         s, chain = w.stage, w.chain
         costs = chain.costs(size)
         # A unit's sparse mode speeds up only the products with weights pruned in its pattern.
@@ -168,13 +169,13 @@ class ReplicaRunner:
             sim.allocate(s.device, c.out_bytes, f"act {tag}", request=r, under=res)
             x = yield sim.compute(s.device, flops, c.fwd_bytes, _block, (chain, x, b),
                                   unit=s.unit, dtype=s.dtype, label=f"{chain.names[b]} {tag}",
-                                  priority=priority, request=r)
+                                  priority=order, request=r, keep=b < s.stop - 1)
             sim.free(s.device, held, f"act {tag}", request=r, under=res)
             held = c.out_bytes
         return x, held
 
     def _sharded(self, sim: Simulator, w: StageWork, x: Any, size: int, held: float, r: int,
-                 tag: str, priority: int,
+                 tag: str, order: int,
                  res: Reservation) -> Generator[Any, Any, tuple[Any, float]]:
         """The stage's blocks as shard programs over its group, collectives in between.
         Every member holds each block's input and output, as a single device would."""
@@ -189,7 +190,7 @@ class ReplicaRunner:
             for op, cost in zip(program.ops, program.costs(in_shape)):
                 if isinstance(op, tp.Compute):
                     events = [sim.compute(m, c.fwd_flops, c.fwd_bytes, _layer, (shard, v),
-                                          unit=s.unit, dtype=s.dtype, priority=priority,
+                                          unit=s.unit, dtype=s.dtype, priority=order,
                                           label=f"{name} {op.name} {tag}", request=r)
                               for m, shard, v, c in zip(members, op.shards, xs, cost)]
                     done = yield sim.env.all_of(events)

@@ -72,23 +72,23 @@ def memwaits(sim):
 
 def test_requests_beyond_what_fits_wait_in_order_until_one_leaves():
     """The device fits its weights and exactly k = 2 micro-batches (2 x 256 B). Four
-    requests arrive at once: r0 and r1 start, and their kernels alternate on the one unit,
-    so r0's block j runs [2jK, (2j+1)K] and r1's [(2j+1)K, (2j+2)K]. r0 ends at 5K = 1.25 s
-    and gives its 256 B back: r2 starts then. r1 ends at 6K = 1.5 s: r3 starts. r2 and r3
-    then alternate from 6K: r2 ends at 11K = 2.75 s, r3 at 12K = 3 s. At 2K both r0 and r1
-    hold 256 B: the peak is exactly the capacity."""
+    requests arrive at once: r0 and r1 are admitted, and the one unit runs each
+    invocation's three blocks to its end: r0 [0, 3K], r1 [3K, 6K]. r0 ends at 3K = 0.75 s
+    and gives its 256 B back: r2 is admitted then and runs [6K, 9K]. r1 ends at 6K = 1.5 s:
+    r3 is admitted and runs [9K, 12K]. The peak is r0 in fc2 (256 B) beside r1, whose fc1
+    waits for the unit with its input and output placed (192 B): within the 2 x 256 B."""
     capacity = WEIGHTS + 2 * 256
     sim = run(Plan("single", (replica(("dev", 0, 3)),), "dev"),
               world({"dev": capacity}, 4, "dev"))
     reqs = requests_table(sim.log.frame())
     assert reqs.status.tolist() == ["done"] * 4
-    assert reqs.memory_wait.tolist() == [0.0, 0.0, 5 * K, 6 * K]
-    assert reqs.latency.tolist() == [5 * K, 6 * K, 11 * K, 12 * K]
-    assert memwaits(sim) == [(0.0, 5 * K, "memwait", "dev", "memory", "r2.0", 0.0, 256.0, 2, -1),
+    assert reqs.memory_wait.tolist() == [0.0, 0.0, 3 * K, 6 * K]
+    assert reqs.latency.tolist() == [3 * K, 6 * K, 9 * K, 12 * K]
+    assert memwaits(sim) == [(0.0, 3 * K, "memwait", "dev", "memory", "r2.0", 0.0, 256.0, 2, -1),
                              (0.0, 6 * K, "memwait", "dev", "memory", "r3.0", 0.0, 256.0, 3, -1)]
-    assert sim.memory_peak["dev"] == capacity
+    assert sim.memory_peak["dev"] == WEIGHTS + 256 + 192
     peaks = devices_table(sim.log.frame(), sim.devices, {}, sim.now).peak_memory_bytes
-    assert peaks.tolist() == [capacity]
+    assert peaks.tolist() == [WEIGHTS + 256 + 192]
     assert sim.memory_used["dev"] == WEIGHTS  # every activation given back
 
 

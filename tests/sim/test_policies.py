@@ -176,6 +176,33 @@ def test_inference_pipeline_makespan_is_fill_plus_m_minus_1_bottlenecks(kernels,
     assert t1 - t0 == pytest.approx(fill + (m - 1) * max(servers), rel=1e-9)
 
 
+@pytest.mark.parametrize("blocks, kernels, m", [
+    ((2, 1), (1e-3, 3e-3), 3), ((1, 3), (2e-3, 1e-3), 4), ((2, 2, 1), (1e-3, 1e-3, 3e-3), 4),
+])
+def test_a_stage_of_several_blocks_serves_one_micro_batch_at_a_time(blocks, kernels, m):
+    """Stage s holds b_s blocks of t_s each: it serves a micro-batch in b_s t_s, all its
+    blocks before the next micro-batch's first (as a runtime runs one invocation of a
+    stage to its end), so the same closed form holds with b_s t_s as the server. Kernel
+    by kernel in arrival order, a later micro-batch's first block would cut in and the
+    first answer would come later."""
+    p, k = len(kernels), 2
+    names = [f"d{i}" for i in range(p)]
+    devs = {d: fixed(t) for d, t in zip(names, kernels)}
+    hops = list(zip(names, names[1:])) + ([(names[-1], names[0])] if p > 2 else [])
+    net = links(devs, [{"a": a, "b": b, "bandwidth": BW, "latency": L} for a, b in hops],
+                overhead=O)
+    world = small_world(devs, net, batch=m * k, depth=sum(blocks) - 1, width=8, source="d0")
+    plan = pipeline(world, names, cuts=np.cumsum(blocks)[:-1].tolist(), microbatches=m)
+    act, out = k * 8 * 4, k * 3 * 4
+    stages = [b * t for b, t in zip(blocks, kernels)]
+    servers = [*stages, *[act / BW] * (p - 1), out / BW]
+    fill = sum(stages) + (p - 1) * (L + O + act / BW) + (L + O + out / BW)
+    assert max(act, out) / BW <= min(stages)
+    _, log = serve(plan, world)
+    (t0, t1), = requests(log)[["t_start", "t_end"]].values
+    assert t1 - t0 == pytest.approx(fill + (m - 1) * max(servers), rel=1e-9)
+
+
 # -- radio energy and batteries ----------------------------------------------------------------
 
 def relay_line(**batteries):
