@@ -18,9 +18,8 @@ from simdl.errors import PlanError
 from simdl.nn.chain import Chain
 from simdl.nn.dense import SoftmaxCrossEntropy
 from simdl.nn.distill import DistillationLoss
-from simdl.nn.optim import OPTIMIZERS
 from simdl.plan.plan import input_bytes
-from simdl.plan.training import TrainPlan, deal, owner_sizes, shard_params
+from simdl.plan.training import TrainPlan, deal, optimizer, owner_sizes, shard_params
 from simdl.plan.world import Training, World
 
 
@@ -31,7 +30,7 @@ def need(plan: TrainPlan, world: World) -> dict[str, float]:
     held: Counter[str] = Counter()
     kind = plan.sync.kind
     chain = world.models[plan.params["student"]] if kind == "distill" else world.chain
-    slots = _slots(load)
+    slots = optimizer(load).slots
     if kind == "pipeline":
         _pipeline(plan, world, chain, slots, held)
         return dict(held)
@@ -73,11 +72,6 @@ def check(plan: TrainPlan, world: World) -> None:
         if nbytes > capacity:
             raise PlanError(f"devices.{device}.memory", f"{nbytes / 2**20:.1f} MiB needed",
                             f"the plan must fit in {capacity / 2**20:.1f} MiB")
-
-
-def _slots(load: Training) -> int:
-    kw = {"momentum": load.momentum} if load.optimizer == "sgd" else {}
-    return OPTIMIZERS[load.optimizer](lr=load.lr, **kw).slots
 
 
 def _batch_bytes(world: World, chain: Chain, n: int) -> float:

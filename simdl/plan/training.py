@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from annotated_types import Ge, Gt, Lt
 
 from simdl.errors import PlanError
+from simdl.nn.optim import OPTIMIZERS, Optimizer
 from simdl.plan.plan import Stage
 from simdl.plan.world import Training, World
 
@@ -184,6 +185,15 @@ def distill(world: World, teacher_device: str, student: str, target: str,
     return TrainPlan("distill", (teacher_device,), Sync("distill"),
                      params={"student": student, "target": target, "temperature": temperature,
                              "alpha": alpha})
+
+
+def optimizer(load: Training) -> Optimizer:
+    """The workload's optimizer, fresh; an unknown name is a PlanError."""
+    if load.optimizer not in OPTIMIZERS:
+        raise PlanError("workload.optimizer", load.optimizer,
+                        f"choose one of: {', '.join(sorted(OPTIMIZERS))}")
+    kw = {"momentum": load.momentum} if load.optimizer == "sgd" else {}
+    return OPTIMIZERS[load.optimizer](lr=load.lr, **kw)
 
 
 # -- who holds what: data owners dealt to workers, parameters sharded over servers -----

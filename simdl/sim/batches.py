@@ -27,21 +27,19 @@ from simdl.rng import stream
 Batch = tuple[np.ndarray, np.ndarray]
 
 
-def owner_shares(world: World, owners: Sequence[str], shards: str | None = None) -> list[Dataset]:
-    """The part of the training set each owner holds, by the module's batch rule;
-    `shards` (iid or by_class) overrides the workload's."""
+def owner_shares(world: World, owners: Sequence[str]) -> list[Dataset]:
+    """The part of the training set each owner holds, by the module's batch rule."""
     load, data = world.workload, world.train_data
     assert isinstance(load, Training) and data is not None
     m = len(owners)
-    share = data.shard if (shards or load.shards) == "iid" else data.by_class
+    share = data.shard if load.shards == "iid" else data.by_class
     return [share(j, m) for j in range(m)]
 
 
-def owner_batches(world: World, owners: Sequence[str],
-                  shards: str | None = None) -> list[Iterator[Batch]]:
+def owner_batches(world: World, owners: Sequence[str]) -> list[Iterator[Batch]]:
     """Each owner's endless stream of per-step batches, by the module's batch rule."""
     sizes = owner_sizes(world.workload.batch, len(owners))
-    shares = owner_shares(world, owners, shards)
+    shares = owner_shares(world, owners)
     for j, (o, d) in enumerate(zip(owners, shares)):
         if len(d) < sizes[j]:  # a short batch would break the costs the timeline charges
             raise PlanError("workload.batch", world.workload.batch, f"data owner {o} holds "

@@ -33,9 +33,9 @@ from simdl.nn.core import Cost
 from simdl.nn.dense import SoftmaxCrossEntropy
 from simdl.nn.fit import evaluate
 from simdl.nn.gradcomp import Compressor, make, wire_bytes
-from simdl.nn.optim import OPTIMIZERS, Optimizer
+from simdl.nn.optim import Optimizer
 from simdl.plan.plan import input_bytes
-from simdl.plan.training import TrainPlan, deal, owner_sizes
+from simdl.plan.training import TrainPlan, deal, optimizer, owner_sizes
 from simdl.plan.world import Training, World
 from simdl.sim.batches import owner_batches
 from simdl.sim.engine import Simulator
@@ -51,15 +51,6 @@ class Loss(Protocol):
     def forward(self, logits: np.ndarray, *targets: Any) -> tuple[float, Any]: ...
     def backward(self, cache: Any) -> np.ndarray: ...
     def cost(self, in_shape: tuple[int, ...]) -> Cost: ...
-
-
-def make_optimizer(load: Training) -> Optimizer:
-    """The workload's optimizer, fresh (every worker, server and stage gets its own)."""
-    if load.optimizer not in OPTIMIZERS:
-        raise PlanError("workload.optimizer", load.optimizer,
-                        f"choose one of: {', '.join(sorted(OPTIMIZERS))}")
-    kw = {"momentum": load.momentum} if load.optimizer == "sgd" else {}
-    return OPTIMIZERS[load.optimizer](lr=load.lr, **kw)
 
 
 @dataclass
@@ -91,7 +82,7 @@ class Worker:
         every, grads = (self.chain.params(), self.chain.grads()) if job.real else ({}, {})
         self.params: Arrays = {n: every[n] for n in job.names if n in every}  # trained only
         self.grads: Arrays = {n: grads[n] for n in job.names if n in grads}
-        self.opt: Optimizer = make_optimizer(job.load)
+        self.opt: Optimizer = job.optimizer()
         sync = job.plan.sync
         self.comp: Compressor = make(sync.compression, sync.ratio,
                                      sync.compression in ("topk", "sign"))
@@ -102,15 +93,15 @@ class Job:
 
     `chain` is the model trained (default: the world's main model); workers train
     copies of it; `in_place` asks a protocol that trains one model (a pipeline) to
-    train `chain` itself (tests read its weights and gradients); `loss` is its loss; `teacher` (distillation) a model whose forward
-    kernels make the soft targets the loss also takes; `shards` overrides the
-    workload's rule for dealing the training set to the data owners.
+    train `chain` itself (tests read its weights and gradients); `loss` is its loss;
+    `teacher` (distillation) a model whose forward kernels make the soft targets the
+    loss also takes.
     """
 
     def __init__(self, plan: TrainPlan, world: World, sim: Simulator,
                  progress: Callable[[int], None] | None, *, chain: Chain | None = None,
                  in_place: bool = False, loss: Loss | None = None,
-                 teacher: Chain | None = None, shards: str | None = None):
+                 teacher: Chain | None = None):
         load = world.workload
         if not isinstance(load, Training) or world.train_data is None:
             raise PlanError("workload.kind", type(load).__name__, "training needs a training "
@@ -121,7 +112,7 @@ class Job:
         if not 0 <= plan.freeze < len(self.chain):
             raise PlanError("freeze", plan.freeze, f"0..{len(self.chain) - 1}: at least one "
                             "block must train")
-        make_optimizer(load)  # refuse an unknown optimizer before anything runs
+        optimizer(load)  # refuse an unknown optimizer before anything runs
         self.real = not sim.timing_only
         self.loss: Loss = SoftmaxCrossEntropy() if loss is None else loss
         self.teacher = teacher
@@ -137,7 +128,7 @@ class Job:
             raise PlanError("workload.data_on", (), "name the devices that hold the training data")
         self.owners = list(load.data_on)  # world.build fills it with the pool when not given
         self.owner_sizes = owner_sizes(load.batch, len(self.owners))
-        self.draws = owner_batches(world, self.owners, shards) if self.real else []
+        self.draws = owner_batches(world, self.owners) if self.real else []
         self.workers: list[Worker] = []
         self.metrics = TrainingMetrics()
         self.stop = False                       # set at the target accuracy (real mode)
@@ -164,7 +155,8 @@ class Job:
         return self.workers
 
     def optimizer(self) -> Optimizer:
-        return make_optimizer(self.load)
+        """A fresh optimizer (every worker, server and stage gets its own)."""
+        return optimizer(self.load)
 
     def costs(self, n: int) -> list[Cost]:
         """The trained chain's per-block costs for n samples (computed once per n)."""
