@@ -90,4 +90,11 @@ def test_requests_on_a_device_whose_battery_dies_are_reported_dropped_never_lost
     result = api.run(parse(data), timing_only=True)["single"]
     status = result.requests.status.value_counts().to_dict()
     assert status.get("dropped", 0) > 0 and sum(status.values()) == 30
-    assert result.events[result.events.kind == "leave"].label.tolist() == ["battery empty"]
+    events = result.events
+    leave = events[events.kind == "leave"]
+    assert leave.label.tolist() == ["battery empty"]
+    dropped = events[events.kind == "dropped"]
+    source = data["workload"]["source"]
+    assert (dropped.device == source).all() and dropped.label.str.contains("battery empty").all()
+    assert (dropped.t_start <= dropped.t_end).all() and (dropped.t_end >= leave.t_start.iloc[0]).all()
+    assert sorted(dropped.request) == sorted(result.requests.query("status == 'dropped'").request)

@@ -27,7 +27,8 @@ def need(plan: TrainPlan, world: World) -> dict[str, float]:
     """Peak bytes per device of running `plan` (devices it does not touch are left out)."""
     load = world.workload
     assert isinstance(load, Training)
-    held: Counter[str] = Counter()
+    held: Counter[str] = Counter()  # lasting: the whole run
+    step: Counter[str] = Counter()  # during a step: the batch and the saved activations
     kind = plan.sync.kind
     chain = world.models[plan.params["student"]] if kind == "distill" else world.chain
     slots = optimizer(load).slots
@@ -55,13 +56,14 @@ def need(plan: TrainPlan, world: World) -> dict[str, float]:
             held[device] += world.chain.param_bytes()
         costs = chain.costs(n)
         loss = DistillationLoss() if kind == "distill" else SoftmaxCrossEntropy()
-        held[device] += (_batch_bytes(world, chain, n) + sum(c.saved_bytes for c in costs[k:])
+        step[device] += (_batch_bytes(world, chain, n) + sum(c.saved_bytes for c in costs[k:])
                          + loss.cost(costs[-1].out_shape).saved_bytes)
     if kind == "ps":
         _servers(plan, chain, slots, held)
-    if kind == "distill":
-        held[plan.params["target"]] += chain.param_bytes()
-    return dict(held)
+    if kind == "distill":  # the student lands on its target after the last step
+        target = plan.params["target"]
+        step[target] = max(step[target], chain.param_bytes())
+    return dict(held + step)
 
 
 def check(plan: TrainPlan, world: World) -> None:

@@ -10,6 +10,8 @@ Every case runs the same tiny model, mlp(8 -> 16 -> 16 -> 4), two samples per re
 Every kernel takes exactly K = 0.25 s (overhead only); every link carries 256 B/s, with no
 latency, so 64 B take 0.25 s, 128 B 0.5 s and 32 B 0.125 s: all times are exact in binary.
 """
+from dataclasses import replace
+
 import pytest
 
 from simdl.errors import CapacityError, PlanError
@@ -244,3 +246,29 @@ def test_plain_allocations_cannot_take_what_is_promised():
         sim.allocate("dev", 1, "act", under=res)
     sim.release(res)  # frees the 600 B it still held
     assert sim.memory_used["dev"] == 400 and sim.memory_peak["dev"] == 1000
+
+
+def test_a_long_line_of_waiters_is_served_in_order_none_lost():
+    """Six requests at once where two fit: each holds the unit for 3K, so r_k (k >= 2) is
+    admitted when r_(k-2) ends, at (k - 1) x 3K, and ends at (k + 1) x 3K. Several wait at
+    every release, so none may be dropped from the line while the others are looked at."""
+    capacity = WEIGHTS + 2 * 256
+    sim = run(Plan("single", (replica(("dev", 0, 3)),), "dev"),
+              world({"dev": capacity}, 6, "dev"))
+    reqs = requests_table(sim.log.frame())
+    assert reqs.status.tolist() == ["done"] * 6
+    assert reqs.memory_wait.tolist() == pytest.approx([0, 0, 3 * K, 6 * K, 9 * K, 12 * K])
+    assert reqs.latency.tolist() == pytest.approx([3 * K * (k + 1) for k in range(6)])
+
+
+def test_work_that_arrives_when_memory_is_free_again_starts_at_once():
+    """Three requests at t = 0 (two fit, r2 waits until r0 ends at 3K) and a fourth at
+    10K, when everything has been given back: it waits for nothing."""
+    capacity = WEIGHTS + 2 * 256
+    w = world({"dev": capacity}, 4, "dev")
+    w = replace(w, workload=replace(w.workload, arrival=Arrival("trace",
+                                                                times=(0.0, 0.0, 0.0, 10 * K))))
+    sim = run(Plan("single", (replica(("dev", 0, 3)),), "dev"), w)
+    reqs = requests_table(sim.log.frame())
+    assert reqs.memory_wait.tolist() == pytest.approx([0, 0, 3 * K, 0])
+    assert reqs.latency.tolist() == pytest.approx([3 * K, 6 * K, 9 * K, 3 * K])

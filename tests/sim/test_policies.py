@@ -1,6 +1,8 @@
 """Inference policies against hand derivations: which replica each dispatch policy picks,
 how `split` shares a batch, the pipelined makespan of micro-batches, and the radio's
 share of energy and of a battery's life."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -9,8 +11,8 @@ from simdl.hw.topologies import links
 from simdl.nn.data import gaussian_mixture
 from simdl.nn.models import mlp
 from simdl.plan.plan import Plan, Replica, Stage, check, replica_batches
-from simdl.plan.strategies import data_parallel, pipeline
-from simdl.plan.world import Arrival, Inference, World
+from simdl.plan.strategies import data_parallel, pipeline, single
+from simdl.plan.world import Arrival, Inference, RequestClass, World
 from simdl.sim.engine import Simulator
 from simdl.sim.inference import execute, fuse
 from simdl.sim.stages import prepare
@@ -138,9 +140,38 @@ def test_split_gives_floors_then_one_more_to_each_largest_remainder(batch, plan,
 ])
 def test_fusion_modes_by_hand(how, scores):
     """Members whose softmax is (.6 .4), (.1 .9), (.45 .55); confidence weights each by
-    its top probability (.6, .9, .55; they add to 2.05)."""
-    logits = [np.log(np.array([[p, 1 - p]])) for p in (0.6, 0.1, 0.45)]
-    assert fuse(how, logits)[0].tolist() == pytest.approx(scores, rel=1e-12)
+    its top probability (.6, .9, .55; they add to 2.05). Each sample is fused on its own
+    (a second sample, the classes swapped, gets the scores swapped), and so is each
+    position of a sequence (N, T, C)."""
+    logits = [np.log(np.array([[p, 1 - p], [1 - p, p]])) for p in (0.6, 0.1, 0.45)]
+    fused = fuse(how, logits)
+    np.testing.assert_allclose(fused, [scores, scores[::-1]], rtol=1e-12)
+    sequences = [z[None] for z in logits]  # (1, 2, 2): one sequence of two positions
+    np.testing.assert_allclose(fuse(how, sequences)[0], fused, rtol=1e-12)
+
+
+def test_progress_hears_once_per_request_as_it_ends():
+    devs, net = three_speeds()
+    world = small_world(devs, net, batch=2, times=(0.0, 0.0, 1.0), source="src")
+    plan = data_parallel(world, ["a", "b", "c"], dispatch="round_robin")
+    sim, calls = Simulator(world.devices, world.network, timing_only=True), []
+    execute(plan, world, sim, prepare(plan, world), calls.append)
+    assert calls == [1, 1, 1]
+
+
+def test_request_classes_are_drawn_by_their_shares():
+    """500 requests in classes of shares .8 and .2: the rarer class gets 100 on average
+    (binomial sd 8.9); the seeded draw lands within 3.4 sd, and both classes appear
+    in the log under their names, with their own priorities."""
+    devs, net = three_speeds()
+    world = small_world(devs, net, batch=1, times=(0.0,) * 500, source="src")
+    load = replace(world.workload, classes=(RequestClass("bulk", 0.8, 1),
+                                            RequestClass("urgent", 0.2, 0)))
+    world = replace(world, workload=load)
+    _, log = serve(single(world, "a"), world)
+    counts = requests(log).resource.value_counts().to_dict()
+    assert set(counts) == {"bulk", "urgent"} and sum(counts.values()) == 500
+    assert 70 <= counts["urgent"] <= 130
 
 
 # -- pipelined micro-batches -------------------------------------------------------------------

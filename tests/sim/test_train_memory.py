@@ -10,9 +10,10 @@ from simdl import api
 from simdl.errors import PlanError
 from simdl.plan import train_memory
 from simdl.plan import training as T
+from simdl.nn.models import mlp, tiny_transformer
 from simdl.sim.engine import Simulator
 from simdl.sim.training import PROTOCOLS, execute
-from simdl.world import build
+from simdl.world import build, data_for
 
 from test_training_sync import PLANS, world
 
@@ -47,12 +48,19 @@ MORE = {
     "pipeline-1f1b": lambda w: T.pipeline_train(w, ["phone", "laptop", "pc"], microbatches=4,
                                                 schedule="1f1b"),
     "pipeline-gpipe": lambda w: T.pipeline_train(w, ["pc", "phone"], microbatches=3),
+    "ps-frozen-head": lambda w: T.parameter_server(w, ["pc"], freeze=1),
+    "distill-to-itself": lambda w: T.distill(w, "pc", "student", "pc"),
 }
+
+
+def teaching_world():
+    w = world(steps=2, momentum=0.9)
+    return replace(w, models=dict(w.models) | {"student": mlp(16, 8, 1, 4, seed=3)})
 
 
 @pytest.mark.parametrize("name", sorted(PLANS) + sorted(MORE))
 def test_the_rule_equals_the_simulated_peak(name):
-    w = world(steps=2, momentum=0.9)
+    w = teaching_world()
     plan = (PLANS | MORE)[name](w)
     rule, got = trained_need(plan, w)
     assert rule == got and got
@@ -68,10 +76,24 @@ def test_every_shipped_training_strategy_peaks_where_the_rule_says(path):
         assert rule == got and got, entry.label or entry.name
 
 
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_the_rule_counts_sequence_labels(schedule):
+    """A token model: each sample's labels are a sequence (N, T), so a batch moves and
+    holds T labels per sample, as the rule says."""
+    w = world(("phone", "pc"), steps=2)
+    chain = tiny_transformer(vocab=8, d_model=16, n_heads=2, n_layers=1, seq_len=6)
+    train, test = data_for(chain, 0)
+    w = replace(w, models={"main": chain}, train_data=train, data=test)
+    for plan in (T.allreduce(w), T.pipeline_train(w, ["phone", "pc"], microbatches=2,
+                                                  schedule=schedule)):
+        rule, got = trained_need(plan, w)
+        assert rule == got and got
+
+
 def test_every_protocol_is_covered():
     """A new protocol must appear in one of the plans above (by its sync kind)."""
-    w = world(steps=2)
-    kinds = {f(w).sync.kind for f in (PLANS | MORE).values()} | {"distill"}  # distill: shipped
+    w = teaching_world()
+    kinds = {f(w).sync.kind for f in (PLANS | MORE).values()}
     assert kinds >= set(PROTOCOLS)
 
 
@@ -82,7 +104,9 @@ def test_a_plan_that_can_never_fit_is_refused_with_the_numbers():
     small = dict(w.devices)
     small["phone"] = replace(small["phone"], memory=need - 1)
     tight = replace(w, devices=small)
-    with pytest.raises(PlanError, match=r"devices\.phone\.memory.*MiB needed.*must fit in"):
+    with pytest.raises(PlanError) as err:
         train_memory.check(plan, tight)
+    assert str(err.value) == (f"devices.phone.memory: '{need / 2**20:.1f} MiB needed' is not "
+                              f"valid; the plan must fit in {(need - 1) / 2**20:.1f} MiB")
     small["phone"] = replace(small["phone"], memory=need)
     train_memory.check(plan, replace(w, devices=small))  # exactly enough is enough

@@ -22,6 +22,7 @@ from simdl.plan import training as T
 from simdl.plan.world import Training, World
 from simdl.rng import stream
 from simdl.sim.batches import owner_batches
+from simdl.sim import collectives as C
 from simdl.sim.engine import Simulator
 from simdl.plan.training import shard_params
 from simdl.sim.training import execute, train
@@ -390,3 +391,60 @@ def test_an_owner_too_small_for_its_share_of_the_batch_is_refused():
     w = world(batch=3000)
     with pytest.raises(PlanError, match="workload.batch"):
         run(T.allreduce(w), w)
+
+
+# -- the all-reduce step is the collective it names, and tallies what it sent -------------
+
+@pytest.mark.parametrize("algorithm", sorted(C.ALGORITHMS["all_reduce"]))
+@pytest.mark.parametrize("n", [2, 3])
+def test_each_step_runs_the_named_collective_and_counts_its_bytes(algorithm, n):
+    """A step's gradient transfers are exactly those of the named all-reduce of the trained
+    bytes run alone on the same pool (sender, receiver and size, in order); each worker's
+    bytes_per_worker is what it sent in it; its compute_s is its own kernels' time."""
+    names = ("phone", "laptop", "pc")[:n]
+    w = world(names, steps=1)
+    job, sim = run(T.allreduce(w, algorithm=algorithm), w)
+    log = sim.log.frame()
+    moved = log[(log.kind == "transfer") & log.label.str.startswith("gradients")]
+    alone = Simulator(w.devices, w.network, timing_only=True)
+    alone.process(_collective(alone, names, algorithm))
+    alone.run()
+    ref = alone.log.frame()
+    ref = ref[ref.kind == "transfer"]
+    key = ["device", "resource", "nbytes"]
+    assert moved[key].values.tolist() == ref[key].values.tolist() and len(ref) > 0
+    sent = ref.groupby("device").nbytes.sum().reindex(list(names), fill_value=0.0)
+    assert job.metrics.rows[0]["bytes_per_worker"] == pytest.approx(sent.mean(), rel=1e-12)
+    kernels = log[log.kind == "compute"].assign(s=lambda d: d.t_end - d.t_start)
+    per_worker = kernels.groupby("device").s.sum().reindex(list(names))
+    assert job.metrics.rows[0]["compute_s"] == pytest.approx(per_worker.mean(), rel=1e-12)
+
+
+def _collective(sim, names, algorithm):
+    yield C.all_reduce(sim, names, float(S), algorithm)
+
+
+def test_a_worker_away_from_its_data_receives_it_every_step():
+    """Workers laptop, pc and tablet train on the data of phone, laptop and pc (owner j
+    to worker j): each receives its 4, 3 or 3 samples (16 floats and an int64 label each:
+    72 B a sample) from another device every step. bytes_per_worker counts what a worker
+    sent: the ring's 2 (n - 1)/n S, not the data it received."""
+    w = world(("phone", "laptop", "pc", "tablet"), data_on=("phone", "laptop", "pc"))
+    job, sim = run(T.allreduce(w, workers=["laptop", "pc", "tablet"]), w)
+    data = rows(sim, "transfer", "data")
+    assert data.groupby(["device", "resource"]).nbytes.agg(["first", "count"]).to_dict(
+        "index") == {("phone", "laptop"): {"first": 4 * 72, "count": 5},
+                     ("laptop", "pc"): {"first": 3 * 72, "count": 5},
+                     ("pc", "tablet"): {"first": 3 * 72, "count": 5}}
+    assert job.metrics.frame().bytes_per_worker.tolist() == pytest.approx([2 * 2 / 3 * S] * 5)
+
+
+def test_every_row_of_a_training_run_carries_its_step():
+    """Kernels, transfers and step rows are tagged with the step they belong to."""
+    w = world(steps=3)
+    for plan in (T.allreduce(w), T.parameter_server(w, ["pc"], mode="asp"), T.gossip(w),
+                 T.pipeline_train(w, ["phone", "pc"], microbatches=2)):
+        _, sim = run(plan, w)
+        log = sim.log.frame()
+        work = log[log.kind.isin(["compute", "transfer", "step"])]
+        assert set(work.step) == {0, 1, 2}, plan.strategy
