@@ -288,3 +288,17 @@ def test_a_battery_drained_by_its_radio_empties_at_the_hand_computed_instant(who
     assert sim.gone[who][0] == pytest.approx(t, rel=1e-9)
     assert sim.energy(who).total == pytest.approx(2.0, rel=1e-9)
     assert sim.energy(who).radio == pytest.approx(watts_on_air * (t - 0.875), rel=1e-9)
+
+
+def test_poisson_arrivals_come_at_the_given_rate():
+    """2,000 requests at 50/s: the mean gap is 1/50 s (the sample mean's sd is 1/50/sqrt(2000),
+    2.2 %: the seeded draw lands within 10 %), and the gaps spread like an exponential's
+    (sd equal to the mean, within 10 %)."""
+    devs, net = three_speeds()
+    world = small_world(devs, net, batch=1, source="src")
+    world = replace(world, workload=replace(world.workload, requests=2000,
+                                            arrival=Arrival("poisson", rate=50.0)))
+    _, log = serve(single(world, "a"), world)
+    gaps = np.diff(np.concatenate([[0.0], np.sort(requests(log).t_start.to_numpy())]))
+    assert abs(gaps.mean() - 1 / 50) < 0.1 / 50
+    assert abs(gaps.std() - 1 / 50) < 0.1 / 50
