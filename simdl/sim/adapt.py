@@ -11,8 +11,7 @@ timed there.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
@@ -23,7 +22,7 @@ from simdl.plan.training import TrainPlan
 from simdl.plan.world import World
 from simdl.sim.batches import owner_shares
 from simdl.sim.engine import Simulator
-from simdl.sim.job import Gen, Job, Tally, Worker, stepper
+from simdl.sim.job import Gen, Job, Tally, Worker
 
 
 def personalise(plan: TrainPlan, world: World, sim: Simulator,
@@ -57,9 +56,7 @@ def _alone(job: Job, w: Worker) -> Gen:
         if job.stop:
             return
         tally = Tally(job.sim.now)
-        yield from job.local_step(w, step, tally)
-        yield from job.update(w.device, w.opt, step, stepper(w.opt, w.params, w.grads or None),
-                              tally)
+        yield from job.step_alone(w, step, tally)
         job.report(step, w, tally)
 
 
@@ -80,16 +77,9 @@ def distill(plan: TrainPlan, world: World, sim: Simulator,
     return job
 
 
-def _distill(job: Job, w: Worker, target: str) -> Generator[Any, Any, None]:
+def _distill(job: Job, w: Worker, target: str) -> Gen:
     sim = job.sim
-    for step in range(job.load.steps):
-        if job.stop:
-            break
-        tally = Tally(sim.now)
-        yield from job.local_step(w, step, tally)
-        yield from job.update(w.device, w.opt, step, stepper(w.opt, w.params, w.grads or None),
-                              tally)
-        job.report(step, w, tally)
+    yield from _alone(job, w)
     student, size = job.chain, job.chain.param_bytes()
     yield sim.transfer(w.device, target, size, label="student weights")
     sim.allocate(target, size, "student weights")

@@ -278,6 +278,13 @@ class Job:
         tally.losses.append(np.nan if loss is None else loss)
         return loss
 
+    def step_alone(self, w: Worker, step: int, tally: Tally) -> Gen:
+        """A local step, then w's own optimizer on its own gradients (no one else's)."""
+        loss = yield from self.local_step(w, step, tally)
+        yield from self.update(w.device, w.opt, step,
+                               stepper(w.opt, w.params, w.grads) if self.real else None, tally)
+        return loss
+
     def _teach(self, device: str, x: Any, n: int, step: int) -> Gen:
         """The teacher's forward, block by block in inference mode: the soft targets."""
         teacher, h = self.teacher, x

@@ -19,7 +19,7 @@ from simdl.plan.training import TrainPlan
 from simdl.plan.world import World
 from simdl.rng import stream
 from simdl.sim.engine import Simulator
-from simdl.sim.job import Arrays, Gen, Job, Tally, Worker, buffers_into, stepper
+from simdl.sim.job import Arrays, Gen, Job, Tally, Worker, buffers_into
 
 
 # -- gossip ----------------------------------------------------------------------------------
@@ -87,9 +87,7 @@ def _gossip_worker(job: Job, w: Worker, nbrs: list[int], held: dict[int, Arrays]
         if job.stop:
             return
         tally = Tally(sim.now)
-        yield from job.local_step(w, step, tally)
-        yield from job.update(w.device, w.opt, step, stepper(w.opt, w.params, w.grads or None),
-                              tally)
+        yield from job.step_alone(w, step, tally)
         q = None
         if job.real:
             spread.add("before", step, w)
@@ -207,9 +205,7 @@ def _client(job: Job, w: Worker, r: int, tally: Tally, glob: Arrays,
         buffers_into(w.chain, [model], [1.0])
         start = {n: w.params[n].copy() for n in job.names}
     for _ in range(job.plan.sync.local_steps):
-        yield from job.local_step(w, r, tally)
-        yield from job.update(w.device, w.opt, r, stepper(w.opt, w.params, w.grads or None),
-                              tally)
+        yield from job.step_alone(w, r, tally)
     delta = job.pack(w, {n: w.params[n] - start[n] for n in job.names}) if job.real else None
     wire = float(sum(job.wire.values()))
     yield from job.wait([job.send(w.device, server.device, wire, "delta", r, tally)], tally)

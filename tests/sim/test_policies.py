@@ -179,43 +179,24 @@ def test_request_classes_are_drawn_by_their_shares():
 L, O, BW = 1e-3, 2e-4, 1e5  # each link: latency s, the network's per-message overhead s, B/s
 
 
-@pytest.mark.parametrize("kernels, m", [
-    ((1e-3, 3e-3), 1), ((1e-3, 3e-3), 3), ((2e-3, 1e-3), 4),
-    ((1e-3, 3e-3, 2e-3), 4), ((1e-3, 2e-3, 2.5e-3, 1.5e-3), 5),
-])
-def test_inference_pipeline_makespan_is_fill_plus_m_minus_1_bottlenecks(kernels, m):
-    """p one-block stages d0..d(p-1) (source d0), each hop and the way back on its own
-    link: a tandem line of single servers (the kernels; a transfer's bandwidth phase) and
-    delays (latency + overhead); the way back is a hop of its own (its own link when
-    p > 2; the reverse direction of the one link when p = 2). With m equal micro-batches all ready at t=0 and every
-    server no slower than the spacing it is fed at, the last answer arrives at
-    fill + (m - 1) x bottleneck, where fill is one micro-batch's whole path."""
-    p, k = len(kernels), 2
-    names = [f"d{i}" for i in range(p)]
-    devs = {d: fixed(t) for d, t in zip(names, kernels)}
-    hops = list(zip(names, names[1:])) + ([(names[-1], names[0])] if p > 2 else [])
-    net = links(devs, [{"a": a, "b": b, "bandwidth": BW, "latency": L} for a, b in hops],
-                overhead=O)
-    world = small_world(devs, net, batch=m * k, depth=p - 1, width=8, source="d0")
-    plan = pipeline(world, names, cuts=list(range(1, p)), microbatches=m)
-    act, out = k * 8 * 4, k * 3 * 4  # bytes of one micro-batch's activation and logits
-    servers = [*kernels, *[act / BW] * (p - 1), out / BW]
-    fill = sum(kernels) + (p - 1) * (L + O + act / BW) + (L + O + out / BW)
-    assert max(act, out) / BW <= min(kernels)  # no two flows ever share a link
-    _, log = serve(plan, world)
-    (t0, t1), = requests(log)[["t_start", "t_end"]].values
-    assert t1 - t0 == pytest.approx(fill + (m - 1) * max(servers), rel=1e-9)
+ONE = (1, 1, 1, 1)  # one block per stage
 
 
 @pytest.mark.parametrize("blocks, kernels, m", [
+    (ONE[:2], (1e-3, 3e-3), 1), (ONE[:2], (1e-3, 3e-3), 3), (ONE[:2], (2e-3, 1e-3), 4),
+    (ONE[:3], (1e-3, 3e-3, 2e-3), 4), (ONE, (1e-3, 2e-3, 2.5e-3, 1.5e-3), 5),
     ((2, 1), (1e-3, 3e-3), 3), ((1, 3), (2e-3, 1e-3), 4), ((2, 2, 1), (1e-3, 1e-3, 3e-3), 4),
 ])
-def test_a_stage_of_several_blocks_serves_one_micro_batch_at_a_time(blocks, kernels, m):
-    """Stage s holds b_s blocks of t_s each: it serves a micro-batch in b_s t_s, all its
-    blocks before the next micro-batch's first (as a runtime runs one invocation of a
-    stage to its end), so the same closed form holds with b_s t_s as the server. Kernel
-    by kernel in arrival order, a later micro-batch's first block would cut in and the
-    first answer would come later."""
+def test_inference_pipeline_makespan_is_fill_plus_m_minus_1_bottlenecks(blocks, kernels, m):
+    """p stages d0..d(p-1) (source d0), stage s of b_s blocks of t_s each, each hop and
+    the way back on its own link: a tandem line of single servers (a stage serves a
+    micro-batch in b_s t_s; a transfer's bandwidth phase) and delays (latency +
+    overhead); the way back is a hop of its own (its own link when p > 2; the reverse
+    direction of the one link when p = 2). With m equal micro-batches all ready at t=0
+    and every server no slower than the spacing it is fed at, the last answer arrives
+    at fill + (m - 1) x bottleneck, where fill is one micro-batch's whole path. Running
+    micro-batches one after another fails it; so does a stage that lets a later
+    micro-batch's first block cut in before an earlier one's last (several blocks)."""
     p, k = len(kernels), 2
     names = [f"d{i}" for i in range(p)]
     devs = {d: fixed(t) for d, t in zip(names, kernels)}
@@ -224,11 +205,11 @@ def test_a_stage_of_several_blocks_serves_one_micro_batch_at_a_time(blocks, kern
                 overhead=O)
     world = small_world(devs, net, batch=m * k, depth=sum(blocks) - 1, width=8, source="d0")
     plan = pipeline(world, names, cuts=np.cumsum(blocks)[:-1].tolist(), microbatches=m)
-    act, out = k * 8 * 4, k * 3 * 4
+    act, out = k * 8 * 4, k * 3 * 4  # bytes of one micro-batch's activation and logits
     stages = [b * t for b, t in zip(blocks, kernels)]
     servers = [*stages, *[act / BW] * (p - 1), out / BW]
     fill = sum(stages) + (p - 1) * (L + O + act / BW) + (L + O + out / BW)
-    assert max(act, out) / BW <= min(stages)
+    assert max(act, out) / BW <= min(stages)  # no two flows ever share a link
     _, log = serve(plan, world)
     (t0, t1), = requests(log)[["t_start", "t_end"]].values
     assert t1 - t0 == pytest.approx(fill + (m - 1) * max(servers), rel=1e-9)
