@@ -18,12 +18,13 @@ from threadpoolctl import threadpool_limits
 from simdl import __version__
 from simdl.errors import PlanError, ScenarioError
 from simdl.plan import train_memory
-from simdl.plan.estimate import transfer_time
-from simdl.plan.plan import Plan, Stage, check
+from simdl.hw.devices import best_unit, kernel_time
+from simdl.plan.estimate import group_block_times, transfer_time
+from simdl.plan.plan import Plan, Replica, Stage, check, input_bytes
 from simdl.plan.strategies import STRATEGIES
 from simdl.plan.training import TRAIN_STRATEGIES, TrainPlan
 from simdl.plan.world import World
-from simdl.report.result import Result, write_comparison
+from simdl.report.result import Result, write_run
 from simdl.report.tables import compare as compare_summaries
 from simdl.scenario import DeployEntry, Scenario, StrategyEntry, call, choose, dump, load, parse
 from simdl.sim.engine import Simulator
@@ -57,13 +58,14 @@ class Run:
                 return r
         raise KeyError(f"{label!r}; strategies: {', '.join(r.strategy for r in self.results)}")
 
-    def write(self, directory: str | Path) -> Path:
-        """The run folder: the comparison at the top, one folder per strategy."""
-        directory = Path(directory)
-        for r in self.results:
-            r.write(directory / r.strategy)
-        write_comparison(self.results, directory)
-        return directory
+    def write(self, directory: str | Path, *, overwrite: bool = False, numbered: bool = False,
+              where: str = "directory", shown: str | None = None) -> Path:
+        """The run folder: the comparison at the top, one folder per strategy, written
+        whole or not at all (`report.result.write_run`): an existing run folder is
+        replaced only with `overwrite`; `numbered`: as the next run id in `directory`.
+        Returns the folder written."""
+        return write_run(self.results, directory, overwrite=overwrite, numbered=numbered,
+                         where=where, shown=shown)
 
 
 def run(scenario: Scenario | str | Path, strategy: str | None = None, *,
@@ -80,7 +82,7 @@ def run(scenario: Scenario | str | Path, strategy: str | None = None, *,
     # One BLAS thread: float sums in one order on any machine (bit-for-bit runs), and
     # sweeps parallelise over processes instead.
     with threadpool_limits(limits=1, user_api="blas"):
-        world = build(sc)
+        world = build(sc, timing_only=timing_only)
         skipped = undecided(world) if timing_only else []
         results = []
         for i, entry in selected(sc, strategy):
@@ -206,14 +208,18 @@ def _result(sc: Scenario, world: World, entry: StrategyEntry, p: Plan | TrainPla
     return result
 
 
-def training_summary(df: pd.DataFrame, world: World) -> dict[str, float]:
-    """A training run's headline: where it ended, how fast, and what it cost per step."""
+def training_summary(df: pd.DataFrame, world: World) -> dict[str, float | str]:
+    """A training run's headline: how it ended, where, how fast, and what it cost per step.
+    `outcome` is "completed" or "target reached at step k"; a diverged run's Job puts
+    "diverged at step k" in `metrics.extra`, which `_result` lays over this."""
     if df.empty:
         return {}
     evaluated = df.dropna(subset=["accuracy"])
     target = world.workload.target_accuracy
     reached = evaluated[evaluated.accuracy >= target] if target is not None else evaluated.iloc[:0]
     return {
+        "outcome": f"target reached at step {int(reached.step.iloc[0])}" if len(reached)
+        else "completed",
         "steps": int(df.step.max()) + 1,
         "final_loss": float(df.loss.iloc[-1]),
         "final_accuracy": float(evaluated.accuracy.iloc[-1]) if len(evaluated) else float("nan"),
@@ -228,12 +234,13 @@ def training_summary(df: pd.DataFrame, world: World) -> dict[str, float]:
 
 #: What `simdl run` and `compare` print for each kind of workload.
 HEADLINES = {
-    "inference": ("strategy", "requests_done", "requests_dropped", "makespan_s", "throughput_rps",
-                  "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "network_bytes",
-                  "energy_J", "peak_memory_max_MiB", "mean_utilisation"),
+    "inference": ("strategy", "requests_done", "requests_dropped", "makespan_s", "offered_rps",
+                  "throughput_rps", "capacity_rps", "latency_p50_ms", "latency_p95_ms",
+                  "latency_p99_ms", "network_bytes", "energy_used_J", "energy_J",
+                  "peak_memory_max_MiB", "mean_utilisation"),
     "training": ("strategy", "steps", "makespan_s", "final_loss", "final_accuracy",
                  "time_to_target_s", "step_time_s", "comm_s_per_step", "wait_s_per_step",
-                 "bytes_per_worker_step", "energy_J", "peak_memory_max_MiB"),
+                 "bytes_per_worker_step", "energy_used_J", "energy_J", "peak_memory_max_MiB"),
 }
 
 
@@ -263,11 +270,79 @@ def accuracy(p: Plan, world: World, outputs: Outputs) -> dict[str, float]:
     return out
 
 
-def deployment_cost(p: Plan, world: World, sim: Simulator) -> dict[str, float]:
+def deployment_cost(p: Plan, world: World, sim: Simulator) -> dict[str, Any]:
     """Shipping the weights from the source to every other device, once, reported apart
-    from serving: bytes, and the time if all devices load in parallel (each alone on its route)."""
+    from serving: bytes, and the time if all devices load in parallel (each alone on its route);
+    then the offered load beside the plan's capacity (`serving_load`)."""
     log = sim.log.frame()
     weights = log[(log.kind == "alloc") & log.label.str.startswith("weights")
                   & (log.device != p.source)].groupby("device", sort=True).nbytes.sum()
     times = [transfer_time(world, p.source, d, b) for d, b in weights.items()]
-    return {"deploy_MB": float(weights.sum()) / 1e6, "deploy_s": max(times, default=0.0)}
+    return ({"deploy_MB": float(weights.sum()) / 1e6, "deploy_s": max(times, default=0.0)}
+            | serving_load(p, world))
+
+
+def offered_rps(world: World) -> float | None:
+    """Requests per second an open-loop arrival process offers: poisson's rate; for a
+    trace, (n - 1) / (last - first) over the n arrivals used. None when closed-loop."""
+    load = world.workload
+    a = load.arrival
+    if a.kind == "poisson":
+        return float(a.rate)
+    if a.kind == "trace":
+        times = sorted(a.times[:load.requests])
+        span = times[-1] - times[0] if times else 0.0
+        return (len(times) - 1) / span if span > 0 else float("nan")
+    return None
+
+
+def _stage_times(rep: Replica, world: World, batch: int, microbatches: int,
+                 source: str) -> list[tuple[float, str]]:
+    """(seconds per request, what) for each stage of a replica and each transfer between
+    them, input and answer included: fp32 kernels alone on their unit, flows alone."""
+    chain = world.models[rep.model]
+    m = max(1, min(microbatches, batch))
+    mb = -(-batch // m)
+    costs = chain.costs(mb)
+    out, here, sent = [], source, input_bytes(chain, mb)
+    for s in rep.stages:
+        out.append((m * transfer_time(world, here, s.device, sent), f"{here}->{s.device}"))
+        if len(s.devices) == 1:
+            spec = world.devices[s.device]
+            unit = s.unit or best_unit(spec)
+            t = sum(kernel_time(spec, unit, c.fwd_flops, c.fwd_bytes) for c in costs[s.start:s.stop])
+        else:
+            t = sum(group_block_times(world, s.devices, mb, s.split)[s.start:s.stop])
+        out.append((m * t, f"{'+'.join(s.devices)} blocks {s.start}-{s.stop - 1}"))
+        here, sent = s.device, costs[s.stop - 1].out_bytes
+    out.append((m * transfer_time(world, here, source, sent), f"{here}->{source}"))
+    return out
+
+
+def serving_load(p: Plan, world: World) -> dict[str, Any]:
+    """capacity_rps: the analytic bottleneck, 1 / the slowest stage's (or transfer's)
+    seconds per request, per replica, combined by the dispatch (replicas sum, `all`
+    waits for the slowest, shares bound the others); capacity_bottleneck names it.
+    An open-loop run adds offered_rps and offered_samples_per_s."""
+    load = world.workload
+    out: dict[str, Any] = {}
+    rate = offered_rps(world)
+    if rate is not None:
+        out |= {"offered_rps": rate, "offered_samples_per_s": rate * load.batch}
+    total = sum(r.share for r in p.replicas)
+    per: list[tuple[float, str]] = []   # (requests/s the replica's share allows, bottleneck)
+    for r in p.replicas:
+        share = r.share / total
+        batch = max(1, round(load.batch * share)) if p.dispatch == "split" else load.batch
+        t, what = max(_stage_times(r, world, batch, p.microbatches, p.source))
+        if p.dispatch in ("one", "all", "least_loaded"):
+            share = 1.0
+        per.append((1.0 / t if t > 0 else float("inf"), what))
+        if p.dispatch not in ("one", "all", "least_loaded"):
+            per[-1] = (per[-1][0] / share, what)
+    if p.dispatch == "least_loaded":
+        out |= {"capacity_rps": sum(c for c, _ in per), "capacity_bottleneck": "sum of replicas"}
+    else:
+        cap, what = min(per)
+        out |= {"capacity_rps": cap, "capacity_bottleneck": what}
+    return out

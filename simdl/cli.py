@@ -9,13 +9,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
 from simdl import __version__, api
 from simdl.errors import SimdlError
-from simdl.report.store import new_run_id
+from simdl.report.result import MARKER, strategy_folders
+from simdl.report.store import check_file, check_folder, write_csv
 from simdl.report.tables import format_table
+from simdl.scenario import Scenario, StrategyEntry
 from simdl.sim.training import DECISIONS
 
 
@@ -32,21 +35,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    result = _execute(args)
-    out = Path(args.out) if args.out else Path(args.results) / result.scenario.name / new_run_id(
-        Path(args.results) / result.scenario.name)
-    result.write(out)
+    scenario, chosen = _chosen(args)
+    target, options = _destination(args, scenario.name)
+    check_folder(target, marker=MARKER, **options)  # before the run, not after it
+    result = _execute(args, scenario, chosen)
+    out = result.write(target, **options)
     _print_comparison(result)
     print(f"\nresults: {out}")
     return 0
 
 
+def _destination(args: argparse.Namespace, name: str) -> tuple[Path, dict[str, Any]]:
+    """Where `run` writes: `--out` itself (replaced whole with `--overwrite`), or the
+    next numbered folder in `--results`/<scenario name>; and how to name it in errors."""
+    if args.out:
+        return Path(args.out), {"where": "--out", "overwrite": args.overwrite}
+    return Path(args.results) / name, {"where": "--results", "shown": args.results,
+                                       "numbered": True}
+
+
 def _compare(args: argparse.Namespace) -> int:
-    result = _execute(args)
+    scenario, chosen = _chosen(args)
+    if args.csv:
+        check_file(args.csv, "--csv")  # before the run, not after it
+    result = _execute(args, scenario, chosen)
     _print_comparison(result)
     if args.csv:
-        from simdl.report.store import write_csv
-        write_csv(result.comparison, Path(args.csv))
+        try:
+            write_csv(result.comparison, Path(args.csv))
+        except OSError as err:
+            raise SimdlError("--csv", args.csv,
+                             f"a file simdl can write ({err.strerror or err})") from None
     return 0
 
 
@@ -56,14 +75,27 @@ def _print_comparison(result: api.Run) -> None:
     print(f"{result.scenario.name} (seed {result.scenario.seed}), {amount} per strategy\n")
     columns = [c for c in api.HEADLINES[result.scenario.workload.kind] if c in result.comparison]
     print(format_table(result.comparison, columns))
+    for r in result.results:
+        outcome = str(r.summary["outcome"].iloc[0]) if "outcome" in r.summary else ""
+        if outcome.startswith("diverged"):
+            loss = r.extra["training"].loss.iloc[-1]
+            print(f"\nnote: {r.strategy} {outcome} (loss {loss}): it ran no further steps")
     for decision in result.skipped:
         print(f"\nnote: --timing-only has no values, so it could not {DECISIONS[decision]}: "
               "it ran every step (a real run may end sooner)")
 
 
-def _execute(args: argparse.Namespace) -> api.Run:
+def _chosen(args: argparse.Namespace) -> tuple[Scenario, list[tuple[int, StrategyEntry]]]:
+    """The checked scenario and the strategies to run, each with a folder name that
+    is safe and its own (refused here, before anything runs, if not)."""
     scenario = api.resolve(args.scenario, args.seed)
     chosen = api.selected(scenario, getattr(args, "strategy", None))
+    strategy_folders([(f"strategies[{i}].label", api.label(e)) for i, e in chosen])
+    return scenario, chosen
+
+
+def _execute(args: argparse.Namespace, scenario: Scenario,
+             chosen: list[tuple[int, StrategyEntry]]) -> api.Run:
     load = scenario.workload
     total = (load.requests if load.kind == "inference" else load.steps) * len(chosen)
     unit = "req" if load.kind == "inference" else "step"
@@ -74,8 +106,14 @@ def _execute(args: argparse.Namespace) -> api.Run:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    """Check the scenario, its bounds and its plans; print the run's estimated size.
+    Nothing runs: the models are built (their size bounded first), never trained."""
+    from simdl import budget
+    from simdl.world import build
+
     scenario = api.resolve(args.scenario)
-    world = api.build(scenario)
+    world = build(scenario, timing_only=True, pretrain=False)  # bounds checked first
+    size = budget.estimate(scenario, world.models)
     make = api.train_plan if scenario.workload.kind == "training" else api.plan
     plans = [make(world, entry, i) for i, entry in api.selected(scenario, None)]
     load = scenario.workload
@@ -85,6 +123,11 @@ def _validate(args: argparse.Namespace) -> int:
           f"{amount}")
     for p in plans:
         print(f"  {p.describe()}")
+    print(f"  {size.describe()}")
+    try:
+        budget.fit(size)
+    except budget.BudgetError as err:
+        print(f"  note: `simdl run` would refuse it: {err}")
     return 0
 
 
@@ -106,7 +149,10 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     run = scenario_command("run", _run, "run a scenario's strategies and write the results")
-    run.add_argument("--out", metavar="DIR", help="write the run's files in DIR itself")
+    run.add_argument("--out", metavar="DIR", help="write the run's files in DIR itself "
+                     "(a new or empty folder; see --overwrite)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace an existing run folder at --out whole")
     run.add_argument("--results", metavar="DIR", default="results",
                      help="root of run folders when --out is not given (default: results)")
     run.add_argument("--strategy", metavar="NAME", help="run only this strategy (by label)")

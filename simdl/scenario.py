@@ -9,18 +9,29 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import re
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt,
-                      PositiveFloat, PositiveInt, ValidationError, ValidationInfo, create_model,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, NonNegativeFloat,
+                      PositiveFloat, ValidationError, ValidationInfo, create_model,
                       field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from simdl.errors import ScenarioError
+from simdl import units
+from simdl.errors import QUOTE, ScenarioError, SimdlError, shorten
+from simdl.hw import catalogue
+from simdl.report.store import NAME, NAME_RULE
+from simdl.yamlfile import read
+
+#: Whole numbers are strict: YAML's `true` is not taken for 1, nor 2.5 for 2.
+Count = Annotated[int, Field(strict=True, gt=0)]
+Natural = Annotated[int, Field(strict=True, ge=0)]
+#: A learning rate above this is a slip (1e6 for 1e-6), not a setting to explore.
+LR_MAX = 10.0
 
 
 class Strict(BaseModel):
@@ -55,7 +66,7 @@ class DeviceEntry(Named):
 
     type: str
     name: str | None = None
-    count: PositiveInt = 1
+    count: Count = 1
 
 
 class NetworkEntry(Named):
@@ -67,7 +78,7 @@ class ModelEntry(Named):
     scenario's synthetic data before it is deployed (so accuracy means something)."""
 
     name: str
-    pretrain: NonNegativeInt = 0
+    pretrain: Natural = 0
 
 
 class DeployEntry(Strict):
@@ -104,6 +115,11 @@ class DeployEntry(Strict):
         return value
 
 
+#: A label as a file may give it (store.NAME), or as a sweep makes it, `label[param=value]`
+#: from any label or strategy name and any value: store.folder_name makes either safe.
+_SWEPT = re.compile(rf"{NAME.pattern}|.*\[.*=.*\]", re.DOTALL)
+
+
 class StrategyEntry(Named):
     """A strategy by `name` with its parameters; `deploy` compresses weights per device;
     `sweep` runs it once per value of one parameter (e.g. every offload cut)."""
@@ -113,11 +129,20 @@ class StrategyEntry(Named):
     deploy: dict[str, DeployEntry] = {}
     sweep: dict[str, list[Any]] = {}
 
+    @field_validator("label")
+    @classmethod
+    def _label_names_a_folder(cls, label: str | None) -> str | None:
+        """A label names the strategy's folder, so a file's label follows store.NAME
+        (a clear refusal up front); a sweep's `…[param=value]` passes as it is."""
+        if label is not None and not _SWEPT.fullmatch(label):
+            raise PydanticCustomError("folder_name", NAME_RULE)
+        return label
+
 
 class RequestClass(Strict):
     name: str
-    share: PositiveFloat
-    priority: int = 0
+    share: Annotated[float, Field(gt=0.0, le=1.0)]  # the fraction of requests in this class
+    priority: Annotated[int, Field(strict=True)] = 0
 
 
 class Constraints(Strict):
@@ -131,7 +156,7 @@ class Poisson(Strict):
 
 class Closed(Strict):
     kind: Literal["closed"]
-    concurrency: PositiveInt  # requests in flight; a new one starts when one ends
+    concurrency: Count  # requests in flight; a new one starts when one ends
 
 
 class Trace(Strict):
@@ -144,31 +169,58 @@ Arrival = Annotated[Poisson | Closed | Trace, Field(discriminator="kind")]
 
 class Inference(Strict):
     kind: Literal["inference"]
-    requests: PositiveInt = 100
+    requests: Count = 100
     arrival: Arrival = Closed(kind="closed", concurrency=1)
-    batch: PositiveInt = 1
+    batch: Count = 1
     source: str  # the device that owns the input data and gets the answers
     classes: list[RequestClass] = []
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_split_the_requests(cls, classes: list[RequestClass]) -> list[RequestClass]:
+        """Shares are fractions of the requests, so they add up to 1; a class is
+        referred to by its name, so names are unique."""
+        seen: set[str] = set()
+        for i, c in enumerate(classes):
+            if c.name in seen:
+                raise ScenarioError(f"workload.classes[{i}].name", c.name,
+                                    "class names must be unique")
+            seen.add(c.name)
+        total = sum(c.share for c in classes)
+        if classes and abs(total - 1.0) > 1e-9:
+            raise ScenarioError("workload.classes.share", round(total, 12),
+                                "the shares are fractions of the requests and must sum to 1")
+        return classes
 
 
 class TrainingEntry(Strict):
     """A training job: `steps` steps on a global `batch`, data dealt to `data_on`."""
 
     kind: Literal["training"]
-    steps: PositiveInt = 50
-    batch: PositiveInt = 32
+    steps: Count = 50
+    batch: Count = 32
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: PositiveFloat = 0.05
+    lr: Annotated[float, Field(gt=0.0, le=LR_MAX)] = 0.05
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     data_on: list[str] = []  # devices that own the training data (default: every device)
     shards: Literal["iid", "by_class"] = "iid"
-    eval_every: PositiveInt = 10
+    eval_every: Count = 10
     target_accuracy: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+
+    @field_validator("data_on")
+    @classmethod
+    def _owners_once(cls, devices: list[str]) -> list[str]:
+        """An owner listed twice would be dealt its data twice."""
+        twice = next((d for i, d in enumerate(devices) if d in devices[:i]), None)
+        if twice is not None:
+            raise PydanticCustomError("unique", "each device at most once; {d} is listed twice",
+                                      {"d": repr(twice)})
+        return devices
 
 
 class Scenario(Strict):
     name: str
-    seed: int = 0
+    seed: Natural = 0
     description: str = ""
     devices: list[DeviceEntry] = Field(min_length=1)
     network: NetworkEntry
@@ -178,70 +230,47 @@ class Scenario(Strict):
     constraints: Constraints = Constraints()
     strategies: list[StrategyEntry] = Field(min_length=1)
 
+    @field_validator("name")
+    @classmethod
+    def _name_names_a_folder(cls, name: str) -> str:
+        """The name is the folder of its runs (results/<name>/), so store.NAME only."""
+        if not NAME.fullmatch(name):
+            raise PydanticCustomError("folder_name", NAME_RULE)
+        return name
 
-#: Lists and mappings a scenario file may nest inside each other. Real scenarios
-#: need fewer than ten; PyYAML composes recursively (three Python frames a level),
-#: so a bound far below the recursion limit keeps a hostile file to one clear line.
-MAX_NESTING = 64
+    @model_validator(mode="before")
+    @classmethod
+    def _finite(cls, data: Any) -> Any:
+        """No infinity or NaN anywhere, typed field or plug-in parameter: every number
+        in a scenario is a size, a rate or a count, and none of those is infinite."""
+        where, value = _non_finite(data, "")
+        if where is not None:
+            raise ScenarioError(where, value, "a finite number")
+        return data
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses nesting deeper than MAX_NESTING, aliases included,
-    before the recursive composer (or anything after it) runs out of stack."""
-
-    def __init__(self, text: str, name: str):
-        super().__init__(text)
-        self.file = name
-        self.depth = 0                         # collections open around the next node
-        self.height: dict[int, int] = {}       # id(collection node) -> levels in it, once closed
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent):
-            target = self.anchors.get(event.anchor)   # None: the composer reports it undefined
-            if isinstance(target, yaml.CollectionNode):
-                if id(target) not in self.height:
-                    raise ScenarioError(self._where(event), f"*{event.anchor}",
-                                        "an alias may not refer to a list or mapping it is inside")
-                self._check(self.depth + self.height[id(target)], event)
-            return super().compose_node(parent, index)
-        if not isinstance(event, yaml.CollectionStartEvent):
-            return super().compose_node(parent, index)
-        self._check(self.depth + 1, event)
-        self.depth += 1
-        node = super().compose_node(parent, index)
-        self.depth -= 1
-        children = node.value
-        if isinstance(node, yaml.MappingNode):
-            children = [n for pair in node.value for n in pair]
-        self.height[id(node)] = 1 + max((self.height.get(id(c), 0) for c in children), default=0)
-        return node
-
-    def _where(self, event: yaml.Event) -> str:
-        return f"{self.file}:{event.start_mark.line + 1}"
-
-    def _check(self, levels: int, event: yaml.Event) -> None:
-        if levels > MAX_NESTING:
-            raise ScenarioError(f"{self._where(event)} nesting depth", levels,
-                                f"lists and mappings may nest at most {MAX_NESTING} levels deep")
+def _non_finite(data: Any, where: str) -> tuple[str | None, Any]:
+    """The path and value of the first infinite or NaN float in plain data, if any."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return where or "scenario", data
+    items: Any = ()
+    if isinstance(data, Mapping):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in data.items())
+    elif isinstance(data, (list, tuple)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(data))
+    for at, v in items:
+        found = _non_finite(v, at)
+        if found[0] is not None:
+            return found
+    return None, None
 
 
 def load(path: str | Path) -> Scenario:
-    """Read and validate a scenario file (safe YAML only, nesting bounded)."""
+    """Read and validate a scenario file: safe YAML only, its size, nesting, aliases
+    and expanded size bounded (`simdl.yamlfile`), so any file gets a clear answer in
+    bounded time and memory."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ScenarioError(str(path), str(path), f"a readable scenario file ({err.strerror})") from None
-    loader = _BoundedLoader(text, path.name)
-    try:
-        data = loader.get_single_data()
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path.name}:{mark.line + 1}" if mark else path.name
-        raise ScenarioError(where, getattr(err, "problem", str(err)), "well-formed YAML") from None
-    finally:
-        loader.dispose()
+    data = read(path)
     if not isinstance(data, Mapping):
         raise ScenarioError(path.name, data, "a mapping with name, devices, network, model, "
                             "workload and strategies")
@@ -280,9 +309,31 @@ def _signature_model(fn: Callable[..., Any], skip: int) -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for p in list(inspect.signature(fn).parameters.values())[skip:]:
         default = ... if p.default is inspect.Parameter.empty else p.default
-        fields[p.name] = (hints.get(p.name, Any), default)
+        fields[p.name] = (_at_the_edge(hints.get(p.name, Any)), default)
     config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
     return create_model(f"{fn.__name__}_params", __config__=config, **fields)
+
+
+def _at_the_edge(hint: Any) -> Any:
+    """`hint` as a file's values must meet it, where code calling the plug-in directly
+    needs no check: a whole number strictly (`true` is not 1, as in the schema), and a
+    quantity annotated with its kind of `units.SUFFIXES` (`Annotated[float | str,
+    "bandwidth"]`) with its unit (a bare 100 is a slip, not 100 B/s)."""
+    if getattr(hint, "__origin__", hint) is int:
+        return Annotated[hint, Field(strict=True)]
+    kind = next((m for m in getattr(hint, "__metadata__", ())
+                 if isinstance(m, str) and m in units.SUFFIXES), None)
+    if kind is None:
+        return hint
+
+    def check(value: Any) -> Any:
+        if value is not None:
+            try:
+                catalogue.quantity(value, kind, kind, zero=kind == "time")
+            except SimdlError as err:
+                raise PydanticCustomError("quantity", "{allowed}", {"allowed": err.allowed}) from None
+        return value
+    return Annotated[hint, AfterValidator(check)]
 
 
 def choose(registry: Mapping[str, Callable[..., Any]], name: str, where: str) -> Callable[..., Any]:
@@ -299,14 +350,16 @@ def signature_help(fn: Callable[..., Any], skip: int = 0) -> str:
 
 
 def _path(loc: tuple[Any, ...], tags: set[str]) -> str:
+    """pydantic's location as a field path; a user's long key is cut to a prefix."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in tags or part.startswith("function-"):
+        elif part in tags or str(part).startswith("function-"):
             continue  # a union tag, not a field
         else:
-            out += f".{part}" if out else str(part)
+            part = shorten(str(part), 60)
+            out += f".{part}" if out else part
     return out
 
 
@@ -319,13 +372,20 @@ def scenario_error(err: ValidationError, prefix: str = "", params_help: str = ""
     tags = {"poisson", "closed", "trace", "inference", "training"}
     where = ".".join(p for p in (prefix, _path(loc, tags)) if p)
     value = first.get("input")
-    if kind == "unknown_key":
-        value = value[ctx["key"]]
+    if kind == "unknown_key":  # ctx has the key as text: find the key itself (5, not '5')
+        value = next(v for k, v in value.items() if str(k) == ctx["key"])
         allowed = f"unknown key; allowed keys: {ctx['allowed']}"
     elif kind == "extra_forbidden":
         allowed = f"unknown parameter; allowed: {params_help}"
     elif kind == "missing" or kind == "missing_argument":
         allowed = "this field is required"
+    elif kind == "union_tag_invalid" and isinstance(value, Mapping):  # name the tag, not the block
+        key = ctx["discriminator"].strip("'")
+        where, value = f"{where}.{key}" if where else key, value.get(key, ctx["tag"])
+        allowed = f"choose one of: {ctx['expected_tags']}"
     else:
         allowed = first["msg"][0].lower() + first["msg"][1:]
+        for part in ctx.values():  # the user's text pydantic put in its message ('Input tag …')
+            if isinstance(part, str) and len(part) > QUOTE:
+                allowed = allowed.replace(part, shorten(part))
     return ScenarioError(where or "scenario", value, allowed)

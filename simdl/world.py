@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from simdl import budget
 from simdl.errors import ScenarioError
 from simdl.hw.devices import DeviceSpec, make_device
 from simdl.hw.topologies import TOPOLOGIES
@@ -19,25 +20,30 @@ from simdl.nn.models import MODELS
 from simdl.plan import world as w
 from simdl.scenario import ModelEntry, Scenario, call, choose
 
-#: Requests draw their inputs from this many labelled samples; pretraining uses 4x as many others.
-DATA_SAMPLES = 512
+def build(scenario: Scenario, *, timing_only: bool = False, pretrain: bool = True) -> w.World:
+    """Everything a run needs, built deterministically from the scenario and its seed.
 
-
-def build(scenario: Scenario) -> w.World:
-    """Everything a run needs, built deterministically from the scenario and its seed."""
+    Every quantity is bounded (`simdl.budget.check`) before anything is allocated, and
+    the run's arrays (real-mode ones unless `timing_only`) must fit in this machine's
+    memory before the data is drawn; `pretrain=False` skips pretraining (`validate`).
+    """
+    budget.check(scenario)
     devices = pool(scenario)
     topology = choose(TOPOLOGIES, scenario.network.kind, "network.kind")
     network = call(topology, scenario.network.params, "network", devices)
     main = model(scenario.model, "model", scenario.seed)
-    train, test = data_for(main, scenario.seed)
     models = {"main": main}
     for name, entry in scenario.models.items():
         models[name] = model(entry, f"models.{name}", scenario.seed)
         if models[name].in_shape != main.in_shape:
             raise ScenarioError(f"models.{name}", entry.name, f"a model with the main model's "
                                 f"input shape {main.in_shape}")
+    size = budget.estimate(scenario, models)
+    budget.bound(size)
+    budget.fit(size, timing_only)
+    train, test = data_for(main, scenario.seed)
     for name, entry in [("main", scenario.model), *scenario.models.items()]:
-        if entry.pretrain:
+        if entry.pretrain and pretrain:
             fit(models[name], train, steps=entry.pretrain, seed=scenario.seed)
     load = scenario.workload
     named = [("constraints.input_stays_on", scenario.constraints.input_stays_on)]
@@ -89,7 +95,7 @@ def data_for(chain: Chain, seed: int) -> tuple[Dataset, Dataset]:
     """(training, held-out) labelled samples shaped for the chain's input: tokens,
     vectors or images from one distribution; requests draw from the held-out part."""
     shape, classes = chain.in_shape, chain.n_classes or 2
-    kw: dict[str, Any] = {"n": 5 * DATA_SAMPLES, "seed": seed}
+    kw: dict[str, Any] = {"n": budget.DATA_SAMPLES, "seed": seed}
     if np.issubdtype(chain.in_dtype, np.integer):
         data = tokens(seq_len=shape[0], vocab=classes, **kw)
     elif len(shape) == 1:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from simdl.cli import main
-from simdl.scenario import MAX_NESTING
+from simdl.yamlfile import MAX_NESTING
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD = sorted((ROOT / "tests" / "bad_scenarios").glob("*.yaml"))

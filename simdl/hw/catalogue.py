@@ -94,15 +94,15 @@ def parse_device(raw: Any, where: str) -> dict[str, Any]:
     return {
         "label": _text(raw.get("label"), f"{where}.label"),
         "units": _units(raw.get("units"), f"{where}.units"),
-        "memory": _quantity(raw.get("memory"), "size", f"{where}.memory"),
-        "mem_bw": _quantity(raw.get("mem_bw"), "bandwidth", f"{where}.mem_bw"),
-        "idle_power": _quantity(raw.get("idle_power"), "power", f"{where}.idle_power", zero=True),
-        "radio_tx_power": _quantity(raw.get("radio_tx_power"), "power",
+        "memory": quantity(raw.get("memory"), "size", f"{where}.memory"),
+        "mem_bw": quantity(raw.get("mem_bw"), "bandwidth", f"{where}.mem_bw"),
+        "idle_power": quantity(raw.get("idle_power"), "power", f"{where}.idle_power", zero=True),
+        "radio_tx_power": quantity(raw.get("radio_tx_power"), "power",
                                     f"{where}.radio_tx_power", zero=True),
-        "radio_rx_power": _quantity(raw.get("radio_rx_power"), "power",
+        "radio_rx_power": quantity(raw.get("radio_rx_power"), "power",
                                     f"{where}.radio_rx_power", zero=True),
         "battery": (None if raw["battery"] is None
-                    else _quantity(raw["battery"], "energy", f"{where}.battery")),
+                    else quantity(raw["battery"], "energy", f"{where}.battery")),
         "background": _background(raw.get("background", 0.0), f"{where}.background"),
         "interfaces": _interfaces(raw.get("interfaces", {}), f"{where}.interfaces"),
         "sources": _sources(raw.get("sources", {}), f"{where}.sources"),
@@ -161,8 +161,9 @@ def _text(value: Any, where: str) -> str:
     return value
 
 
-def _quantity(value: Any, kind: str, where: str, zero: bool = False) -> float:
-    """A unit string or plain SI number; positive (or >= 0 when `zero`)."""
+def quantity(value: Any, kind: str, where: str, zero: bool = False) -> float:
+    """A unit string, finite and positive (or >= 0 when `zero`). Only 0 may go without
+    its unit: a bare 100 means 100 B/s, 100 B or 100 s, too easily not what was meant."""
     bound = "zero or more" if zero else "more than zero"
     if value is None:
         raise ScenarioError(where, value, f"required: a {kind} such as '{_EXAMPLE[kind]}'")
@@ -170,9 +171,21 @@ def _quantity(value: Any, kind: str, where: str, zero: bool = False) -> float:
         x = units.parse(value, kind, where)
     except UnitError as err:
         raise ScenarioError(err.where, err.value, err.allowed) from None
+    if x != 0 and _bare(value):
+        raise ScenarioError(where, value, f"write the unit: a {kind} such as '{_EXAMPLE[kind]}' "
+                            "(only 0 may go without one)")
     if not math.isfinite(x) or x < 0 or (x == 0 and not zero):
         raise ScenarioError(where, value, f"must be a {kind} of {bound}, e.g. '{_EXAMPLE[kind]}'")
     return x
+
+
+def _bare(value: Any) -> bool:
+    """A number, or a string that is only a number: a quantity without its unit."""
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _number(value: Any, where: str, allowed: str) -> float:
@@ -228,10 +241,10 @@ def _unit(raw: Any, name: str, where: str) -> dict[str, Any]:
         "peak": peak,
         "efficiency": _fraction(raw.get("efficiency"), f"{where}.efficiency",
                                 low_open=True, high_open=False),
-        "overhead": _quantity(raw.get("overhead"), "time", f"{where}.overhead", zero=True),
-        "active_power": _quantity(raw.get("active_power"), "power", f"{where}.active_power",
+        "overhead": quantity(raw.get("overhead"), "time", f"{where}.overhead", zero=True),
+        "active_power": quantity(raw.get("active_power"), "power", f"{where}.active_power",
                                   zero=True),
-        "mem_bw": None if mem_bw is None else _quantity(mem_bw, "bandwidth", f"{where}.mem_bw"),
+        "mem_bw": None if mem_bw is None else quantity(mem_bw, "bandwidth", f"{where}.mem_bw"),
         "sparsity": {} if sparsity is None else _sparsity(sparsity, f"{where}.sparsity", peak),
     }
 
@@ -279,7 +292,7 @@ def _background(raw: Any, where: str) -> float | tuple[tuple[float, float], ...]
     for i, step in enumerate(raw):
         if not isinstance(step, (list, tuple)) or len(step) != 2:
             raise ScenarioError(f"{where}[{i}]", step, "write [time, load], e.g. ['10min', 0.5]")
-        t = _quantity(step[0], "time", f"{where}[{i}][0]", zero=True)
+        t = quantity(step[0], "time", f"{where}[{i}][0]", zero=True)
         if (i == 0 and t != 0) or (i > 0 and t <= schedule[-1][0]):
             raise ScenarioError(f"{where}[{i}][0]", step[0],
                                 "the first step starts at 0 and times increase")
@@ -303,7 +316,7 @@ def _named_quantities(raw: Raw, where: str, names: tuple[str, ...], kind: str,
             raise ScenarioError(f"{where}.{name}", value,
                                 f"no such {what}; choose one of: {', '.join(names)}")
         if value is not None:
-            out[name] = _quantity(value, kind, f"{where}.{name}")
+            out[name] = quantity(value, kind, f"{where}.{name}")
     return out
 
 

@@ -7,7 +7,7 @@ plans or the clock.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 from simdl import units
 from simdl.errors import ScenarioError
@@ -54,6 +54,13 @@ OVERHEAD = "100us"
 
 Devices = Mapping[str, HasInterfaces]
 Quantity = float | str
+#: Parameters tagged with their kind of quantity (a key of units.SUFFIXES): the scenario
+#: edge then wants the unit written (`airtime: 100` is a slip, not 100 B/s); code calling
+#: a builder directly passes SI numbers.
+Bandwidth = Annotated[Quantity, "bandwidth"]
+Time = Annotated[Quantity, "time"]
+MaybeBandwidth = Annotated[Quantity | None, "bandwidth"]
+MaybeTime = Annotated[Quantity | None, "time"]
 
 
 def _bw(value: Quantity, name: str) -> float:
@@ -172,8 +179,8 @@ def _site(devices: Devices, *, router: bool = True, edge_device: str | None = No
     return parts.build(overhead)
 
 
-def wifi_star(devices: Devices, airtime: Quantity = WIFI6_AIRTIME,
-              latency: Quantity = WIFI_LATENCY, overhead: Quantity = OVERHEAD) -> Network:
+def wifi_star(devices: Devices, airtime: Bandwidth = WIFI6_AIRTIME,
+              latency: Time = WIFI_LATENCY, overhead: Time = OVERHEAD) -> Network:
     """Every device on one access point "ap" whose airtime ("ap.air") all flows share,
     both directions; each station's link is capped by its own Wi-Fi goodput. A device
     without Wi-Fi is wired to the AP, or tethered over Bluetooth; an edge- or cloud-type
@@ -182,9 +189,9 @@ def wifi_star(devices: Devices, airtime: Quantity = WIFI6_AIRTIME,
                  overhead=overhead)
 
 
-def home(devices: Devices, airtime: Quantity = WIFI6_AIRTIME,
-         wifi_latency: Quantity = WIFI_LATENCY, ethernet: Quantity = ETHERNET,
-         ethernet_latency: Quantity = ETHERNET_LATENCY, overhead: Quantity = OVERHEAD) -> Network:
+def home(devices: Devices, airtime: Bandwidth = WIFI6_AIRTIME,
+         wifi_latency: Time = WIFI_LATENCY, ethernet: Bandwidth = ETHERNET,
+         ethernet_latency: Time = ETHERNET_LATENCY, overhead: Time = OVERHEAD) -> Network:
     """A home: devices with Ethernet (PC, TV, hub) wired to the "router" (a switching
     router), the rest on the Wi-Fi AP "ap", which hangs off the router by Ethernet. An
     edge-type device in the pool is reached by fibre, a cloud-type one by broadband, as in
@@ -193,9 +200,9 @@ def home(devices: Devices, airtime: Quantity = WIFI6_AIRTIME,
                  ethernet_latency=ethernet_latency, overhead=overhead)
 
 
-def edge(devices: Devices, edge_device: str | None = None, uplink: Quantity = FIBRE,
-         uplink_latency: Quantity = FIBRE_LATENCY, airtime: Quantity = WIFI6_AIRTIME,
-         wifi_latency: Quantity = WIFI_LATENCY, overhead: Quantity = OVERHEAD) -> Network:
+def edge(devices: Devices, edge_device: str | None = None, uplink: Bandwidth = FIBRE,
+         uplink_latency: Time = FIBRE_LATENCY, airtime: Bandwidth = WIFI6_AIRTIME,
+         wifi_latency: Time = WIFI_LATENCY, overhead: Time = OVERHEAD) -> Network:
     """The home plus a fibre uplink from the router to the edge server: `edge_device`,
     else the first device whose type starts with "edge", else a non-device node "edge"."""
     return _site(devices, edge_device=edge_device, need="edge", uplink=uplink,
@@ -204,10 +211,10 @@ def edge(devices: Devices, edge_device: str | None = None, uplink: Quantity = FI
 
 
 def cloud(devices: Devices, cloud_device: str | None = None,
-          wan: Literal["5g", "broadband"] = "broadband", up: Quantity | None = None,
-          down: Quantity | None = None, wan_latency: Quantity | None = None,
-          airtime: Quantity = WIFI6_AIRTIME, wifi_latency: Quantity = WIFI_LATENCY,
-          overhead: Quantity = OVERHEAD) -> Network:
+          wan: Literal["5g", "broadband"] = "broadband", up: MaybeBandwidth = None,
+          down: MaybeBandwidth = None, wan_latency: MaybeTime = None,
+          airtime: Bandwidth = WIFI6_AIRTIME, wifi_latency: Time = WIFI_LATENCY,
+          overhead: Time = OVERHEAD) -> Network:
     """The home plus a WAN (broadband or 5G) from the router to the cloud: `up` is
     home->cloud, `down` cloud->home (preset by `wan`). The cloud is `cloud_device`, else the
     first device whose type starts with "cloud", else a non-device node "cloud"."""
@@ -217,8 +224,8 @@ def cloud(devices: Devices, cloud_device: str | None = None,
 
 
 def p2p_mesh(devices: Devices, pairs: Sequence[tuple[str, str]] | None = None,
-             p2p_latency: Quantity = P2P_LATENCY, bluetooth_latency: Quantity = BLUETOOTH_LATENCY,
-             overhead: Quantity = OVERHEAD) -> Network:
+             p2p_latency: Time = P2P_LATENCY, bluetooth_latency: Time = BLUETOOTH_LATENCY,
+             overhead: Time = OVERHEAD) -> Network:
     """Direct links, no AP: Wi-Fi Direct ("p2p") between devices that both have it, else
     Bluetooth. Each link is its own medium (both directions share one channel) with the
     smaller goodput of its two ends. `pairs` defaults to every pair in the pool; devices
@@ -252,7 +259,7 @@ _LINK_KEYS = ("a", "b", "bandwidth", "latency", "kind", "medium", "bandwidth_bac
 
 def links(devices: Devices, links: Sequence[Mapping[str, Any]] = (),
           media: Mapping[str, Quantity] | None = None, nodes: Mapping[str, str] | None = None,
-          overhead: Quantity = OVERHEAD) -> Network:
+          overhead: Time = OVERHEAD) -> Network:
     """An explicit list of links ({a, b, bandwidth, latency, kind, medium, bandwidth_back}).
     Ends that are not devices become nodes of kind `nodes[name]` (default "switch"). A
     medium without a capacity in `media` gets the largest bandwidth among its links."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -20,8 +20,8 @@ from simdl.nn.layers import (BatchNorm, Conv2d, Embedding, Flatten, GELU,
                              Residual, SelfAttention, Sequential)
 from simdl.rng import stream
 
-__all__ = ["MODELS", "build", "mlp", "lenet", "resnet_small", "mobilenet_small",
-           "tiny_transformer"]
+__all__ = ["MODELS", "SIZES", "Size", "build", "mlp", "lenet", "resnet_small",
+           "mobilenet_small", "tiny_transformer"]
 
 
 def _positive(model: str, **sizes: int) -> None:
@@ -148,6 +148,84 @@ def tiny_transformer(vocab: int = 32, d_model: int = 64, n_heads: int = 4, n_lay
         blocks.append(Block(f"layer{i + 1}", Sequential([attn, ffn])))
     blocks.append(Block("head", Sequential([LayerNorm(d), Linear(d, vocab, rng)])))
     return Chain(blocks, (seq_len,), np.int64, vocab, "tiny_transformer")
+
+
+class Size(NamedTuple):
+    """A zoo model's trainable scalars and one sample's input shape, known before it is built."""
+
+    params: int
+    in_shape: tuple[int, ...]
+
+
+def _conv(c_in: int, c_out: int, k: int, groups: int = 1, bias: bool = True) -> int:
+    return c_out * (c_in // groups) * k * k + (c_out if bias else 0)
+
+
+def _conv_bn_params(c_in: int, c_out: int, k: int, groups: int = 1) -> int:
+    return _conv(c_in, c_out, k, groups, bias=False) + 2 * c_out
+
+
+def mlp_size(in_dim: int = 32, hidden: int = 64, depth: int = 2, n_classes: int = 4,
+             seed: int = 0) -> Size:
+    """`mlp`'s size from its arguments, with nothing allocated."""
+    _positive("mlp", in_dim=in_dim, hidden=hidden, depth=depth, n_classes=n_classes)
+    params = (in_dim + 1) * hidden + (depth - 1) * (hidden + 1) * hidden + (hidden + 1) * n_classes
+    return Size(params, (in_dim,))
+
+
+def lenet_size(in_ch: int = 1, size: int = 28, n_classes: int = 10, seed: int = 0) -> Size:
+    """`lenet`'s size from its arguments, with nothing allocated."""
+    _positive("lenet", in_ch=in_ch, size=size, n_classes=n_classes)
+    feat = max((size // 2 - 4) // 2, 0)
+    params = (_conv(in_ch, 6, 5) + _conv(6, 16, 5) + (16 * feat * feat + 1) * 120
+              + 121 * 84 + 85 * n_classes)
+    return Size(params, (in_ch, size, size))
+
+
+def resnet_small_size(in_ch: int = 3, size: int = 32, width: int = 16, n_classes: int = 10,
+                      seed: int = 0) -> Size:
+    """`resnet_small`'s size from its arguments, with nothing allocated."""
+    _positive("resnet_small", in_ch=in_ch, size=size, width=width, n_classes=n_classes)
+    w = width
+    params = _conv_bn_params(in_ch, w, 3)
+    for c_in, c_out, stride in ((w, w, 1), (w, 2 * w, 2), (2 * w, 2 * w, 1), (2 * w, 4 * w, 2)):
+        params += _conv_bn_params(c_in, c_out, 3) + _conv_bn_params(c_out, c_out, 3)
+        if stride != 1 or c_in != c_out:
+            params += _conv_bn_params(c_in, c_out, 1)
+    return Size(params + (4 * w + 1) * n_classes, (in_ch, size, size))
+
+
+def mobilenet_small_size(in_ch: int = 3, size: int = 32, width: int = 16, n_classes: int = 10,
+                         seed: int = 0) -> Size:
+    """`mobilenet_small`'s size from its arguments, with nothing allocated."""
+    _positive("mobilenet_small", in_ch=in_ch, size=size, width=width, n_classes=n_classes)
+    w = width
+    params = _conv_bn_params(in_ch, w, 3)
+    for c_in, c_out in ((w, 2 * w), (2 * w, 4 * w), (4 * w, 4 * w), (4 * w, 8 * w),
+                        (8 * w, 8 * w)):
+        params += _conv_bn_params(c_in, c_in, 3, groups=c_in) + _conv_bn_params(c_in, c_out, 1)
+    return Size(params + (8 * w + 1) * n_classes, (in_ch, size, size))
+
+
+def tiny_transformer_size(vocab: int = 32, d_model: int = 64, n_heads: int = 4,
+                          n_layers: int = 2, seq_len: int = 16, seed: int = 0) -> Size:
+    """`tiny_transformer`'s size from its arguments, with nothing allocated."""
+    _positive("tiny_transformer", vocab=vocab, d_model=d_model, n_heads=n_heads,
+              n_layers=n_layers, seq_len=seq_len)
+    d = d_model
+    layer = 2 * d + 4 * (d + 1) * d + 2 * d + (d + 1) * 4 * d + (4 * d + 1) * d
+    params = (vocab + seq_len) * d + n_layers * layer + 2 * d + (d + 1) * vocab
+    return Size(params, (seq_len,))
+
+
+#: Model name -> its size function: the builder's own signature, nothing allocated.
+SIZES: dict[str, Callable[..., Size]] = {
+    "mlp": mlp_size,
+    "lenet": lenet_size,
+    "resnet_small": resnet_small_size,
+    "mobilenet_small": mobilenet_small_size,
+    "tiny_transformer": tiny_transformer_size,
+}
 
 
 MODELS: dict[str, Callable[..., Chain]] = {

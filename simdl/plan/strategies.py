@@ -5,7 +5,7 @@ against the type hints, so adding one is one function and one dict line.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Literal
 
 from annotated_types import Gt
@@ -17,6 +17,14 @@ from simdl.plan.world import World
 
 PositiveInt = Annotated[int, Gt(0)]  # checked at the YAML edge, plain int here
 Cuts = list[int] | Literal["auto"]
+
+
+def distinct(field: str, devices: Sequence[str], group: str) -> None:
+    """Refuse a device listed twice where each place holds a different part of the work
+    (a stage, a replica, a shard, a server): twice would be one device posing as two."""
+    for i, d in enumerate(devices):
+        if d in devices[:i]:
+            raise PlanError(field, d, f"each device at most once in {group}; it is listed twice")
 
 
 def single(world: World, device: str | None = None, unit: str | None = None) -> Plan:
@@ -37,6 +45,7 @@ def pipeline(world: World, devices: list[str], cuts: Cuts = "auto",
     """
     if len(devices) < 2:
         raise PlanError("devices", devices, "a pipeline needs at least two devices")
+    distinct("devices", devices, "a pipeline")
     stages = _stages(world, [[d] for d in devices], cuts, microbatches, "devices")
     return single_path("pipeline", world, stages, microbatches, devices=list(devices),
                        cuts=[s.start for s in stages[1:]])
@@ -53,6 +62,7 @@ def data_parallel(world: World, devices: list[str],
     """
     for d in devices:
         world.known("devices", d)
+    distinct("devices", devices, "a data-parallel group")
     n, batch = len(world.chain), world.workload.batch
     speed = [1.0 / sum(block_times(world, d, batch)) for d in devices]
     replicas = tuple(Replica((Stage((d,), 0, n),), share=s / sum(speed))
@@ -74,6 +84,7 @@ def tensor_parallel(world: World, devices: list[str], microbatches: PositiveInt 
         raise PlanError("devices", devices, "tensor parallelism needs at least two devices")
     for d in devices:
         world.known("devices", d)
+    distinct("devices", devices, "a tensor-parallel group")
     stage = Stage(tuple(devices), 0, len(world.chain), split=split)
     return single_path("tensor_parallel", world, [stage], microbatches, devices=list(devices),
                        split=split)
@@ -85,10 +96,12 @@ def hybrid(world: World, pipelines: list[list[list[str]]], cuts: Cuts = "auto",
     """Replicas (data parallel) of a pipeline whose stages are tensor-parallel groups.
 
     `pipelines` lists each replica's stages, each stage a list of devices (one
-    device, or a group). Every replica has its own cuts when `auto`.
+    device, or a group). Every replica has its own cuts when `auto`. A device holds
+    one stage of a replica; replicas may share a device.
     """
     replicas = []
     for r, groups in enumerate(pipelines):
+        distinct(f"pipelines[{r}]", [d for g in groups for d in g], "a replica's stages")
         stages = _stages(world, groups, cuts, microbatches, f"pipelines[{r}]")
         replicas.append(Replica(tuple(stages)))
     speed = [1.0 / max(sum(group_block_times(world, s.devices, world.workload.batch)[s.start:s.stop])
@@ -121,10 +134,14 @@ def ensemble(world: World, devices: list[str], models: list[str] | None = None,
              fuse: Literal["mean", "vote", "confidence"] = "mean") -> Plan:
     """Collaborative inference: each device runs a whole model (`models[i]`, one of
     the world's models, default the main one) on every request; predictions are
-    fused by probability averaging, majority vote or confidence weighting."""
+    fused by probability averaging, majority vote or confidence weighting. A device
+    may run several members if their models differ; the same pair twice is one vote
+    counted twice."""
     models = models or ["main"] * len(devices)
     if len(models) != len(devices):
         raise PlanError("models", models, f"one model per device ({len(devices)})")
+    distinct("devices", [f"{m}@{d}" for d, m in zip(devices, models)],
+             "an ensemble for the same model")
     replicas = []
     for d, m in zip(devices, models):
         world.known("devices", d)

@@ -16,6 +16,7 @@ from annotated_types import Ge, Gt, Lt
 from simdl.errors import PlanError
 from simdl.nn.optim import OPTIMIZERS, Optimizer
 from simdl.plan.plan import Stage
+from simdl.plan.strategies import _stages, distinct
 from simdl.plan.world import Training, World
 
 PositiveInt = Annotated[int, Gt(0)]
@@ -90,6 +91,7 @@ def _workers(world: World, workers: list[str] | None) -> tuple[str, ...]:
     chosen = tuple(workers) if workers else load.data_on  # world.build fills data_on
     for d in chosen:
         world.known("workers", d)
+    distinct("workers", chosen, "the workers")
     return chosen
 
 
@@ -117,8 +119,11 @@ def parameter_server(world: World, servers: list[str], workers: list[str] | None
                      freeze: NonNegativeInt = 0) -> TrainPlan:
     """Workers push gradients to the servers (parameters sharded over them) and pull
     the parameters back: synchronous, asynchronous or stale-synchronous."""
+    if not servers:
+        raise PlanError("servers", servers, "at least one device to hold the parameters")
     for d in servers:
         world.known("servers", d)
+    distinct("servers", servers, "the servers (each holds a shard)")
     w = _workers(world, workers)
     sync = Sync("ps", mode=mode, servers=tuple(servers), staleness=staleness,
                 compression=compression, ratio=ratio)
@@ -130,6 +135,8 @@ def gossip(world: World, workers: list[str] | None = None, compression: Compress
            ratio: Fraction = 0.01) -> TrainPlan:
     """Decentralised: after each local step a worker averages models with its neighbours."""
     w = _workers(world, workers)
+    if len(w) < 2:
+        raise PlanError("workers", list(w), "gossip needs at least two workers to average with")
     return TrainPlan("gossip", w, Sync("gossip", compression=compression, ratio=ratio),
                      params={"workers": list(w)})
 
@@ -140,6 +147,8 @@ def local_sgd(world: World, workers: list[str] | None = None, local_steps: Posit
     """Local SGD / federated averaging: `local_steps` alone, then the sampled
     `clients` (0 = all) average their models through the first worker (the server)."""
     w = _workers(world, workers)
+    if clients > len(w):
+        raise PlanError("clients", clients, f"at most the {len(w)} workers (0 = all)")
     sync = Sync("local_sgd", local_steps=local_steps, clients=clients,
                 compression=compression, ratio=ratio)
     return TrainPlan("local_sgd", w, sync, freeze=freeze,
@@ -152,7 +161,10 @@ def pipeline_train(world: World, devices: list[str], cuts: list[int] | Literal["
     """Pipeline-parallel training: the chain cut into stages, each step's batch cut
     into micro-batches scheduled GPipe-style (all forwards, then all backwards)
     or 1F1B (one forward, one backward in steady state)."""
-    from simdl.plan.strategies import _stages  # the inference pipeline's cutting, shared
+    if len(devices) < 2:
+        raise PlanError("devices", devices, "pipeline training needs at least two devices "
+                        "(one device is single_device)")
+    distinct("devices", devices, "a pipeline")
     stages = _stages(world, [[d] for d in devices], cuts, microbatches, "devices",
                      batch=world.workload.batch)
     return TrainPlan("pipeline_train", tuple(devices), Sync("pipeline"), tuple(stages),

@@ -15,13 +15,25 @@ import pandas as pd
 import yaml
 
 from simdl import __version__
+from simdl.errors import ScenarioError
 from simdl.report import plots, tables
-from simdl.report.store import atomic_write, write_csv, write_json
+from simdl.report.store import (
+    MAX_FOLDER,
+    atomic_write,
+    folder_name,
+    write_csv,
+    write_json,
+    write_staged,
+)
 from simdl.report.trace import chrome_trace
 
 #: The files `Result.write` makes, in the order it makes them (tables first, figures last).
 RUN_FILES = ("scenario.resolved.yaml", "summary.csv", "requests.csv", "devices.csv",
              "links.csv", "events.csv", "trace.json", "timeline.png", "utilisation.png")
+#: The files at the top of a run folder, beside one folder per strategy.
+TOP_FILES = ("scenario.resolved.yaml", "summary.csv", "comparison.png", "training.png")
+#: The file every run folder (and strategy folder) holds: only such a folder is overwritten.
+MARKER = "scenario.resolved.yaml"
 
 
 @dataclass
@@ -66,9 +78,15 @@ class Result:
         data.update((k, v) for k, v in self.resolved.items() if k not in data)
         return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
-    def write(self, directory: str | Path) -> Path:
-        """Write the run folder (RUN_FILES plus `<name>.csv` per extra table), each file
-        atomically; the same Result gives the same bytes. Returns `directory`."""
+    def write(self, directory: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the run folder (RUN_FILES plus `<name>.csv` per extra table), whole or
+        not at all (`store.write_staged`); the same Result gives the same bytes.
+        Returns `directory`."""
+        return write_staged(directory, self.write_files, overwrite=overwrite, marker=MARKER)
+
+    def write_files(self, directory: str | Path) -> Path:
+        """Write the files into `directory` as it is, each atomically: a piece of a
+        folder that is itself being written whole."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write(directory / "scenario.resolved.yaml", self.resolved_yaml())
@@ -88,9 +106,50 @@ class Result:
         return directory
 
 
+def write_run(results: Sequence[Result], directory: str | Path, *, overwrite: bool = False,
+              numbered: bool = False, where: str = "directory", shown: str | None = None) -> Path:
+    """A whole run folder: the comparison at the top, one folder per strategy (named
+    by `strategy_folders`), written whole or not at all (`store.write_staged`;
+    `numbered`: as the next run id in `directory`). Returns the folder written."""
+    folders = strategy_folders([("strategy", r.strategy) for r in results])
+
+    def fill(top: Path) -> None:
+        for r, name in zip(results, folders):
+            r.write_files(top / name)
+        write_comparison(results, top)
+
+    return write_staged(directory, fill, where=where, overwrite=overwrite, numbered=numbered,
+                        marker=MARKER, shown=shown)
+
+
+def strategy_folders(labelled: Sequence[tuple[str, str]]) -> list[str]:
+    """The folder of each (where, label), by `store.folder_name`; refuses a label whose
+    folder would be empty, too long, or, even in letter case only (one name on macOS
+    and Windows), the same as another's or as a file at the top of the run folder."""
+    top = {name.casefold() for name in TOP_FILES}
+    seen: dict[str, str] = {}
+    folders = []
+    for where, label in labelled:
+        name = folder_name(label)
+        if not name or len(name) > MAX_FOLDER:
+            raise ScenarioError(where, label, f"a label whose folder name (other characters than "
+                                f"letters, digits and _.-[]= written %XX) is 1 to {MAX_FOLDER} "
+                                "characters")
+        if name.casefold() in top:
+            raise ScenarioError(where, label, f"a name other than the run folder's own files "
+                                f"({', '.join(TOP_FILES)}), in any letter case")
+        if name.casefold() in seen:
+            raise ScenarioError(where, label, f"a label whose folder differs from "
+                                f"{seen[name.casefold()]!r} in more than letter case")
+        seen[name.casefold()] = name
+        folders.append(name)
+    return folders
+
+
 def write_comparison(results: Sequence[Result], directory: str | Path) -> Path:
     """The top of a run folder: summary.csv (one row per strategy, in order),
-    comparison.png and the resolved scenario they all ran."""
+    comparison.png and the resolved scenario they all ran, written into `directory`
+    as it is (`write_run` writes a whole run folder)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write(directory / "scenario.resolved.yaml", results[0].resolved_yaml())

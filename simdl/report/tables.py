@@ -27,8 +27,9 @@ BUSY_KINDS = ("compute", "lost")
 PERCENTILES = (50, 95, 99)
 #: The summary columns worth a terminal line (pass as `format_table(df, HEADLINE)`).
 HEADLINE = ("scenario", "strategy", "seed", "requests_done", "requests_dropped", "makespan_s",
-            "throughput_rps", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
-            "network_bytes", "energy_J", "peak_memory_max_MiB", "mean_utilisation")
+            "offered_rps", "throughput_rps", "capacity_rps", "latency_p50_ms", "latency_p95_ms",
+            "latency_p99_ms", "network_bytes", "energy_used_J", "energy_J", "peak_memory_max_MiB",
+            "mean_utilisation")
 MIB = 2**20
 
 
@@ -185,6 +186,8 @@ def summary(events: pd.DataFrame, devices_df: pd.DataFrame, links_df: pd.DataFra
     throughput_rps = requests done / makespan_s (NaN without requests); latency
     percentiles (ms) are numpy's "linear" ones over done requests, overall and
     per priority class when classes exist; memory_wait_s sums the requests' memory_wait.
+    energy_J is the whole pool's; energy_used_J only the devices the strategy used (any
+    FLOP computed or byte sent or received), so idle bystanders do not count against it.
     """
     events = clean(events)
     reqs = requests_table(events)
@@ -205,6 +208,8 @@ def summary(events: pd.DataFrame, devices_df: pd.DataFrame, links_df: pd.DataFra
     transfers = events[events["kind"] == "transfer"]
     row.update(
         network_bytes=float(transfers["nbytes"].sum()),
+        energy_used_J=float(devices_df.loc[used(devices_df), "energy_J"].sum())
+        if len(devices_df) else 0.0,
         energy_J=float(devices_df["energy_J"].sum()) if len(devices_df) else 0.0,
         peak_memory_max_MiB=(float(devices_df["peak_memory_bytes"].max()) / MIB
                              if len(devices_df) else 0.0),
@@ -213,6 +218,12 @@ def summary(events: pd.DataFrame, devices_df: pd.DataFrame, links_df: pd.DataFra
         max_link_utilisation=float(links_df["utilisation"].max()) if len(links_df) else NAN,
     )
     return pd.DataFrame([row])
+
+
+def used(devices_df: pd.DataFrame) -> pd.Series:
+    """Which rows of a devices table did work: computed FLOPs, or sent or received bytes."""
+    return ((devices_df["flops"] > 0) | (devices_df["bytes_sent"] > 0)
+            | (devices_df["bytes_received"] > 0))
 
 
 def _latency_percentiles(latency: pd.Series, suffix: str) -> dict[str, float]:

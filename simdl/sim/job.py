@@ -387,10 +387,14 @@ class Job:
         """The step's metrics row; the held-out evaluation every `eval_every` steps and at
         the last; the target check (the one value-dependent decision of a training run:
         timing-only mode cannot take it, see `sim.training.DECISIONS`); the job is done
-        after its last step or at the target."""
+        after its last step or at the target, or diverged at the first infinite or NaN
+        loss (real mode: timing-only has no loss), since every step after it is NaN too."""
         step = row["step"]
         last = step == self.load.steps - 1
-        if self.real and ((step + 1) % self.load.eval_every == 0 or last):
+        if self.real and not np.isfinite(row["loss"]):
+            self.stop = True
+            self.metrics.extra["outcome"] = f"diverged at step {step}"
+        elif self.real and ((step + 1) % self.load.eval_every == 0 or last):
             row["eval_loss"], row["accuracy"] = self.evaluated()
             target = self.load.target_accuracy
             self.stop = target is not None and row["accuracy"] >= target

@@ -297,8 +297,10 @@ def test_unknown_fields_name_the_path_the_value_and_what_is_allowed(overrides, m
                                     r"a fraction in \(0, 1\]"),
     ({"units.cpu.efficiency": 0}, r"^devices\.units\.cpu\.efficiency: 0 is not valid; "),
     ({"background": 1.0}, r"^devices\.background: 1\.0 is not valid; a fraction in \[0, 1\)"),
-    ({"background": [[5, 0.1]]}, r"^devices\.background\[0\]\[0\]: 5 is not valid; the first "
-                                 r"step starts at 0"),
+    ({"background": [["5s", 0.1]]}, r"^devices\.background\[0\]\[0\]: '5s' is not valid; the "
+                                   r"first step starts at 0"),
+    ({"background": [[0, 0.1], [5, 0.2]]}, r"^devices\.background\[1\]\[0\]: 5 is not valid; "
+                                           r"write the unit: a time such as"),
     ({"memory": "4 parsecs"}, r"^devices\.memory: '4 parsecs' is not valid; write a size .*4GiB"),
     ({"units.npu.overhead": "-1us"}, r"^devices\.units\.npu\.overhead: '-1us' is not valid; "
                                      r"must be a time of zero or more"),
