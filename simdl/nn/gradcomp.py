@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from simdl.errors import SimdlError
-from simdl.nn.compress import dequantize_int8, quantize_int8
+from simdl.nn.formats import dequantize_int8, quantize_int8
 
 __all__ = ["Packet", "Compressor", "KINDS", "make", "wire_bytes", "decompress", "topk_count"]
 
@@ -116,7 +116,7 @@ CODECS: dict[str, Codec] = {
     "none": Codec(_enc_none, _dec_none, lambda n, r: 4 * n),
     # IEEE half, round to nearest, saturating at +-65504: 2 B per element.
     "fp16": Codec(_enc_fp16, _dec_fp16, lambda n, r: 2 * n),
-    # Per-tensor affine int8 (Jacob et al. 2018; compress._affine): 1 B per element,
+    # Per-tensor affine int8 (Jacob et al. 2018; formats._affine): 1 B per element,
     # plus one float32 scale and one int8 zero-point: n + 5 B.
     "int8": Codec(_enc_int8, _dec_int8, lambda n, r: n + 5),
     # Top-k by magnitude (Aji & Heafield 2017; Lin et al. 2018): k float32 values and

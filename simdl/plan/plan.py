@@ -13,7 +13,7 @@ from typing import Any
 from simdl.errors import PlanError
 from simdl.nn import shard as tp
 from simdl.nn.chain import Chain
-from simdl.nn.compress import WIDTH, stored_bytes
+from simdl.nn.formats import WIDTH, stored_bytes
 from simdl.nn.core import nbytes
 from simdl.plan.world import World
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from simdl.errors import SimdlError
-from simdl.nn.compress import dequantize_int8, quantize_int8
+from simdl.nn.formats import dequantize_int8, quantize_int8
 from simdl.nn.data import gaussian_mixture
 from simdl.nn.dense import SoftmaxCrossEntropy
 from simdl.nn.fit import evaluate

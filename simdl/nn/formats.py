@@ -1,0 +1,164 @@
+"""How compressed weights are stored and computed, as plain arrays: int8 affine
+quantization per output channel, float16, magnitude pruning (stored as CSR when that is
+smaller) and 2:4 pruning (NVIDIA's compressed format: the kept half and 2 bits of
+position each). `stored_bytes` is the one storage rule. Knows arrays only.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from simdl.nn.core import Shape
+from simdl.nn.dense import numel
+
+DTYPES = ("fp32", "fp16", "int8")
+#: unstructured: the smallest |w| of each tensor; 2:4: 2 of every 4 along the input axis.
+PATTERNS = ("unstructured", "2:4")
+STORED = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}
+WIDTH = {dtype: np.dtype(t).itemsize for dtype, t in STORED.items()}   # bytes per value
+INDEX_BYTES = 4          # CSR column indices and row pointers are int32
+META_BITS = 2            # 2:4 metadata: a kept value's position in its group of 4
+QMIN, QMAX = -128, 127   # int8
+# FLOPs per input value to quantize a layer's input on the fly: the range (min and
+# max, 2) and scale-and-round (2) for int8; one conversion for fp16.
+ACT_FLOPS = {"fp32": 0, "fp16": 1, "int8": 4}
+
+
+def _rows(w: np.ndarray, axis: int) -> np.ndarray:
+    """w with its output-channel `axis` first, flattened to (channels, weights per channel)."""
+    return np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+
+
+def _unrows(m: np.ndarray, shape: Shape, axis: int) -> np.ndarray:
+    """Inverse of `_rows`: (channels, rest) back to `shape`, C-contiguous."""
+    moved = (shape[axis], *(d for i, d in enumerate(shape) if i != axis))
+    return np.ascontiguousarray(np.moveaxis(m.reshape(moved), 0, axis))
+
+
+def _affine(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric int8 quantization of each row of m: (q int8, scale float32, zero int8).
+
+    Jacob et al. 2018, sec. 2.1: r = S (q - Z), with the range [min(r, 0), max(r, 0)]
+    spread over all 256 levels (S = (hi - lo) / 255) and Z = round(-128 - lo / S),
+    an integer, so r = 0 is exact (pruned zeros stay zeros); q = clip(round(r / S) + Z).
+    With Z rounded, the top and bottom of the range land at most half a level
+    outside [-128, 127], so the error is at most S / 2 everywhere (clipped or not).
+    Asymmetric rather than symmetric (Z = 0, S = max|r| / 127, TFLite's weight
+    choice): a lopsided channel keeps all 256 levels, up to half the step; the
+    Z_w * sum(x) term it costs an integer kernel is absent here (we dequantize)
+    and within the roofline's noise.
+    """
+    lo = np.minimum(m.min(axis=1), 0.0).astype(np.float64)
+    hi = np.maximum(m.max(axis=1), 0.0).astype(np.float64)
+    scale = ((hi - lo) / (QMAX - QMIN)).astype(np.float32)
+    scale[scale == 0] = 1.0                  # an all-zero row: q = Z everywhere, any scale
+    s = scale.astype(np.float64)[:, None]
+    zero = np.clip(np.round(QMIN - lo[:, None] / s), QMIN, QMAX)
+    q = np.clip(np.round(m / s) + zero, QMIN, QMAX)
+    return q.astype(np.int8), scale, zero[:, 0].astype(np.int8)
+
+
+def quantize_int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-output-channel affine int8 quantization of w along `axis` (see `_affine`).
+
+    Returns q (w.shape, int8), scale (C,) float32 and zero-point (C,) int8.
+    """
+    q, scale, zero = _affine(_rows(w, axis))
+    return _unrows(q, w.shape, axis), scale, zero
+
+
+def dequantize_int8(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int) -> np.ndarray:
+    """W = S (q - Z) per channel, float32. (q - Z) is an exact integer in float32: one rounding."""
+    shape = [1] * q.ndim
+    shape[axis] = -1
+    return (q.astype(np.float32) - zero.astype(np.float32).reshape(shape)) * scale.reshape(shape)
+
+
+def fake_quant(x: np.ndarray, dtype: str, groups: int) -> np.ndarray:
+    """x rounded as `dtype` would store it, then back to x's dtype.
+
+    int8: asymmetric, one dynamic range per group of x.reshape(groups, -1),
+    taken from this call's values (a GEMM row: one sample, or one token).
+    Ranges never span samples, so a sample's numbers do not depend on the rest
+    of its batch (micro-batching and sharding reproduce the single-device run)
+    and a token's do not depend on later tokens. fp16: round to nearest float16.
+    """
+    if dtype == "fp16":
+        return x.astype(np.float16).astype(x.dtype)
+    if dtype != "int8":
+        return x
+    m = x.reshape(groups, -1)
+    q, scale, zero = _affine(m)
+    return ((q.astype(x.dtype) - zero.astype(x.dtype)[:, None])
+            * scale.astype(x.dtype)[:, None]).reshape(x.shape)
+
+
+def stored_bytes(dtype: str, sparsity: str, size: float, kept: float,
+                 rows: int | None = None) -> float:
+    """Bytes that hold one weight matrix: values and their index, not int8 scales.
+
+    `size` weights, `kept` of them not pruned, `rows` output channels.
+    unstructured: dense (size x width), or CSR when that is smaller: per kept weight
+      its value and a 4-byte column index, plus a 4-byte pointer per row and one more.
+    2:4: NVIDIA's compressed format, always: the kept half's values plus 2 bits
+      (META_BITS) per kept value for its position in the group, rounded up to a byte.
+    rows=None leaves out the per-matrix terms (row pointers, rounding): the rate of a
+    large matrix, which is what a plan estimates with (`simdl.plan.plan.stored_fraction`).
+    """
+    width = WIDTH[dtype]
+    if sparsity == "2:4":
+        meta = kept * META_BITS / 8
+        return kept * width + (meta if rows is None else math.ceil(meta))
+    pointers = 0 if rows is None else (rows + 1) * INDEX_BYTES
+    return min(size * width, kept * (width + INDEX_BYTES) + pointers)
+
+
+def magnitude_prune(w: np.ndarray, fraction: float) -> np.ndarray:
+    """A copy of w with its round(fraction * w.size) smallest-|w| entries set to zero.
+
+    Ties go by position (a stable sort), so the count is exact and repeatable.
+    """
+    flat = w.reshape(-1).copy()
+    k = int(np.floor(fraction * flat.size + 0.5))
+    if k:
+        flat[np.argsort(np.abs(flat), kind="stable")[:k]] = 0
+    return flat.reshape(w.shape)
+
+
+def prune_2_4(w: np.ndarray, axis: int) -> np.ndarray:
+    """A copy of w that keeps, in every group of 4 consecutive weights along `axis` (the
+    input, reduction axis), the 2 of largest |w| and zeroes the other 2.
+
+    Ties go to the earlier position. w.shape[axis] must be a multiple of 4. This is
+    the pattern Ampere's sparse tensor cores multiply at twice the dense rate.
+    """
+    return np.where(_mask_2_4(w, axis), w, np.zeros((), w.dtype))
+
+
+def _mask_2_4(w: np.ndarray, axis: int) -> np.ndarray:
+    """True where `prune_2_4` keeps a weight of w."""
+    groups = np.moveaxis(np.abs(w), axis, -1)
+    flat = groups.reshape(-1, 4)
+    keep = np.zeros(flat.shape, bool)
+    np.put_along_axis(keep, np.argsort(-flat, axis=1, kind="stable")[:, :2], True, axis=1)
+    return np.moveaxis(keep.reshape(groups.shape), -1, axis)
+
+
+def _pack_positions(keep: np.ndarray, axis: int) -> np.ndarray:
+    """2:4 metadata: each kept weight's position (0-3) in its group along `axis`,
+    META_BITS each, packed into uint8."""
+    pos = np.nonzero(np.moveaxis(keep, axis, -1).reshape(-1, 4))[1].astype(np.uint8)
+    return np.packbits(np.stack([pos >> 1, pos & 1], axis=-1).reshape(-1))
+
+
+def _unpack_positions(meta: np.ndarray, shape: Shape, axis: int) -> np.ndarray:
+    """Inverse of `_pack_positions`: the keep mask of a weight of `shape`."""
+    n = numel(shape) // 4                                      # groups of 4
+    bits = np.unpackbits(meta, count=n * 2 * META_BITS).reshape(-1, 2)
+    keep = np.zeros((n, 4), bool)
+    keep[np.repeat(np.arange(n), 2), (bits[:, 0] << 1) | bits[:, 1]] = True
+    moved = (*(d for i, d in enumerate(shape) if i != axis), shape[axis])
+    return np.moveaxis(keep.reshape(moved), -1, axis)
+
+
