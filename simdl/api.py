@@ -18,9 +18,8 @@ from threadpoolctl import threadpool_limits
 from simdl import __version__
 from simdl.errors import PlanError, ScenarioError
 from simdl.plan import train_memory
-from simdl.hw.devices import best_unit, kernel_time
-from simdl.plan.estimate import group_block_times, transfer_time
-from simdl.plan.plan import Plan, Replica, Stage, check, input_bytes
+from simdl.plan.estimate import capacity, transfer_time
+from simdl.plan.plan import Plan, Stage, check
 from simdl.plan.strategies import STRATEGIES
 from simdl.plan.training import TRAIN_STRATEGIES, TrainPlan
 from simdl.plan.world import World
@@ -296,53 +295,13 @@ def offered_rps(world: World) -> float | None:
     return None
 
 
-def _stage_times(rep: Replica, world: World, batch: int, microbatches: int,
-                 source: str) -> list[tuple[float, str]]:
-    """(seconds per request, what) for each stage of a replica and each transfer between
-    them, input and answer included: fp32 kernels alone on their unit, flows alone."""
-    chain = world.models[rep.model]
-    m = max(1, min(microbatches, batch))
-    mb = -(-batch // m)
-    costs = chain.costs(mb)
-    out, here, sent = [], source, input_bytes(chain, mb)
-    for s in rep.stages:
-        out.append((m * transfer_time(world, here, s.device, sent), f"{here}->{s.device}"))
-        if len(s.devices) == 1:
-            spec = world.devices[s.device]
-            unit = s.unit or best_unit(spec)
-            t = sum(kernel_time(spec, unit, c.fwd_flops, c.fwd_bytes) for c in costs[s.start:s.stop])
-        else:
-            t = sum(group_block_times(world, s.devices, mb, s.split)[s.start:s.stop])
-        out.append((m * t, f"{'+'.join(s.devices)} blocks {s.start}-{s.stop - 1}"))
-        here, sent = s.device, costs[s.stop - 1].out_bytes
-    out.append((m * transfer_time(world, here, source, sent), f"{here}->{source}"))
-    return out
-
-
 def serving_load(p: Plan, world: World) -> dict[str, Any]:
-    """capacity_rps: the analytic bottleneck, 1 / the slowest stage's (or transfer's)
-    seconds per request, per replica, combined by the dispatch (replicas sum, `all`
-    waits for the slowest, shares bound the others); capacity_bottleneck names it.
-    An open-loop run adds offered_rps and offered_samples_per_s."""
+    """capacity_rps and capacity_bottleneck (`plan.estimate.capacity`); an open-loop run
+    adds offered_rps and offered_samples_per_s."""
     load = world.workload
     out: dict[str, Any] = {}
     rate = offered_rps(world)
     if rate is not None:
         out |= {"offered_rps": rate, "offered_samples_per_s": rate * load.batch}
-    total = sum(r.share for r in p.replicas)
-    per: list[tuple[float, str]] = []   # (requests/s the replica's share allows, bottleneck)
-    for r in p.replicas:
-        share = r.share / total
-        batch = max(1, round(load.batch * share)) if p.dispatch == "split" else load.batch
-        t, what = max(_stage_times(r, world, batch, p.microbatches, p.source))
-        if p.dispatch in ("one", "all", "least_loaded"):
-            share = 1.0
-        per.append((1.0 / t if t > 0 else float("inf"), what))
-        if p.dispatch not in ("one", "all", "least_loaded"):
-            per[-1] = (per[-1][0] / share, what)
-    if p.dispatch == "least_loaded":
-        out |= {"capacity_rps": sum(c for c, _ in per), "capacity_bottleneck": "sum of replicas"}
-    else:
-        cap, what = min(per)
-        out |= {"capacity_rps": cap, "capacity_bottleneck": what}
+    out["capacity_rps"], out["capacity_bottleneck"] = capacity(p, world)
     return out

@@ -10,16 +10,17 @@ from collections import Counter
 
 from simdl.hw.devices import best_unit, kernel_time
 from simdl.nn import shard as tp
-from simdl.plan.plan import input_bytes
+from simdl.plan.plan import Plan, Replica, input_bytes, replica_batches
 from simdl.plan.world import World
 
 
-def block_times(world: World, device: str, batch: int, unit: str | None = None) -> list[float]:
-    """Seconds each block's forward takes on `device` for a batch of `batch` samples."""
+def block_times(world: World, device: str, batch: int, unit: str | None = None,
+                model: str = "main") -> list[float]:
+    """Seconds each block of `model` takes forward on `device` for a batch of `batch`."""
     spec = world.devices[device]
     unit = unit or best_unit(spec)
     return [kernel_time(spec, unit, c.fwd_flops, c.fwd_bytes)
-            for c in world.chain.costs(batch)]
+            for c in world.models[model].costs(batch)]
 
 
 def group_block_times(world: World, devices: tuple[str, ...], batch: int,
@@ -97,3 +98,49 @@ def balanced_cuts(times: list[list[float]]) -> list[int]:
         i = cut[d][i]
         cuts.append(i)
     return cuts
+
+
+def stage_times(rep: Replica, world: World, batch: int, microbatches: int,
+                source: str) -> list[tuple[float, str]]:
+    """(seconds per request, what) of each stage of a replica serving `batch` samples and
+    of each transfer between them, input and answer included: kernels alone on their
+    unit (fp32, no sparse speed-up), flows alone on their route."""
+    chain = world.models[rep.model]
+    m = max(1, min(microbatches, batch))
+    mb = -(-batch // m)
+    costs = chain.costs(mb)
+    out, here, sent = [], source, input_bytes(chain, mb)
+    for s in rep.stages:
+        out.append((m * transfer_time(world, here, s.device, sent), f"{here}->{s.device}"))
+        if len(s.devices) == 1:
+            t = sum(block_times(world, s.device, mb, s.unit, rep.model)[s.start:s.stop])
+        else:
+            t = sum(group_block_times(world, s.devices, mb, s.split)[s.start:s.stop])
+        out.append((m * t, f"{'+'.join(s.devices)} blocks {s.start}-{s.stop - 1}"))
+        here, sent = s.device, costs[s.stop - 1].out_bytes
+    out.append((m * transfer_time(world, here, source, sent), f"{here}->{source}"))
+    return out
+
+
+def capacity(plan: Plan, world: World) -> tuple[float, str]:
+    """Requests per second the plan sustains at most, and its bottleneck: each replica's
+    1 / its slowest stage or transfer per request, combined by how requests reach the
+    replicas (every one sees each request: the slowest; round robin: n x the slowest;
+    weighted: the slowest over its share; least loaded: the sum). Queueing, shared
+    links and compression speed-ups are left out."""
+    load, n = world.workload, len(plan.replicas)
+    rates: list[tuple[float, str]] = []
+    for rep, batch in zip(plan.replicas, replica_batches(plan, load.batch)):
+        if batch == 0:
+            continue
+        t, what = max(stage_times(rep, world, batch, plan.microbatches, plan.source))
+        rate = 1.0 / t if t > 0 else float("inf")
+        if plan.dispatch == "round_robin":
+            rate *= n
+        elif plan.dispatch == "weighted":
+            rate /= rep.share / sum(r.share for r in plan.replicas)
+        rates.append((rate, what))
+    if plan.dispatch == "least_loaded":
+        return sum(r for r, _ in rates), "sum of replicas"
+    return min(rates)
+

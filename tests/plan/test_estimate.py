@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from test_engine import device
-from test_policies import fixed, requests, serve, small_world
+from test_policies import fixed, requests, serve, small_world, three_speeds
 
 from simdl.hw.devices import UnitSpec
 from simdl.hw.topologies import links
@@ -15,9 +15,10 @@ from simdl.nn.chain import Block, Chain
 from simdl.nn.data import gaussian_mixture
 from simdl.nn.layers import Linear, Sequential
 from simdl.nn.models import MODELS
-from simdl.plan.estimate import (balanced_cuts, block_times, group_block_times,
+from simdl.plan.estimate import (balanced_cuts, block_times, capacity, group_block_times,
                                  offload_latency, transfer_time)
-from simdl.plan.strategies import hybrid, offload, pipeline, single, tensor_parallel
+from simdl.plan.strategies import (data_parallel, hybrid, offload, pipeline, single,
+                                   tensor_parallel)
 from simdl.plan.world import Arrival, Inference, World
 from simdl.sim.engine import Simulator
 from simdl.world import data_for
@@ -285,3 +286,20 @@ def test_offload_latency_hand_computed_for_the_interior_cut():
     expected = 4e-3 + (1.1e-3 + 128 / 1e6) + 3e-4 + (1.1e-3 + 48 / 1e6)
     assert offload_latency(world, "server", 1) == pytest.approx(expected, rel=1e-12)
     assert simulated_latency(world, 1) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("dispatch, rps, where", [
+    ("round_robin", 3 * 64, "c blocks 0-3"), ("weighted", 448, "a blocks 0-3"),
+    ("least_loaded", 256 + 128 + 64, "sum of replicas"), ("split", 64, "c blocks 0-3"),
+])
+def test_capacity_combines_the_replicas_as_the_dispatch_sends_them_work(dispatch, rps, where):
+    """Replicas a, b, c run 4 one-kernel blocks of 2^-10, 2^-9, 2^-8 s: 256, 128 and 64
+    requests/s alone (transfers are ~1e-8 s). Round robin gives each a third: 3 x 64;
+    weighted gives each its share 4/7, 2/7, 1/7: 256 x 7/4 = 448 from every replica;
+    least loaded keeps all busy: the sum; split sends every request to all three (each
+    kernel's time does not depend on its part of the batch): the slowest, 64."""
+    devs, net = three_speeds()
+    world = small_world(devs, net, batch=7)
+    plan = data_parallel(world, ["a", "b", "c"], dispatch=dispatch)
+    got, what = capacity(plan, world)
+    assert got == pytest.approx(rps, rel=1e-6) and what == where
