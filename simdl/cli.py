@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from simdl import __version__, api
+from simdl import __version__, api, budget
 from simdl.errors import SimdlError
 from simdl.report.result import MARKER, strategy_folders
 from simdl.report.store import check_file, check_folder, write_csv
@@ -108,11 +108,8 @@ def _execute(args: argparse.Namespace, scenario: Scenario,
 def _validate(args: argparse.Namespace) -> int:
     """Check the scenario, its bounds and its plans; print the run's estimated size.
     Nothing runs: the models are built (their size bounded first), never trained."""
-    from simdl import budget
-    from simdl.world import build
-
     scenario = api.resolve(args.scenario)
-    world = build(scenario, timing_only=True, pretrain=False)  # bounds checked first
+    world = api.build(scenario, timing_only=True, pretrain=False)  # bounds checked first
     size = budget.estimate(scenario, world.models)
     make = api.train_plan if scenario.workload.kind == "training" else api.plan
     plans = [make(world, entry, i) for i, entry in api.selected(scenario, None)]
