@@ -2,13 +2,15 @@
 
 A `Chain` runs its blocks whole or over any range `[start, stop)`; running the
 ranges one after another gives bitwise the whole-model numbers, forward and
-backward. It also names parameters ("block.param") and adds up block costs.
+backward. It also names parameters ("block.param") and adds up block costs,
+computed once per batch size: a chain's blocks are fixed once built (a deployed
+or sliced chain is a new Chain, and setting `blocks` forgets the old costs).
 Knows layers and shapes; knows nothing of devices, networks or time.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -44,13 +46,23 @@ class Chain:
                 raise SimdlError(f"chain.blocks[{i}].name", b.name,
                                  "block names must be non-empty, unique and contain no '.'")
             seen.add(b.name)
-        self.blocks: list[Block] = list(blocks)
+        self.blocks = blocks
         self.in_shape: Shape = tuple(int(d) for d in in_shape)
         self.in_dtype = np.dtype(in_dtype)
         self.n_classes = n_classes
         self.name = name
 
     # -- the sequence of blocks ------------------------------------------------
+    @property
+    def blocks(self) -> tuple[Block, ...]:
+        return self._blocks
+
+    @blocks.setter
+    def blocks(self, blocks: Iterable[Block]) -> None:
+        """New blocks (`nn.compress` sets its copy's) cost anew: the cache goes with them."""
+        self._blocks = tuple(blocks)
+        self._costs: dict[int, tuple[Cost, ...]] = {}
+
     def __len__(self) -> int:
         return len(self.blocks)
 
@@ -148,15 +160,20 @@ class Chain:
         return self
 
     # -- costs -----------------------------------------------------------------
-    def costs(self, batch: int) -> list[Cost]:
-        """Cost of each block for an input of shape (batch, *in_shape), without running it."""
-        shape: Shape = (batch, *self.in_shape)
-        out = []
-        for b in self.blocks:
-            c = b.layer.cost(shape)
-            out.append(c)
-            shape = c.out_shape
-        return out
+    def costs(self, batch: int) -> tuple[Cost, ...]:
+        """Cost of each block for an input of shape (batch, *in_shape), without running it.
+
+        Computed once per batch size and kept (the simulator asks for every micro-batch)."""
+        costs = self._costs.get(batch)
+        if costs is None:
+            shape: Shape = (batch, *self.in_shape)
+            out = []
+            for b in self._blocks:
+                c = b.layer.cost(shape)
+                out.append(c)
+                shape = c.out_shape
+            costs = self._costs[batch] = tuple(out)
+        return costs
 
     def _in_shape(self, batch: int, start: int) -> Shape:
         if start == 0:

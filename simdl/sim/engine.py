@@ -1,19 +1,21 @@
 """The Simulator: one simpy clock through which every kernel and transfer runs.
 
-Owns the compute units (simdl's own priority queues, plain timeouts on the hot
-path), energy accounting per device, battery depletion, and the event log; memory
-and its admission are `sim.memory`'s, reached through the Simulator. Knows devices
-and the network by their specs; knows nothing of layers: a kernel is FLOPs,
-bytes and an optional function to call.
+Owns the compute units (simdl's own priority queues; each kernel is itself the one
+simpy event its caller waits on), energy accounting per device, battery depletion,
+and the event log; memory and its admission are `sim.memory`'s, reached through the
+Simulator. Knows devices and the network by their specs; knows nothing of layers: a
+kernel is FLOPs, bytes and an optional function to call.
 """
 from __future__ import annotations
 
+import gc
 import heapq
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import simpy
+from simpy.events import NORMAL, PENDING
 
 from simdl.errors import DeviceGone, PlanError
 from simdl.hw.devices import (DeviceSpec, background_at, best_unit, device_power, roofline,
@@ -29,26 +31,17 @@ _EMPTY = 1e-12
 _TICKETS = 2**48
 
 
-class _Job:
-    """One kernel waiting for, or running on, a unit."""
+class _Job(simpy.Event):
+    """One kernel waiting for, or running on, a unit; itself the event its caller waits
+    on, scheduled for the kernel's end when it starts (one object, one event per kernel).
+    Made by `Simulator.compute` without an __init__ call (it is the hot path)."""
 
-    __slots__ = ("sim", "unit", "flops", "nbytes", "dtype", "fn", "args", "label",
-                 "request", "step", "event", "timer", "t_start", "priority", "keep")
+    __slots__ = ("env", "callbacks", "_ok", "_value", "sim", "unit", "flops", "nbytes",
+                 "dtype", "fn", "args", "label", "request", "step", "t_start", "priority",
+                 "keep")
 
-    def __init__(self, sim: Simulator, unit: _Unit, flops: float, nbytes: float, dtype: str,
-                 fn: Callable[..., Any] | None, args: tuple, label: str,
-                 request: int, step: int, event: simpy.Event | None, priority: int, keep: bool):
-        self.sim, self.unit, self.flops, self.nbytes, self.dtype = sim, unit, flops, nbytes, dtype
-        self.fn, self.args, self.label = fn, args, label
-        self.request, self.step = request, step
-        self.priority, self.keep = priority, keep
-        self.event = event  # what the caller waits on; None until a free unit makes a timeout
-        self.timer: simpy.Event | None = None  # the event scheduled at the kernel's end
-        self.t_start = -1.0  # not started
 
-    def __call__(self, timer: simpy.Event) -> None:
-        """The timer's callback: the kernel is done (a bound call, no closure per kernel)."""
-        self.sim._finish(self, timer)
+_new = object.__new__  # makes a _Job without calling an __init__
 
 
 class _Unit:
@@ -68,12 +61,55 @@ class _Unit:
         # A fixed background load is read once; a schedule is looked up per kernel.
         self.load = spec.background if isinstance(spec.background, (int, float)) else None
 
-    def duration(self, job: _Job, now: float) -> float:
-        rates = self.rates.get(job.dtype)
-        if rates is None:
-            rates = self.rates[job.dtype] = unit_rates(self.spec, self.name, job.dtype)
-        load = self.load if self.load is not None else background_at(self.spec, now)
-        return roofline(*rates, load, job.flops, job.nbytes)
+
+def _finished(job: _Job) -> None:
+    """A started kernel's first callback, at its end: only now do its numerics run (a
+    kernel lost with its device never runs them), and their value is the one its caller
+    resumes with. One module-level function for every kernel: no bound method per job.
+    (A kernel lost with its device never gets here: `_fail` takes it off its event.)"""
+    u, sim = job.unit, job.sim
+    if job.fn is not None and not sim.timing_only:
+        job._value = job.fn(*job.args)
+    now = job.env._now
+    u.running, u.busy = None, u.busy + (now - job.t_start)
+    sim._running -= 1
+    sim.log.rows.append((job.t_start, now, "compute", u.device, u.name, job.label,
+                         job.flops, job.nbytes, job.request, job.step))
+    if job.keep:  # its caller resumes next and asks for the unit again
+        u.held = job.priority
+    elif u.queue:
+        nxt = heapq.heappop(u.queue)[2]
+        nxt.callbacks.insert(0, _finished)  # before its waiters' resumes
+        sim._start(nxt)
+
+
+class _AllOf(simpy.Event):
+    """Succeeds, with its events' values in order, once every one has been processed; fails
+    with the first failure. simpy's AllOf, scheduled at the same instant and place, without
+    the ConditionValue it builds and takes apart."""
+
+    __slots__ = ("env", "callbacks", "_ok", "_value", "_events", "_left")
+
+    def __init__(self, env: simpy.Environment, events: list[simpy.Event]):
+        self.env, self.callbacks, self._value = env, [], PENDING
+        self._events, self._left = events, len(events)
+        if not events:
+            self.succeed([])
+        for event in events:
+            if event.callbacks is None:  # processed already
+                self._check(event)
+            else:
+                event.callbacks.append(self._check)
+
+    def _check(self, event: simpy.Event) -> None:
+        if self._value is not PENDING:
+            return
+        self._left -= 1
+        if not event._ok:
+            event._defused = True
+            self.fail(event._value)
+        elif not self._left:
+            self.succeed([e._value for e in self._events])
 
 
 @dataclass(frozen=True)
@@ -112,7 +148,7 @@ class Simulator:
         # The memory calls, bound once (no wrapper on the path of every block).
         self.allocate, self.free = self.memory.allocate, self.memory.free
         self.reserve, self.release = self.memory.reserve, self.memory.release
-        self._best: dict[tuple[str, str], str] = {}  # (device, dtype) -> its fastest unit
+        self._lanes: dict[tuple[str, str | None, str], _Unit] = {}  # see `_lane`
         self._departures = {d: self.env.event() for d in self.devices}
         for departure in self._departures.values():  # a departed device holds nobody back
             departure.callbacks.append(self.memory.regrant)
@@ -141,23 +177,26 @@ class Simulator:
         once; the unit waits for it instead of starting a queued one, as a runtime runs
         one invocation of a stage's blocks to its end before the next.
         """
-        if device in self.gone:
-            event = self.env.event()
-            event.fail(DeviceGone(device, *self.gone[device]))
-            return event
-        u = self.units.get((device, unit or self._best_unit(device, dtype)))
+        u = self._lanes.get((device, unit, dtype))  # none for a departed device
         if u is None:
-            raise self._no_unit(device, unit)
-        if u.running is None and (u.held is None or u.held == priority):  # the hot path:
-            u.held = None                                     # the caller waits on the timer
-            return self._start(_Job(self, u, flops, nbytes, dtype, fn, args, label, request,
-                                    step, None, priority, keep))
-        event = self.env.event()
-        u.seq += 1
-        heapq.heappush(u.queue, (priority, u.seq, _Job(self, u, flops, nbytes, dtype, fn, args,
-                                                       label, request, step, event, priority,
-                                                       keep)))
-        return event
+            if device in self.gone:
+                event = self.env.event()
+                event.fail(DeviceGone(device, *self.gone[device]))
+                return event
+            u = self._lane(device, unit, dtype)
+        job = _new(_Job)  # every field set here (or in _start), as an __init__ would
+        job.env, job.sim, job.unit, job.flops, job.nbytes = self.env, self, u, flops, nbytes
+        job.dtype, job.fn, job.args, job.label = dtype, fn, args, label
+        job.request, job.step, job.priority, job.keep = request, step, priority, keep
+        if u.running is None and (u.held is None or u.held == priority):  # a free unit
+            u.held = None
+            job.callbacks = [_finished]
+            self._start(job)
+        else:  # pending until `_finished` of the kernel before it starts it
+            job.callbacks, job._value, job.t_start = [], PENDING, -1.0
+            u.seq += 1
+            heapq.heappush(u.queue, (priority, u.seq, job))
+        return job
 
     def ticket(self, priority: int = 0) -> int:
         """A queue priority of `priority`'s class that no other work has: the name of one
@@ -166,13 +205,18 @@ class Simulator:
         self._tickets += 1
         return priority * _TICKETS + self._tickets
 
-    def _best_unit(self, device: str, dtype: str) -> str:
-        key = (device, dtype)
-        if key not in self._best:
-            if device not in self.devices:
-                raise self._no_unit(device, None)
-            self._best[key] = best_unit(self.devices[device], dtype)
-        return self._best[key]
+    def _lane(self, device: str, unit: str | None, dtype: str) -> _Unit:
+        """The unit a kernel of `dtype` asking for `unit` (None: the fastest) runs on,
+        found once per (device, unit, dtype) and then read from `_lanes`."""
+        if device not in self.devices:
+            raise self._no_unit(device, None)
+        u = self.units.get((device, unit or best_unit(self.devices[device], dtype)))
+        if u is None:
+            raise self._no_unit(device, unit)
+        if dtype not in u.rates:
+            u.rates[dtype] = unit_rates(u.spec, u.name, dtype)
+        self._lanes[device, unit, dtype] = u
+        return u
 
     def _no_unit(self, device: str, unit: str | None) -> PlanError:
         if device not in self.devices:
@@ -180,40 +224,20 @@ class Simulator:
         return PlanError(f"devices.{device}.units", unit,
                          f"choose one of: {', '.join(self.devices[device].units)}")
 
-    def _start(self, job: _Job) -> simpy.Timeout:
-        u, now = job.unit, self.env.now
+    def _start(self, job: _Job) -> None:
+        """Put `job` on its (free) unit and schedule it, as simpy schedules a Timeout, for
+        its end, when its first callback is `_finished`."""
+        u, env = job.unit, self.env
+        now = env._now
         u.running, job.t_start = job, now
         self._running += 1
-        duration = u.duration(job, now)
-        if job.event is None:  # a free unit: the caller will wait on a plain timeout
-            job.event = job.timer = timer = self.env.timeout(duration)
-            timer.callbacks.append(job)  # first: the caller's resume is appended when it yields
-        else:  # a queued job: schedule the event its caller already holds, one event not two
-            timer = job.timer = job.event
-            timer._ok, timer._value = True, None  # what Timeout.__init__ does
-            timer.callbacks.insert(0, job)  # runs before the caller resumes
-            self.env.schedule(timer, delay=duration)
+        rate, bandwidth, overhead = u.rates[job.dtype]  # filled by `_lane`
+        load = u.load if u.load is not None else background_at(u.spec, now)
+        duration = roofline(rate, bandwidth, overhead, load, job.flops, job.nbytes)
+        job._ok, job._value = True, None
+        heapq.heappush(env._queue, (now + duration, NORMAL, next(env._eid), job))  # schedule()
         if not self._watching:
             self._wake()
-        return timer
-
-    def _finish(self, job: _Job, timer: simpy.Event) -> None:
-        """The kernel's time is done: only now do its numerics run (a kernel lost with
-        its device never runs them), and the value is the one its caller resumes with."""
-        u = job.unit
-        if u.running is not job:  # the device left while this kernel ran
-            return
-        if job.fn is not None and not self.timing_only:
-            timer._value = job.fn(*job.args)
-        now = self.env.now
-        u.running, u.busy = None, u.busy + (now - job.t_start)
-        self._running -= 1
-        self.log.rows.append((job.t_start, now, "compute", u.device, u.name, job.label,
-                              job.flops, job.nbytes, job.request, job.step))
-        if job.keep:  # its caller resumes next and asks for the unit again
-            u.held = job.priority
-        elif u.queue:
-            self._start(heapq.heappop(u.queue)[2])
 
     # -- network ---------------------------------------------------------------
 
@@ -319,6 +343,7 @@ class Simulator:
         now = self.env.now
         when = now if at is None else at
         self.gone[device] = (when, why)
+        self._lanes = {k: u for k, u in self._lanes.items() if k[0] != device}
         self.log.add(when, when, "leave", device, "", why)
         error = DeviceGone(device, when, why)
         for (d, _), u in self.units.items():
@@ -343,33 +368,53 @@ class Simulator:
     def now(self) -> float:
         return self.env.now
 
+    def all_of(self, events: list[simpy.Event]) -> simpy.Event:
+        """An event that succeeds with the list of `events`' values (in their order) when
+        all of them have happened, as `env.all_of` would at the same point."""
+        return _AllOf(self.env, events)
+
     def process(self, generator: Any) -> simpy.Process:
         """Start a plain generator function's process on the clock."""
         return self.env.process(generator)
 
     def run(self, until: float | simpy.Event | None = None) -> None:
-        """Advance the clock until `until`, or until only battery checks are left."""
-        if until is not None or not self._batteries:
-            self.env.run(until=until)
-            return
-        # simpy has no public queue length; battery checks must not extend a run.
-        while len(self.env._queue) > self._daemons:
-            self.env.step()
+        """Advance the clock until `until`, or until only battery checks are left.
+
+        Everything alive when the run starts (the world, the interpreter's modules)
+        outlives it: frozen, the garbage collector does not walk it again while the
+        run makes and drops its events (one full pass over a fresh interpreter's
+        objects costs as much as tens of thousands of events). Not when someone else
+        has frozen objects: unfreezing would undo theirs.
+        """
+        freeze = gc.get_freeze_count() == 0
+        if freeze:
+            gc.freeze()
+        try:
+            if until is not None or not self._batteries:
+                self.env.run(until=until)
+                return
+            # simpy has no public queue length; battery checks must not extend a run.
+            while len(self.env._queue) > self._daemons:
+                self.env.step()
+        finally:
+            if freeze:
+                gc.unfreeze()
 
 
 def _fail(env: simpy.Environment, job: _Job, error: DeviceGone) -> None:
     """Fail a lost kernel's event now, so whoever waits on it hears at once.
 
-    A running kernel's event is already scheduled for its end, and simpy cannot
-    cancel it: its waiters move to a new event failed now, and the scheduled one
-    is turned into a (defused) failure so a late `yield` sees the loss too.
+    A running kernel is already scheduled for its end, and simpy cannot cancel it:
+    its waiters move to a new event failed now, and the scheduled one is turned into
+    a (defused) failure so a late `yield` sees the loss too.
     """
-    event = job.event
-    if job.timer is not None:
+    event: simpy.Event = job
+    if job.t_start >= 0:  # started: scheduled for its end
         event = env.event()
-        event.callbacks, job.timer.callbacks = job.timer.callbacks, []
-        job.timer._ok, job.timer._value = False, error  # simpy has no public way to cancel
-        job.timer.defused = True
+        event.callbacks = [c for c in job.callbacks if c is not _finished]
+        job.callbacks = []
+        job._ok, job._value = False, error  # simpy has no public way to cancel
+        job.defused = True
     event.fail(error)
     if not event.callbacks:
         event.defused = True  # nobody waits: the log's `lost` row is the record

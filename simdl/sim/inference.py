@@ -7,6 +7,7 @@ is `sim.stages`; this module owns arrivals, dispatch, fusion and the record.
 """
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -14,13 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from simdl.errors import DeviceGone
 from simdl.nn.dense import softmax
 from simdl.plan.plan import Plan, replica_batches
 from simdl.plan.world import World
 from simdl.rng import stream
 from simdl.sim.engine import Simulator
-from simdl.sim.stages import ReplicaRunner
+from simdl.sim.stages import ReplicaRunner, first_gone
 
 
 @dataclass
@@ -41,8 +41,8 @@ def execute(plan: Plan, world: World, sim: Simulator, runners: list[ReplicaRunne
     """
     load, out = world.workload, Outputs()
     classes = _classes(world)
-    pick = _dispatcher(plan)
     busy = [0] * len(plan.replicas)
+    pick, moved = _dispatcher(plan, busy)
     for runner in runners:
         runner.place_weights(sim)
 
@@ -63,13 +63,14 @@ def execute(plan: Plan, world: World, sim: Simulator, runners: list[ReplicaRunne
             parts = [(x, load.batch)]
         for i in chosen:
             busy[i] += 1
+            moved(i)
         procs = [sim.process(runners[i].run(sim, r, px, n, priority))
                  for i, (px, n) in zip(chosen, parts)]
-        results = yield sim.env.all_of(procs)
+        values = yield sim.all_of(procs)
         for i in chosen:
             busy[i] -= 1
-        values = [results[p] for p in procs]
-        gone = next((v for v in values if isinstance(v, DeviceGone)), None)
+            moved(i)
+        gone = first_gone(values)
         if gone is not None:
             sim.log.add(arrival, sim.now, "dropped", plan.source, cls, str(gone), request=r)
         else:
@@ -77,7 +78,8 @@ def execute(plan: Plan, world: World, sim: Simulator, runners: list[ReplicaRunne
                 out.final[r] = _combine(plan, values)
                 if plan.dispatch == "all":
                     out.members[r] = dict(zip(chosen, values))
-            path = " | ".join(runners[i].path for i in chosen)
+            path = (runners[chosen[0]].path if len(chosen) == 1
+                    else " | ".join([runners[i].path for i in chosen]))
             sim.log.add(arrival, sim.now, "request", plan.source, cls, path, request=r)
         if progress is not None:
             progress(1)
@@ -96,7 +98,7 @@ def execute(plan: Plan, world: World, sim: Simulator, runners: list[ReplicaRunne
 def _combine(plan: Plan, values: list[np.ndarray]) -> np.ndarray:
     """One answer from the replicas' answers: concatenated, or fused (ensembles)."""
     if plan.dispatch != "all":
-        return np.concatenate(values)
+        return values[0] if len(values) == 1 else np.concatenate(values)
     return fuse(plan.fuse, values)
 
 
@@ -117,15 +119,16 @@ def fuse(how: str, logits: list[np.ndarray]) -> np.ndarray:
     return np.sum([w * p for w, p in zip(weights, probs)], axis=0) / np.sum(weights, axis=0)
 
 
-def _dispatcher(plan: Plan) -> Callable[[list[int]], int]:
-    """Which replica takes the next request, given the requests each has in flight."""
+def _dispatcher(plan: Plan, busy: list[int]) -> tuple[Callable[[list[int]], int],
+                                                     Callable[[int], None]]:
+    """Which replica takes the next request, given `busy` (the requests each has in
+    flight); and what to call when busy[i] has changed."""
+    unmoved: Callable[[int], None] = lambda i: None
     if plan.dispatch == "round_robin":
         turn = iter(range(10**12))
-        return lambda busy: next(turn) % len(busy)
+        return (lambda busy: next(turn) % len(busy)), unmoved
     if plan.dispatch == "least_loaded":
-        # Fewest in flight relative to speed; ties to the faster replica, then the first.
-        return lambda busy: min(range(len(busy)), key=lambda i: (
-            (busy[i] + 1) / plan.replicas[i].share, -plan.replicas[i].share, i))
+        return _least_loaded(plan, busy)
     if plan.dispatch == "weighted":
         # Smooth weighted round robin (nginx's): every pick adds each replica's share to its
         # credit, and the largest credit pays the total. Deterministic, each replica gets its
@@ -141,8 +144,36 @@ def _dispatcher(plan: Plan) -> Callable[[list[int]], int]:
             best = max(range(len(credit)), key=lambda i: (credit[i], -i))
             credit[best] -= total
             return best
-        return weighted
-    return lambda busy: 0
+        return weighted, unmoved
+    return (lambda busy: 0), unmoved
+
+
+def _least_loaded(plan: Plan, busy: list[int]) -> tuple[Callable[[list[int]], int],
+                                                      Callable[[int], None]]:
+    """Fewest in flight relative to speed, key ((busy + 1) / share, -share, index): ties
+    to the faster replica, then the first. A heap with an entry pushed whenever a
+    replica's count moves, entries of an older count dropped as they surface: a
+    request costs O(log replicas), not a look at every replica."""
+    shares = [rep.share for rep in plan.replicas]
+
+    def entry(i: int) -> tuple[float, float, int, int]:
+        return (busy[i] + 1) / shares[i], -shares[i], i, busy[i]
+
+    heap = [entry(i) for i in range(len(shares))]
+    heapq.heapify(heap)
+
+    def pick(busy: list[int]) -> int:
+        while heap[0][3] != busy[heap[0][2]]:  # an older count of that replica
+            heapq.heappop(heap)
+        return heap[0][2]
+
+    def moved(i: int) -> None:
+        heapq.heappush(heap, entry(i))
+        if len(heap) > 4 * len(shares):  # stale entries: keep the heap small
+            heap[:] = [entry(j) for j in range(len(shares))]
+            heapq.heapify(heap)
+
+    return pick, moved
 
 
 def _classes(world: World) -> list[tuple[str, int]]:
@@ -181,13 +212,24 @@ def _arrivals(world: World, sim: Simulator, request: Any) -> Generator[Any, Any,
 
 
 def inputs(world: World, r: int) -> np.ndarray:
-    """Request r's batch: the next `batch` samples of the world's data, wrapping around."""
-    batch, data = world.workload.batch, world.data
-    idx = (r * batch + np.arange(batch)) % len(data)
-    return data.x[idx]
+    """Request r's batch: the next `batch` samples of the world's data, wrapping around
+    (a copy of its own, as a request's input is)."""
+    which = _samples(world, r)
+    return world.data.x[which].copy() if isinstance(which, slice) else world.data.x[which]
 
 
-def labels(world: World, r: int) -> np.ndarray:
-    """The true labels of request r's samples (for accuracy)."""
-    batch, data = world.workload.batch, world.data
-    return data.y[(r * batch + np.arange(batch)) % len(data)]
+def labels(world: World, r: int | np.ndarray) -> np.ndarray:
+    """The true labels of request r's samples (for accuracy); for an array of requests,
+    one row each."""
+    return world.data.y[_samples(world, r)]
+
+
+def _samples(world: World, r: int | np.ndarray) -> slice | np.ndarray:
+    """Which samples request r draws: a slice while they do not wrap around (no index
+    array to make); indices for an array of requests."""
+    batch, n = world.workload.batch, len(world.data)
+    if isinstance(r, int):
+        start = r * batch % n
+        if start + batch <= n:
+            return slice(start, start + batch)
+    return (np.asarray(r)[..., None] * batch + np.arange(batch)) % n

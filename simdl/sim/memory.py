@@ -55,8 +55,8 @@ class Memory:
         """Hold `nbytes` on `device`: out of `under`'s share when given (admission made
         room for it), else out of what is neither held nor promised; more raises
         CapacityError."""
-        used, capacity = self.used[device], self.devices[device].memory
         if under is None:
+            capacity = self.devices[device].memory
             committed = self._committed(device)
             if committed + nbytes > capacity:
                 raise CapacityError(device, nbytes, capacity - committed, capacity, label)
@@ -68,10 +68,12 @@ class Memory:
                                    f"{share:.0f} B left)")
             under.drawn[device] = drawn + nbytes
             self._drawn[device] += nbytes
-        self.used[device] = used = used + nbytes
-        self.peak[device] = max(self.peak[device], used)
-        now = self.env.now
-        self.log.add(now, now, "alloc", device, "memory", label, 0.0, nbytes, request, step)
+        self.used[device] = used = self.used[device] + nbytes
+        if used > self.peak[device]:
+            self.peak[device] = used
+        now = self.env._now
+        self.log.rows.append((now, now, "alloc", device, "memory", label, 0.0, nbytes, request,
+                              step))
 
     def free(self, device: str, nbytes: float, label: str = "", *,
              request: int = -1, step: int = -1, under: Reservation | None = None) -> None:
@@ -81,8 +83,9 @@ class Memory:
         if under is not None:
             under.drawn[device] -= nbytes
             self._drawn[device] -= nbytes
-        now = self.env.now
-        self.log.add(now, now, "alloc", device, "memory", label, 0.0, -nbytes, request, step)
+        now = self.env._now
+        self.log.rows.append((now, now, "alloc", device, "memory", label, 0.0, -nbytes, request,
+                              step))
         if under is None and self._waiting:
             self._grant()
 

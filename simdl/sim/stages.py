@@ -8,7 +8,8 @@ the run, so memory, kernel rates and numerics all follow the deployment.
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -28,11 +29,41 @@ from simdl.sim.memory import Reservation
 
 @dataclass
 class StageWork:
-    """A stage with what it runs: the deployed chain, and shard programs for a group."""
+    """A stage with what it runs: the deployed chain, and shard programs for a group.
+
+    `kernels(size)` is what its blocks charge for a micro-batch of `size` samples,
+    worked out once per size: every micro-batch of that size charges the same.
+    """
 
     stage: Stage
     chain: Chain
     programs: list[tp.Program] | None  # one per block of the stage, for a group
+    speedup: float = 1.0  # the unit's sparse speedup for the stage's pruned weights
+    _kernels: dict[int, tuple] = field(default_factory=dict, repr=False)
+
+    def kernels(self, size: int) -> tuple:
+        """One device: per block (index, name, FLOPs, bytes, output bytes, keep the unit
+        for the next block). A group: per block (index, name, output bytes, the shard
+        program's (op, cost) pairs)."""
+        if size not in self._kernels:
+            self._kernels[size] = self._work_out(size)
+        return self._kernels[size]
+
+    def _work_out(self, size: int) -> tuple:
+        s, chain = self.stage, self.chain
+        costs, names = chain.costs(size), chain.names
+        if self.programs is None:
+            # A unit's sparse mode speeds up only the products with weights pruned in its pattern.
+            return tuple((b, names[b], c.fwd_flops - c.sparse_flops * (1 - 1 / self.speedup),
+                          c.fwd_bytes, c.out_bytes, b < s.stop - 1)
+                         for b, c in ((b, costs[b]) for b in range(s.start, s.stop)))
+        in_shape = (size, *chain.in_shape) if s.start == 0 else costs[s.start - 1].out_shape
+        out = []
+        for b, program in zip(range(s.start, s.stop), self.programs):
+            out.append((b, names[b], costs[b].out_bytes,
+                        tuple(zip(program.ops, program.costs(in_shape)))))
+            in_shape = costs[b].out_shape
+        return tuple(out)
 
 
 def prepare(plan: Plan, world: World) -> list[ReplicaRunner]:
@@ -49,7 +80,9 @@ def prepare(plan: Plan, world: World) -> list[ReplicaRunner]:
                     base, dtype=s.dtype, prune=s.prune, sparsity=s.sparsity)
             chain = deployed[key]
             programs = shard_stage(chain, s) if len(s.devices) > 1 else None
-            works.append(StageWork(s, chain, programs))
+            speedup = sparse_speedup(world.devices[s.device], s.unit, s.dtype,
+                                     s.sparsity if s.prune else None)
+            works.append(StageWork(s, chain, programs, speedup))
         runners.append(ReplicaRunner(rep, works, plan.source, plan.microbatches))
     return runners
 
@@ -68,7 +101,8 @@ class ReplicaRunner:
         self.replica, self.works, self.source = replica, works, source
         self.microbatches = microbatches
         self.path = replica.path
-        self._footprints: dict[int, dict[str, int]] = {}  # micro-batch size -> bytes per device
+        # micro-batch size -> (bytes it reserves per device, bytes of its input)
+        self._sized: dict[int, tuple[dict[str, int], int]] = {}
         # needed[i]: the devices a micro-batch still visits from stage i on (and the source,
         # where its answer ends); membership only.
         self._needed = [{source}.union(*(w.stage.devices for w in works[i:]))
@@ -90,36 +124,42 @@ class ReplicaRunner:
             priority: int) -> Generator[Any, Any, Any]:
         """A request's batch (or its share) through the stages; value: the output, or
         the DeviceGone that stopped it."""
-        sizes = [len(p) for p in np.array_split(np.arange(batch), min(self.microbatches, batch))]
-        parts = np.split(x, np.cumsum(sizes)[:-1]) if x is not None else [None] * len(sizes)
+        sizes = microbatch_sizes(batch, self.microbatches)
+        if x is None or len(sizes) == 1:
+            parts = [x] * len(sizes)
+        else:
+            parts = np.split(x, np.cumsum(sizes)[:-1])
         procs = [sim.process(self._microbatch(sim, r, j, p, n, priority))
                  for j, (p, n) in enumerate(zip(parts, sizes))]
-        results = yield sim.env.all_of(procs)
-        values = [results[p] for p in procs]
-        gone = next((v for v in values if isinstance(v, DeviceGone)), None)
+        values = yield sim.all_of(procs)
+        gone = first_gone(values)
         if gone is not None:
             return gone
-        return None if x is None else np.concatenate(values)
+        return values[0] if x is None or len(values) == 1 else np.concatenate(values)
 
     def _microbatch(self, sim: Simulator, r: int, j: int, x: Any, size: int,
                     priority: int) -> Generator[Any, Any, Any]:
         """One micro-batch: admitted, through the stages, its answer home; every byte it
         holds comes out of its reservation, given back device by device as it moves on."""
-        tag, chain0 = f"r{r}.{j}", self.works[0].chain
-        if size not in self._footprints:
-            self._footprints[size] = footprint(self.replica, self.source, chain0, size)
-        res = sim.reserve(self._footprints[size], tag, request=r)
+        tag = f"r{r}.{j}"
+        sized = self._sized.get(size)
+        if sized is None:
+            chain0 = self.works[0].chain
+            sized = self._sized[size] = (footprint(self.replica, self.source, chain0, size),
+                                         input_bytes(chain0, size))
+        shares, held = sized
+        res = sim.reserve(shares, tag, request=r)
         if res.wait is not None:  # no event at all when it fits at once
             yield res.wait
-        where, held, kind = self.source, input_bytes(chain0, size), "input"
+        where, kind = self.source, "input"
         try:
             sim.allocate(where, held, f"{kind} {tag}", request=r, under=res)
             for i, w in enumerate(self.works):
                 members = w.stage.devices
                 away = [m for m in members if m != where]
                 if away:  # hand the activation to the stage (to every member of a group)
-                    yield sim.env.all_of([sim.transfer(where, m, held, label=f"{kind} {tag}",
-                                                       request=r) for m in away])
+                    yield sim.all_of([sim.transfer(where, m, held, label=f"{kind} {tag}",
+                                                   request=r) for m in away])
                     sim.free(where, held, f"{kind} {tag}", request=r, under=res)
                     for m in members:
                         sim.allocate(m, held, f"act {tag}", request=r, under=res)
@@ -158,20 +198,15 @@ class ReplicaRunner:
                 res: Reservation) -> Generator[Any, Any, tuple[Any, float]]:
         """The stage's blocks as kernels on its one device, one after another with the
         unit kept between them (`order` is this invocation's ticket)."""
-        s, chain = w.stage, w.chain
-        costs = chain.costs(size)
-        # A unit's sparse mode speeds up only the products with weights pruned in its pattern.
-        speedup = sparse_speedup(sim.devices[s.device], s.unit, s.dtype,
-                                 s.sparsity if s.prune else None)
-        for b in range(s.start, s.stop):
-            c = costs[b]
-            flops = c.fwd_flops - c.sparse_flops * (1 - 1 / speedup)
-            sim.allocate(s.device, c.out_bytes, f"act {tag}", request=r, under=res)
-            x = yield sim.compute(s.device, flops, c.fwd_bytes, _block, (chain, x, b),
-                                  unit=s.unit, dtype=s.dtype, label=f"{chain.names[b]} {tag}",
-                                  priority=order, request=r, keep=b < s.stop - 1)
-            sim.free(s.device, held, f"act {tag}", request=r, under=res)
-            held = c.out_bytes
+        s, chain, act = w.stage, w.chain, f"act {tag}"
+        device, unit, dtype = s.device, s.unit, s.dtype
+        for b, name, flops, nbytes, out_bytes, keep in w.kernels(size):
+            sim.allocate(device, out_bytes, act, request=r, under=res)
+            x = yield sim.compute(device, flops, nbytes, _block, (chain, x, b), unit=unit,
+                                  dtype=dtype, label=f"{name} {tag}", priority=order,
+                                  request=r, keep=keep)
+            sim.free(device, held, act, request=r, under=res)
+            held = out_bytes
         return x, held
 
     def _sharded(self, sim: Simulator, w: StageWork, x: Any, size: int, held: float, r: int,
@@ -179,22 +214,19 @@ class ReplicaRunner:
                  res: Reservation) -> Generator[Any, Any, tuple[Any, float]]:
         """The stage's blocks as shard programs over its group, collectives in between.
         Every member holds each block's input and output, as a single device would."""
-        s, members, costs = w.stage, w.stage.devices, w.chain.costs(size)
-        in_shape = (size, *w.chain.in_shape) if s.start == 0 else costs[s.start - 1].out_shape
+        s, members, act = w.stage, w.stage.devices, f"act {tag}"
         xs: list[Any] = [x] * len(members)
-        for b, program in zip(range(s.start, s.stop), w.programs):
-            name = w.chain.names[b]
+        for _, name, out_bytes, ops in w.kernels(size):
             for m in members:
-                sim.allocate(m, costs[b].out_bytes, f"act {tag}", request=r, under=res)
+                sim.allocate(m, out_bytes, act, request=r, under=res)
             stacks: list[list[Any]] = [[] for _ in members]  # residual stashes, per member
-            for op, cost in zip(program.ops, program.costs(in_shape)):
+            for op, cost in ops:
                 if isinstance(op, tp.Compute):
                     events = [sim.compute(m, c.fwd_flops, c.fwd_bytes, _layer, (shard, v),
                                           unit=s.unit, dtype=s.dtype, priority=order,
                                           label=f"{name} {op.name} {tag}", request=r)
                               for m, shard, v, c in zip(members, op.shards, xs, cost)]
-                    done = yield sim.env.all_of(events)
-                    xs = [done[e] for e in events]
+                    xs = yield sim.all_of(events)
                 elif isinstance(op, (tp.Gather, tp.Reduce)):
                     move = collectives.all_gather if isinstance(op, tp.Gather) else collectives.all_reduce
                     yield move(sim, members, cost.nbytes, label=f"{name} {tag}", request=r)
@@ -203,9 +235,25 @@ class ReplicaRunner:
                 elif not sim.timing_only:  # Save / Swap / AddSaved: local, no simulated time
                     tp.apply(op, xs, stacks)  # in place
             for m in members:
-                sim.free(m, held, f"act {tag}", request=r, under=res)
-            held, in_shape = costs[b].out_bytes, costs[b].out_shape
+                sim.free(m, held, act, request=r, under=res)
+            held = out_bytes
         return xs[0], held
+
+
+def first_gone(values: list[Any]) -> DeviceGone | None:
+    """The first of `values` that is a DeviceGone (work that stopped), if any."""
+    for v in values:
+        if isinstance(v, DeviceGone):
+            return v
+    return None
+
+
+@lru_cache(maxsize=256)
+def microbatch_sizes(batch: int, microbatches: int) -> tuple[int, ...]:
+    """The sizes of a batch's micro-batches, cut as np.array_split cuts (at most `batch`
+    of them; the first batch % m one larger), without an array per request."""
+    m = min(microbatches, batch)
+    return tuple(batch // m + (j < batch % m) for j in range(m))
 
 
 def _block(chain: Chain, x: np.ndarray, b: int) -> np.ndarray:

@@ -202,3 +202,125 @@ def test_a_transfer_in_flight_when_its_device_leaves_fails_and_is_logged_lost():
     log = sim.log.frame()
     assert log[log.kind == "lost"].label.tolist() == ["weights"]
     assert log[log.kind == "transfer"].empty
+
+
+def test_work_sent_to_a_device_that_left_fails_even_after_kernels_ran_there():
+    """The unit a device's kernels go to is looked up once; a departure forgets it."""
+    sim = Simulator({"a": device()})
+    assert run_kernels(sim, [("a", 5e8, 0, {})]) == [1.0]
+    sim.leave("a", "unplugged")
+    ev = sim.compute("a", 1.0)
+    ev.defused = True
+    assert isinstance(ev.value, DeviceGone) and "unplugged" in str(ev.value)
+    assert not sim.units["a", "cpu"].queue and sim.units["a", "cpu"].running is None
+
+
+def test_a_kernel_lost_while_it_runs_fails_its_waiter_at_once_and_never_logs_compute():
+    """A 2 s kernel; its device leaves at 0.5 s: the waiter hears then, the kernel's end
+    at 2 s changes nothing, and the log has its `lost` row and no `compute` row."""
+    sim = Simulator({"a": device()})
+    heard = []
+
+    def work():
+        try:
+            yield sim.compute("a", 1e9, label="k")
+        except DeviceGone:
+            heard.append(sim.now)
+
+    def unplug():
+        yield sim.env.timeout(0.5)
+        sim.leave("a", "unplugged")
+
+    sim.process(work())
+    sim.process(unplug())
+    sim.run()
+    assert heard == [0.5] and sim.now == 2.0
+    assert [r[2] for r in sim.log.rows] == ["leave", "lost"]
+    assert sim.busy_time("a", "cpu") == 0.5
+
+
+def _join_order(all_of):
+    """Who runs when, at one instant: two children end, a waiter joins them with
+    `all_of`, another process takes zero-delay steps in between."""
+    sim = Simulator({"a": device()})
+    order = []
+
+    def child(k):
+        yield sim.env.timeout(1.0)
+        order.append(f"child{k}")
+        return k * 10
+
+    def waiter():
+        procs = [sim.process(child(k)) for k in range(2)]
+        order.append(("joined", (yield from all_of(sim, procs))))
+
+    def other():
+        yield sim.env.timeout(1.0)
+        for step in range(4):
+            order.append(f"other{step}")
+            yield sim.env.timeout(0.0)
+
+    sim.process(waiter())
+    sim.process(other())
+    sim.run()
+    return order
+
+
+def test_sim_all_of_resumes_its_waiter_where_simpys_all_of_does():
+    def simpy_all_of(sim, events):
+        got = yield sim.env.all_of(events)
+        return [got[e] for e in events]
+
+    def ours(sim, events):
+        return (yield sim.all_of(events))
+
+    expected = _join_order(simpy_all_of)
+    assert ("joined", [0, 10]) in expected
+    assert _join_order(ours) == expected
+
+
+def test_sim_all_of_of_nothing_succeeds_at_once_and_a_failure_fails_it():
+    sim = Simulator({"a": device()})
+    seen = []
+
+    def fails():
+        yield sim.env.timeout(1.0)
+        raise ValueError("broken")
+
+    def waiter():
+        seen.append((yield sim.all_of([])))
+        try:
+            yield sim.all_of([sim.env.timeout(2.0), sim.process(fails())])
+        except ValueError as err:
+            seen.append((sim.now, str(err)))
+
+    sim.process(waiter())
+    sim.run()
+    assert seen == [[], (1.0, "broken")]
+
+
+def test_a_run_freezes_what_lives_before_it_and_leaves_the_collector_as_it_was():
+    """During a run the objects alive at its start are frozen (the collector skips them);
+    after it none are; and a caller's own frozen objects stay frozen, run or not."""
+    import gc
+
+    def frozen_during_a_run():
+        sim, seen = Simulator({"a": device()}), []
+
+        def look():
+            yield sim.compute("a", 1.0)
+            seen.append(gc.get_freeze_count())
+
+        sim.process(look())
+        sim.run()
+        return seen[0]
+
+    assert gc.get_freeze_count() == 0
+    assert frozen_during_a_run() > 0 and gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        theirs = gc.get_freeze_count()
+        frozen_during_a_run()
+        assert gc.get_freeze_count() == theirs
+    finally:
+        gc.unfreeze()
