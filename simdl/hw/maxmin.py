@@ -1,7 +1,8 @@
 """Max-min fair rates of flows sharing capacitated resources (progressive filling).
 
-A pure function of routes and capacities: no clock, no graph, no layers. `sim/flows.py`
-calls it whenever a flow starts or ends; `plan/estimate.py` can call it without simpy.
+Pure functions of routes and capacities: no clock, no graph, no layers. `sim/flows.py`
+calls them whenever a flow starts or ends (numpy for many flows, plain Python for a
+few, the same rates bit for bit); `plan/estimate.py` can call them without simpy.
 """
 from __future__ import annotations
 
@@ -66,6 +67,60 @@ def max_min_hops(hops: np.ndarray, capacity: np.ndarray) -> np.ndarray:
         np.maximum(left, 0.0, out=left)          # float error must not make capacity negative
         keep = ~fixed
         hops, alive = np.compress(keep, hops, axis=1), alive[keep]   # compress stays C-ordered
+    return rates
+
+
+def max_min_few(routes: Sequence[Sequence[int]], capacity: Sequence[float]) -> list[float]:
+    """max_min_hops in plain Python, for a few flows: bit for bit the same rates.
+
+    Args:
+        routes: routes[f] is the resource indices flow f crosses, in order (the column
+            hops[:, f] without its padding).
+        capacity: bytes/s of each resource.
+
+    numpy's fixed cost per call (some ten passes a round) outweighs the work below a few
+    dozen crossings, which is what a start or end usually changes (`sim/flows.py`). The
+    rounds, the tie rule and every float operation are max_min_hops's, in its order: a
+    resource's share is left / crossings, and the rates fixed in a round are taken off a
+    resource crossing by crossing (all flows' first crossings, then their second, ...),
+    the order in which bincount adds them.
+    """
+    inf = float("inf")
+    rates = [inf] * len(routes)
+    alive = [f for f, route in enumerate(routes) if route]   # crossing nothing: unlimited
+    left = {r: float(capacity[r]) for f in alive for r in routes[f]}
+    scale = 1.0 + TIE_RTOL
+    while alive:
+        load: dict[int, int] = {}
+        for f in alive:
+            for r in routes[f]:
+                load[r] = load.get(r, 0) + 1
+        share = {r: left[r] / n for r, n in load.items()}
+        if min(share.values()) == inf:
+            break
+        least = {f: min(share[r] for r in routes[f]) for f in alive}
+        hits = dict.fromkeys(load, 0)
+        for f in alive:
+            bar = least[f] * scale
+            for r in routes[f]:
+                if share[r] <= bar:
+                    hits[r] += 1
+        tight = {r for r, n in load.items() if hits[r] == n and share[r] < inf}
+        fixed = [f for f in alive if any(r in tight for r in routes[f])]
+        for f in fixed:
+            rates[f] = least[f]
+        if len(fixed) == len(alive):
+            break
+        taken: dict[int, float] = {}
+        for j in range(max(len(routes[f]) for f in fixed)):
+            for f in fixed:
+                if j < len(routes[f]):
+                    r = routes[f][j]
+                    taken[r] = taken.get(r, 0.0) + least[f]
+        for r, amount in taken.items():
+            left[r] = max(left[r] - amount, 0.0)
+        done = set(fixed)
+        alive = [f for f in alive if f not in done]
     return rates
 
 

@@ -217,7 +217,7 @@ def owner_sizes(batch: int, m: int) -> list[int]:
 
 def deal(owners: int, workers: int) -> list[list[int]]:
     """Each worker's data owners (indices, in owner order): owner j goes to worker j % n."""
-    return [[j for j in range(owners) if j % workers == r] for r in range(workers)]
+    return [list(range(r, owners, workers)) for r in range(workers)]
 
 
 def shard_params(sizes: dict[str, int], n_servers: int) -> dict[str, int]:

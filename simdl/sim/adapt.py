@@ -84,7 +84,7 @@ def _distill(job: Job, w: Worker, target: str) -> Gen:
     yield sim.transfer(w.device, target, size, label="student weights")
     sim.allocate(target, size, "student weights")
     t0 = sim.now
-    for b, c in enumerate(job.costs(job.load.batch)):
+    for b, c in enumerate(student.costs(job.load.batch)):
         yield sim.compute(target, c.fwd_flops, c.fwd_bytes, label=f"student {student.names[b]}")
     extra = job.metrics.extra
     extra["student_latency_ms"] = (sim.now - t0) * 1e3

@@ -14,12 +14,17 @@ import numpy as np
 import simpy
 
 from simdl.errors import PlanError
-from simdl.hw.maxmin import max_min_hops
+from simdl.hw.maxmin import max_min_few, max_min_hops
 from simdl.hw.network import Network, Route
 
 #: A flow is done when less than this fraction of its bytes is left: elapsed time is charged
 #: as rate x (t - t_last), and that float product rarely lands on the exact size.
 DONE_RTOL = 1e-9
+#: A recompute re-solves only the flows that share a resource, directly or through other
+#: flows, with one that started or ended; when those are more than this many, it solves
+#: every active flow with numpy instead (one call, whatever the count). Up to this many,
+#: it uses the plain-Python solver, which costs less than numpy's fixed cost per call.
+FEW = 16
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,9 @@ class _Path:
 class Flows:
     """Transfers over `network` on `env`. Rates are max-min fair over every resource the
     active flows cross, recomputed (once per instant) whenever a flow starts or ends.
+    A flow's max-min rate depends only on the flows connected to it through shared
+    resources, so a recompute solves that group alone (`FEW`): in a pool of many
+    separate links the cost of a start or end does not grow with the pool.
 
     `on_record(flow)` is called as each transfer ends; `on_change(device)` (set by the
     engine) after a device's radio_state flips, so radio energy can be charged up to now.
@@ -66,8 +74,10 @@ class Flows:
         self._index = {name: i for i, name in enumerate(network.capacity)}
         self._capacity = np.fromiter(network.capacity.values(), dtype=np.float64)
         n_res = len(self._index)
-        self._bytes, self._busy = [0.0] * n_res, [0.0] * n_res
-        self._crossing, self._since = [0] * n_res, [0.0] * n_res
+        self._bytes, self._busy, self._since = [0.0] * n_res, [0.0] * n_res, [0.0] * n_res
+        self._on: list[dict[int, None]] = [{} for _ in range(n_res)]  # resource -> its flows' slots
+        self._changed: dict[int, None] = {}                # resources that gained or lost a flow
+        self._started: list[int] = []                      # slots begun since the last recompute
         nodes = list(network.graph.nodes)
         self._radio_n = {n: [0, 0] for n in nodes}         # flows sending, receiving
         self._radio_since = {n: [0.0, 0.0] for n in nodes}
@@ -143,10 +153,12 @@ class Flows:
         self._live[slot] = True
         self._n_live += 1
         self._info[slot] = (key, event, src, dst, nbytes, t_request, now, path, label, tags)
+        self._started.append(slot)
         for r in path.unique:
-            if self._crossing[r] == 0:
+            on = self._on[r]
+            if not on:
                 self._since[r] = now
-            self._crossing[r] += 1
+            on[slot] = None
         self._radio(path, +1, now)
         self._touch()
 
@@ -196,24 +208,58 @@ class Flows:
         self._advance(now)
         self._version += 1
         live = np.flatnonzero(self._live[:self._high])
+        if live.size:
+            # Done: less than DONE_RTOL of its bytes left, or less than one clock tick away.
+            left = self._remaining[live]
+            done = left <= np.maximum(DONE_RTOL * self._size[live],
+                                      self._rate[live] * np.spacing(now))
+            if done.any():
+                for slot in sorted(live[done].tolist(), key=lambda s: self._info[s][0]):
+                    self._end(slot, now)
+                live = np.flatnonzero(self._live[:self._high])   # callbacks may have changed it
+                left = self._remaining[live]
+        group = self._group()
         if live.size == 0:
             return
-        # Done: less than DONE_RTOL of its bytes left, or less than one clock tick away.
-        left = self._remaining[live]
-        done = left <= np.maximum(DONE_RTOL * self._size[live],
-                                  self._rate[live] * np.spacing(now))
-        if done.any():
-            for slot in sorted(live[done].tolist(), key=lambda s: self._info[s][0]):
-                self._end(slot, now)
-            live = np.flatnonzero(self._live[:self._high])   # callbacks may have changed it
-            if live.size == 0:
-                return
-            left = self._remaining[live]
-        rates = max_min_hops(np.take(self._hops, live, axis=1), self._capacity)
+        if group is None:
+            self._rate[live] = max_min_hops(np.take(self._hops, live, axis=1), self._capacity)
+        elif group:
+            self._rate[group] = max_min_few([self._info[s][7].crossings for s in group],
+                                            self._capacity)
         self.recomputes += 1
-        self._rate[live] = rates
-        wait = float((left / rates).min())
+        wait = float((left / self._rate[live]).min())
         self.env.timeout(wait, self._version).callbacks.append(self._wake)
+
+    def _group(self) -> list[int] | None:
+        """The active slots whose rates the starts and ends since the last recompute can
+        change, in slot order (as the solver saw them among all: the same bits), or None
+        when they are more than FEW. Every other flow keeps its rate: its max-min share
+        depends only on the flows it is connected to through shared resources. Consumes
+        the record of what changed."""
+        group: dict[int, None] = {}
+        todo, started = list(self._changed), self._started
+        self._changed, self._started = {}, []
+        for slot in started:
+            if self._live[slot] and slot not in group:
+                if len(group) == FEW:
+                    return None
+                group[slot] = None
+                todo.extend(self._info[slot][7].unique)
+        seen: set[int] = set()
+        while todo:
+            r = todo.pop()
+            if r in seen:
+                continue
+            seen.add(r)
+            if len(self._on[r]) > FEW:    # a busy shared resource: no need to walk it
+                return None
+            for slot in self._on[r]:
+                if slot not in group:
+                    if len(group) == FEW:
+                        return None
+                    group[slot] = None
+                    todo.extend(self._info[slot][7].unique)
+        return sorted(group)
 
     def _end(self, slot: int, now: float, moved: float | None = None) -> Flow:
         """Free the slot and count its bytes; moved=None means all of them arrived."""
@@ -227,8 +273,10 @@ class Flows:
         for r in path.crossings:
             self._bytes[r] += count
         for r in path.unique:
-            self._crossing[r] -= 1
-            if self._crossing[r] == 0:
+            on = self._on[r]
+            del on[slot]
+            self._changed[r] = None
+            if not on:
                 self._busy[r] += now - self._since[r]
         self._radio(path, -1, now)
         flow = Flow(src, dst, count, t_request, t_start, now, path.route, label, tags)
@@ -304,5 +352,5 @@ class Flows:
         twice) and the time it carried at least one flow, up to env.now."""
         now = self.env.now
         return [{"resource": name, "bytes": self._bytes[i],
-                 "busy_time": self._busy[i] + (now - self._since[i] if self._crossing[i] else 0.0)}
+                 "busy_time": self._busy[i] + (now - self._since[i] if self._on[i] else 0.0)}
                 for name, i in self._index.items()]

@@ -117,6 +117,7 @@ class Job:
         self.loss: Loss = SoftmaxCrossEntropy() if loss is None else loss
         self.teacher = teacher
         k = plan.freeze
+        self.blocks = self.chain.names  # block names, read for every kernel's label
         self.names = [f"{b.name}.{p}" for b in self.chain.blocks[k:] for p in b.layer.params]
         every = self.chain.params()
         self.size = {n: int(every[n].size) for n in self.names}
@@ -141,7 +142,6 @@ class Job:
         self.evaluated: Callable[[], tuple[float, float]] = (
             lambda: evaluate(self.model(), world.data))  # (held-out loss, accuracy)
         self.series: dict[str, list[float]] = {}  # per-step diagnostics (real mode), e.g. spread
-        self._costs: dict[int, list[Cost]] = {}
         self._boxes: dict[Any, simpy.Event] = {}
 
     def add_workers(self, devices: Sequence[str]) -> list[Worker]:
@@ -158,14 +158,8 @@ class Job:
         """A fresh optimizer (every worker, server and stage gets its own)."""
         return optimizer(self.load)
 
-    def costs(self, n: int) -> list[Cost]:
-        """The trained chain's per-block costs for n samples (computed once per n)."""
-        if n not in self._costs:
-            self._costs[n] = self.chain.costs(n)
-        return self._costs[n]
-
     def loss_cost(self, n: int) -> Cost:
-        return self.loss.cost(self.costs(n)[-1].out_shape)
+        return self.loss.cost(self.chain.costs(n)[-1].out_shape)
 
     # -- memory ------------------------------------------------------------------------
     def hold(self, w: Worker, state: bool = True) -> None:
@@ -218,7 +212,7 @@ class Job:
         `targets`; None parts in timing-only mode. The numerics run on `chain` (a
         replica; default the job's chain)."""
         sim, k, chain = self.sim, self.plan.freeze, chain or self.chain
-        costs, names, caches = self.costs(n), self.chain.names, []
+        costs, names, caches = self.chain.costs(n), self.blocks, []
         for b in range(start, stop):
             c, with_loss = costs[b], targets is not None and b == stop - 1
             flops, moved, saved = c.fwd_flops, c.fwd_bytes, c.saved_bytes
@@ -242,7 +236,7 @@ class Job:
         """The gradient back through the trained blocks of [start, stop), one kernel each;
         parameter gradients accumulate in the chain, saved activations are freed. Value:
         the gradient at the range's input."""
-        sim, costs, names, chain = self.sim, self.costs(n), self.chain.names, chain or self.chain
+        sim, costs, names, chain = self.sim, self.chain.costs(n), self.blocks, chain or self.chain
         for b in range(stop - 1, max(start, self.plan.freeze) - 1, -1):
             c, saved = costs[b], costs[b].saved_bytes
             flops, moved = c.bwd_flops, c.bwd_bytes

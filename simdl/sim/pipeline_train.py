@@ -105,6 +105,9 @@ class _Pipeline:
         self.ops = [SCHEDULES[plan.schedule](s, self.p, self.m) for s in range(self.p)]
         self.opts: list[Optimizer] = []
         self.names: list[list[str]] = []  # each stage's parameter names
+        blocks = base.names
+        self.update_labels = [f"optimizer {blocks[st.start]}..{blocks[st.stop - 1]}"
+                              for st in self.stages]
         self.stage_of: dict[str, int] = {}  # kernel label -> stage, to add up kernel time
         for s, st in enumerate(self.stages):
             opt = job.optimizer()
@@ -116,9 +119,9 @@ class _Pipeline:
             sim.allocate(st.device, n * ITEMSIZE * (1 + opt.slots), f"grads and optimizer s{s}")
             for b in range(st.start, st.stop):
                 for j in range(self.m):
-                    self.stage_of[f"fwd {base.names[b]} mb{j}"] = s
-                    self.stage_of[f"bwd {base.names[b]} mb{j}"] = s
-            self.stage_of[self._update_label(s)] = s
+                    self.stage_of[f"fwd {blocks[b]} mb{j}"] = s
+                    self.stage_of[f"bwd {blocks[b]} mb{j}"] = s
+            self.stage_of[self.update_labels[s]] = s
         self._reset()
 
     def driver(self) -> Generator[Any, Any, None]:
@@ -181,13 +184,12 @@ class _Pipeline:
                 yield from self._forward(s, i, j)
             else:
                 yield from self._backward(s, i, j)
-        st, job = self.stages[s], self.job
-        every, grads = self.chain.params(), self.chain.grads()
-        names = self.names[s]
-        fn = stepper(self.opts[s], {n: every[n] for n in names},
-                     {n: grads[n] for n in names}) if job.real else None
+        st, job, names, fn = self.stages[s], self.job, self.names[s], None
+        if job.real:
+            every, grads = self.chain.params(), self.chain.grads()
+            fn = stepper(self.opts[s], {n: every[n] for n in names}, {n: grads[n] for n in names})
         yield from job.update(st.device, self.opts[s], i, fn, names=names,
-                              label=self._update_label(s), unit=st.unit, dtype=st.dtype)
+                              label=self.update_labels[s], unit=st.unit, dtype=st.dtype)
         self.tally[s].end = self.sim.now
 
     def _forward(self, s: int, i: int, j: int) -> Generator[Any, Any, None]:
@@ -208,7 +210,7 @@ class _Pipeline:
             if out is not None:
                 self.losses[j], self.dlogits[j] = out
         else:
-            out_bytes = self.job.costs(n)[st.stop - 1].out_bytes
+            out_bytes = self.job.chain.costs(n)[st.stop - 1].out_bytes
             self._send(s, s + 1, ("act", j), out, out_bytes, f"act mb{j}", i)
 
     def _backward(self, s: int, i: int, j: int) -> Generator[Any, Any, None]:
@@ -219,7 +221,7 @@ class _Pipeline:
             st.device, dy, n, i, st.start, st.stop, self.caches[s].pop(j), with_loss=last,
             tag=f" mb{j}", unit=st.unit, dtype=st.dtype, chain=self.chain)
         if s > 0:
-            self._send(s, s - 1, ("grad", j), dy, self.job.costs(n)[st.start].in_bytes,
+            self._send(s, s - 1, ("grad", j), dy, self.job.chain.costs(n)[st.start].in_bytes,
                        f"grad mb{j}", i)
 
     # -- messages between stages ----------------------------------------------------
@@ -259,12 +261,6 @@ class _Pipeline:
         payload, sent = yield self._box(s, key)
         self.tally[s].comm += self.sim.now - max(t0, sent)
         return payload
-
-    # -- helpers -------------------------------------------------------------------
-
-    def _update_label(self, s: int) -> str:
-        names, st = self.job.chain.names, self.stages[s]
-        return f"optimizer {names[st.start]}..{names[st.stop - 1]}"
 
 
 def _check(plan: TrainPlan, world: World) -> None:

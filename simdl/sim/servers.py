@@ -131,23 +131,32 @@ def _bsp_pull(job: Job, w: Worker, s: Server, step: int, tally: Tally) -> Gen:
 
 
 class _Clock:
-    """Steps each worker has finished; holds back a worker more than `bound` ahead."""
+    """Steps each worker has finished; holds back a worker more than `bound` ahead.
+    The slowest worker's count is kept as workers finish steps (no scan of all)."""
 
     def __init__(self, job: Job, bound: int | None):
         self.job, self.bound = job, bound
         self.finished = [0] * len(job.workers)
+        self.at = {0: len(job.workers)}  # steps finished -> workers that have done so many
+        self.slowest = 0                 # min(self.finished)
         self.moved = job.sim.env.event()
         job.metrics.extra["max_gap"] = 0
         job.metrics.extra["staleness_max"] = 0
 
     def gate(self, step: int) -> Gen:
-        while self.bound is not None and step - min(self.finished) > self.bound:
+        while self.bound is not None and step - self.slowest > self.bound:
             yield self.moved
         extra = self.job.metrics.extra
-        extra["max_gap"] = max(extra["max_gap"], step - min(self.finished))
+        extra["max_gap"] = max(extra["max_gap"], step - self.slowest)
 
     def tick(self, w: Worker) -> None:
-        self.finished[w.rank] += 1
+        k = self.finished[w.rank]
+        self.finished[w.rank] = k + 1
+        self.at[k] -= 1
+        self.at[k + 1] = self.at.get(k + 1, 0) + 1
+        if k == self.slowest and not self.at[k]:
+            del self.at[k]
+            self.slowest = k + 1
         moved, self.moved = self.moved, self.job.sim.env.event()
         moved.succeed()
 
