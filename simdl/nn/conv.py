@@ -2,19 +2,23 @@
 
 Conv2d is im2col + GEMM, run over the batch in chunks so the column buffer
 stays cache-sized and is reused; with stride 1 its dx is the same kernel run
-on dy (a transposed convolution) instead of a col2im scatter.
+on dy (a transposed convolution) instead of a col2im scatter, and depthwise dx
+sums its k*k offsets directly; strided dx adds the columns' gradient back one
+stride class at a time. Each path sums in the order of the plain formulation,
+so every result is the same to the bit (tests/nn/test_exact_kernels.py).
 Knows numpy and `core`; knows nothing of devices, time or composite layers.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from simdl.nn.core import DTYPE, Cache, Cost, Layer, Shape, nbytes
-from simdl.nn.dense import kernel_cost, normal, numel
+from simdl.nn.core import DTYPE, Cache, Cost, Layer, Shape, nbytes, scratch
+from simdl.nn.dense import kernel_cost, normal, numel, put
 
 # Column-buffer size (values) one chunk of the batch may use: ~4 MiB of float32
 # stays in the L3 cache between the im2col copy and the GEMM that reads it.
@@ -74,9 +78,11 @@ class Geometry:
         return Geometry(c, k, s, p, g, h, w, oh, ow, wp, wq, max(1, min(n, chunk)))
 
     def scratch(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-        """Per-call buffers every chunk reuses: padded images (+ a spare zero row), columns."""
-        pad = np.zeros((self.chunk, self.c, self.h + 2 * self.p + 1, self.wp), dtype)
-        return pad, np.empty(self.c * self.k * self.k * self.chunk * self.oh * self.wq, dtype)
+        """Buffers every chunk reuses: padded images (zero, + a spare zero row), columns."""
+        pad = scratch("pad", (self.chunk, self.c, self.h + 2 * self.p + 1, self.wp), dtype)
+        pad.fill(0)
+        return pad, scratch("cols", (self.c * self.k * self.k * self.chunk * self.oh * self.wq,),
+                            dtype)
 
     def columns(self, x: np.ndarray, pad: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """im2col of a chunk x (m, C, H, W) -> (g, C/g*k*k, m*OH*Wq), one copy into `cols`."""
@@ -128,7 +134,8 @@ def correlate(x: np.ndarray, w: np.ndarray, stride: int, padding: int, groups: i
             if bias is not None:
                 y[n0] += bias
             continue
-        out = np.matmul(w3, a).reshape(o, m * oh * wq)
+        out = np.matmul(w3, a, out=scratch("gemm", (*w3.shape[:2], a.shape[2]), dtype))
+        out = out.reshape(o, m * oh * wq)
         if b is not None:
             out += b[:, None]                                # contiguous rows: cheap broadcast
         # (O, m, OH, Wq) -> crop the junk columns and move m first, in one copy.
@@ -185,9 +192,46 @@ class Conv2d(Layer):
         else:
             dw, dx = self._gemm_backward(x, dy, wt.reshape(g, og, -1), transposed)
         self.grads["W"] += dw.reshape(wt.shape)
-        if dx is None:
+        if dx is None and og == 1 and self.c_in == g and k > 1:
+            dx = self._transposed_depthwise(dy)
+        elif dx is None:
             wf = wt.reshape(g, og, -1, k, k).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
             dx = correlate(dy, wf.reshape(self.c_in, og, k, k), 1, k - 1 - p, g)
+        return dx
+
+    def _transposed_depthwise(self, dy: np.ndarray) -> np.ndarray:
+        """Depthwise dx by the transposed correlation, summed exactly as correlate() sums it.
+
+        There each channel's flipped weights reach numpy's matmul as a negative-stride
+        (1, k*k) vector, which numpy does not hand to BLAS: it sums each value itself,
+        0 + w_0 y_0 + w_1 y_1 + ..., each product rounded, over the k*k offsets in order.
+        This does the same sums, offset by offset over whole rows of the padded dy: no
+        im2col and no per-value loop.
+        """
+        k, c, q = self.k, self.c_in, self.k - 1 - self.padding
+        geo = Geometry.of(dy.shape, k, 1, q, c)           # dy's geometry: OH, OW are dx's
+        dtype = np.result_type(dy, self.params["W"])
+        wf = self.params["W"].reshape(c, k, k)[:, ::-1, ::-1]
+        n, h, w, wp = dy.shape[0], geo.oh, geo.ow, geo.wp
+        dx = np.empty((n, c, h, w), dtype)
+        pad = scratch("pad", (geo.chunk, c, geo.h + 2 * q + 1, wp), dtype)
+        pad.fill(0)                                       # borders and spare row stay zero
+        acc = scratch("acc", (geo.chunk, c, h * wp), dtype)
+        prod = scratch("prod", acc.shape, dtype)
+        for n0 in range(0, n, geo.chunk):
+            m = min(geo.chunk, n - n0)
+            pad[:m, :, q:q + geo.h, q:q + geo.w] = dy[n0:n0 + m]
+            rows = pad[:m].reshape(m, c, -1)
+            a, t = acc[:m], prod[:m]
+            for i in range(k):
+                for j in range(k):
+                    start = i * wp + j                    # each output row runs Wp wide
+                    np.multiply(rows[..., start:start + h * wp], wf[:, i, j, None], out=t)
+                    if i == j == 0:
+                        np.add(t, 0.0, out=a)             # 0 + the first product
+                    else:
+                        a += t
+            dx[n0:n0 + m] = a.reshape(m, c, h, wp)[..., :w]
         return dx
 
     def _gemm_backward(self, x: np.ndarray, dy: np.ndarray, w3: np.ndarray,
@@ -198,37 +242,71 @@ class Conv2d(Layer):
         dtype = np.result_type(x, w3, dy)
         pad, cols = geo.scratch(dtype)
         m_max, oh, ow, wq = geo.chunk, geo.oh, geo.ow, geo.wq
-        dyq = np.zeros(self.c_out * m_max * oh * wq, dtype)     # junk columns stay zero
-        dw = np.zeros(w3.shape, dtype)
+        dwt = np.zeros((g, w3.shape[2], og), dtype)             # dW^T: see below
         dx = None if transposed else np.empty(x.shape, dtype)
         for n0 in range(0, x.shape[0], m_max):
             xc = x[n0:n0 + m_max]
             m = xc.shape[0]
             a = geo.columns(xc, pad, cols)                      # (g, C_in/g*k*k, m*OH*Wq)
-            d = dyq[:self.c_out * m * oh * wq].reshape(self.c_out, m, oh, wq)
+            d = scratch("dy", (self.c_out, m, oh, wq), dtype)
             d[..., :ow] = dy[n0:n0 + m].transpose(1, 0, 2, 3)
+            d[..., ow:] = 0                                     # junk columns add nothing
             d = d.reshape(g, og, m * oh * wq)
-            dw += d @ a.transpose(0, 2, 1)                      # (g, C_out/g, C_in/g*k*k)
+            # dW^T += columns @ dy^T: the same products summed in the same order as
+            # dy @ columns^T, with the long side first, which OpenBLAS runs 1.2-1.8x faster.
+            dwt += np.matmul(a, d.transpose(0, 2, 1), out=scratch("dw", dwt.shape, dtype))
             if dx is not None:
-                dx[n0:n0 + m] = self._col2im(geo, np.matmul(w3.transpose(0, 2, 1), d), m)
-        return dw, dx
+                self._col2im(geo, w3, d, dx[n0:n0 + m])
+        return dwt.transpose(0, 2, 1), dx
 
-    def _col2im(self, geo: Geometry, da: np.ndarray, m: int) -> np.ndarray:
-        """Adjoint of Geometry.columns: (g, C/g*k*k, m*OH*Wq) -> (m, C, H, W).
+    def _col2im(self, geo: Geometry, w3: np.ndarray, d: np.ndarray, dx: np.ndarray) -> None:
+        """dx (m, C, H, W) of one chunk from d = dy (g, C_out/g, m*OH*Wq): the columns'
+        gradient da = W^T d, then the adjoint of Geometry.columns, in which each kernel
+        offset (i, j) adds its slab of da where the columns were read, in (i, j) order
+        onto zeros.
 
-        Each kernel offset (i, j) adds its slab back where the columns were read.
+        Padded positions are split into s x s classes by their residues mod the stride,
+        each class a dense (C, m, U, V) buffer, and da's rows are made V wide, so each
+        slab is one contiguous run per channel and sample and every add runs at full
+        speed. A run's last V - OW columns spill into the next row (or the spare row);
+        they add +0, which changes no sum: every sum starts at +0, so it is never -0.
+        (With stride 1, V = Wq and those columns are da's own junk, as in the forward.)
         """
-        k, s, p, wp = self.k, self.stride, self.padding, geo.wp
-        da = da.reshape(self.c_in, k, k, m, geo.oh, geo.wq)
-        dpad = np.zeros((self.c_in, m, geo.h + 2 * p + 1, wp), da.dtype)
-        sc, sm, sh, sw = dpad.strides
-        flat = dpad.reshape(-1)
+        k, s, p = self.k, self.stride, self.padding
+        m, c = dx.shape[:2]
+        g, og = w3.shape[:2]
+        oh, ow, wq = geo.oh, geo.ow, geo.wq
+        u = max(-(-(geo.h + 2 * p) // s), oh + (k - 1) // s) + 1     # class rows + a spare
+        v = max(-(-geo.wp // s), ow + (k - 1) // s) if s > 1 else wq  # class columns
+        if v != wq:                                       # widen d's rows to V, zero-padded
+            dv = scratch("dy_wide", (g * og, m, oh, v), d.dtype)
+            dv[..., :ow] = d.reshape(g * og, m, oh, wq)[..., :ow]
+            dv[..., ow:] = 0
+            d = dv.reshape(g, og, m * oh * v)
+        # With one output channel per group (depthwise) this GEMM has K = 1: each value
+        # is one rounded product, so a broadcast multiply gives the same values 5x
+        # faster (only a zero's sign may differ, which the sums onto +0 never keep).
+        da = (np.multiply if og == 1 else np.matmul)(
+            w3.transpose(0, 2, 1), d, out=scratch("gemm", (g, w3.shape[2], m * oh * v), d.dtype))
+        da = da.reshape(c, k, k, m, oh, v)
+        if v != wq:
+            da[..., ow:] = 0                              # exactly +0, whatever W holds
+        da = da.reshape(c, k, k, m, oh * v)
+        classes = scratch("col2im", (s, s, c, m, u, v), da.dtype)
+        classes.fill(0)
+        runs = classes.reshape(s, s, c, m, u * v)
         for i in range(k):
             for j in range(k):
-                view = as_strided(flat[i * wp + j:], (self.c_in, m, geo.oh, geo.wq),
-                                  (sc, sm, sh * s, sw * s))
-                view += da[:, i, j]
-        return dpad[:, :, p:p + geo.h, p:p + geo.w].transpose(1, 0, 2, 3)
+                start = (i // s) * v + j // s
+                runs[i % s, j % s, :, :, start:start + oh * v] += da[:, i, j]
+        for ri in range(s):
+            h0 = (ri - p) % s                                 # first row of dx in this class
+            for rj in range(s):
+                w0 = (rj - p) % s
+                part = dx[:, :, h0::s, w0::s]
+                u0, v0 = (h0 + p) // s, (w0 + p) // s
+                part[...] = classes[ri, rj, :, :, u0:u0 + part.shape[2],
+                                    v0:v0 + part.shape[3]].transpose(1, 0, 2, 3)
 
     def cost(self, in_shape: Shape) -> Cost:
         geo = self._geometry(in_shape)
@@ -254,15 +332,20 @@ class _Pool(Layer):
                              f"than the {self.k}x{self.k} window")
         return oh, ow
 
-    def _scatter(self, d: np.ndarray, shape: Shape, dtype: np.dtype) -> np.ndarray:
-        """Adjoint of windows(): add d (N, C, k, k, OH, OW) back into an (N, C, H, W) array."""
-        k, s = self.k, self.stride
-        oh, ow = d.shape[-2:]
+    def _scatter(self, part: Callable[[int], np.ndarray], shape: Shape,
+                 dtype: np.dtype) -> np.ndarray:
+        """Adjoint of the windows: add part(r) (N, C, OH, OW), for each offset r = i k + j
+        in order, back where window offset (i, j) was read, into zeros (N, C, H, W)."""
         dx = np.zeros(shape, dtype)
-        for i in range(k):
-            for j in range(k):
-                dx[:, :, i:i + s * oh:s, j:j + s * ow:s] += d[:, :, i, j]
+        for r, view in enumerate(self._offsets(dx)):
+            view += part(r)
         return dx
+
+    def _offsets(self, x: np.ndarray) -> list[np.ndarray]:
+        """x's strided views (N, C, OH, OW), one per window offset (i, j) in row-major order."""
+        k, s = self.k, self.stride
+        oh, ow = self._out(x.shape)
+        return [x[:, :, i:i + s * oh:s, j:j + s * ow:s] for i in range(k) for j in range(k)]
 
 
 class MaxPool(_Pool):
@@ -278,19 +361,23 @@ class MaxPool(_Pool):
         return np.min_scalar_type(self.k * self.k - 1)
 
     def forward(self, x: np.ndarray, train: bool = False) -> tuple[np.ndarray, Cache]:
-        oh, ow = self._out(x.shape)
-        n, c = x.shape[:2]
-        win = windows(x, self.k, self.stride, oh, ow).reshape(n, c, self.k * self.k, oh, ow)
-        arg = win.argmax(axis=2).astype(self._arg_dtype())  # (N, C, OH, OW)
-        y = np.take_along_axis(win, arg[:, :, None].astype(np.intp), axis=2)[:, :, 0]
+        # argmax over the window, offset by offset on strided views (no k*k-fold copy):
+        # a later offset wins only if strictly larger, or NaN over a number (the first
+        # NaN wins, as in argmax). The value is copied, never recomputed.
+        views = self._offsets(x)
+        y = views[0].copy()
+        arg = np.zeros(y.shape, self._arg_dtype())
+        for r, v in enumerate(views[1:], 1):
+            take = v > y
+            if x.dtype.kind == "f":
+                take |= np.isnan(v) & ~np.isnan(y)
+            put(y, take, v)
+            np.putmask(arg, take, r)
         return y, (arg, x.shape)
 
     def backward(self, dy: np.ndarray, cache: Cache) -> np.ndarray:
         arg, shape = cache
-        kk = self.k * self.k
-        onehot = arg[:, :, None] == np.arange(kk, dtype=arg.dtype)[None, None, :, None, None]
-        d = (onehot * dy[:, :, None]).reshape(*dy.shape[:2], self.k, self.k, *dy.shape[2:])
-        return self._scatter(d, shape, dy.dtype)
+        return self._scatter(lambda r: (arg == r) * dy, shape, dy.dtype)
 
     def cost(self, in_shape: Shape) -> Cost:
         out = (*in_shape[:2], *self._out(in_shape))
@@ -309,8 +396,7 @@ class AvgPool(_Pool):
 
     def backward(self, dy: np.ndarray, cache: Cache) -> np.ndarray:
         d = dy * (1.0 / (self.k * self.k))
-        full = np.broadcast_to(d[:, :, None, None], (*d.shape[:2], self.k, self.k, *d.shape[2:]))
-        return self._scatter(full, cache, dy.dtype)
+        return self._scatter(lambda r: d, cache, dy.dtype)
 
     def cost(self, in_shape: Shape) -> Cost:
         out = (*in_shape[:2], *self._out(in_shape))

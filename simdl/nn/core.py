@@ -8,6 +8,7 @@ Knows nothing of devices or time.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -61,6 +62,32 @@ class Cost:
 def nbytes(shape: Shape, itemsize: int = ITEMSIZE) -> int:
     """Bytes of a dense tensor of `shape`."""
     return int(np.prod(shape, dtype=np.int64)) * itemsize
+
+
+class _Scratch(threading.local):
+    """Each thread's work buffers, one flat array per (slot, dtype)."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[tuple[str, np.dtype], np.ndarray] = {}
+
+
+_SCRATCH = _Scratch()
+
+
+def scratch(slot: str, shape: Shape, dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array of `shape` that `slot` reuses from call to call.
+
+    A fresh multi-MiB array pays a page fault per 4 KiB on first touch, which costs
+    about as much as the copy that fills it; one buffer per slot, grown on demand, is
+    touched once. Its contents last until the next request for the same slot, so a
+    kernel never returns one or keeps one in a cache.
+    """
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape, dtype=np.int64))
+    buf = _SCRATCH.arrays.get((slot, dtype))
+    if buf is None or buf.size < size:
+        buf = _SCRATCH.arrays[slot, dtype] = np.empty(size, dtype)
+    return buf[:size].reshape(shape)
 
 
 class Layer:

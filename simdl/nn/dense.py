@@ -49,6 +49,38 @@ def numel(shape: Shape) -> int:
     return int(np.prod(shape, dtype=np.int64))
 
 
+def _bitmask(keep: np.ndarray, ints: np.dtype) -> np.ndarray:
+    """A new array of `ints`: all bits set where `keep`, none elsewhere (keep's layout)."""
+    mask = keep.view(np.int8).astype(ints)
+    return np.negative(mask, out=mask)
+
+
+def kept(keep: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """np.where(keep, dy, 0), bit for bit (+0.0 where not kept; NaNs kept as they are).
+
+    An integer AND of dy's bits with a mask of all ones or all zeros: numpy's
+    masked select branches on every value and runs about 15x slower on a random
+    mask. A non-contiguous `keep` takes np.where itself, so the result's memory
+    layout is always np.where's.
+    """
+    if not keep.flags.c_contiguous:
+        return np.where(keep, dy, 0)
+    ints = np.dtype(f"i{dy.itemsize}")
+    mask = _bitmask(keep, ints)
+    np.bitwise_and(dy.view(ints), mask, out=mask)
+    return mask.view(dy.dtype)
+
+
+def put(dst: np.ndarray, take: np.ndarray, src: np.ndarray) -> None:
+    """dst[take] = src[take] in place (C-contiguous dst of src's dtype), without a branch
+    per value: dst ^= (dst ^ src) & mask."""
+    ints = np.dtype(f"i{dst.itemsize}")
+    bits = dst.view(ints)
+    diff = np.bitwise_xor(bits, src.view(ints))
+    np.bitwise_and(diff, _bitmask(take, ints), out=diff)
+    np.bitwise_xor(bits, diff, out=bits)
+
+
 class Linear(Layer):
     """Fully connected, y = x @ W + b.  x: (..., n_in) -> y: (..., n_out).
 
@@ -94,7 +126,7 @@ class ReLU(Layer):
         return y, y
 
     def backward(self, dy: np.ndarray, cache: Cache) -> np.ndarray:
-        return np.where(cache > 0, dy, 0)
+        return kept(cache > 0, dy)
 
     def cost(self, in_shape: Shape) -> Cost:
         n = numel(in_shape)
@@ -109,7 +141,7 @@ class ReLU6(Layer):
         return y, y
 
     def backward(self, dy: np.ndarray, cache: Cache) -> np.ndarray:
-        return np.where((cache > 0) & (cache < 6), dy, 0)
+        return kept((cache > 0) & (cache < 6), dy)
 
     def cost(self, in_shape: Shape) -> Cost:
         n = numel(in_shape)

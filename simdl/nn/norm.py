@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simdl.nn.core import DTYPE, Cache, Cost, Layer, Shape, nbytes
+from simdl.nn.core import DTYPE, Cache, Cost, Layer, Shape, nbytes, scratch
 from simdl.nn.dense import kernel_cost, numel
 
 # FLOPs per value (a sqrt or divide counts as 1). Forward: mean (1), centre (1),
@@ -24,12 +24,38 @@ def _norm_backward(dy: np.ndarray, xhat: np.ndarray, inv: np.ndarray, gamma: np.
 
     With g = dy * gamma and m values per statistic (Ioffe & Szegedy 2015, sec. 3):
     dx = inv / m * (m g - sum(g) - xhat * sum(g * xhat)).
+    One new array (dx) and one scratch array, both reused in place: each value sees
+    the same operations in the same order as the formula written out, so the bits
+    are the formula's.
     """
     m = numel(tuple(dy.shape[a] for a in axes))
     g = dy * gamma
     s1 = g.sum(axis=axes, keepdims=True)
-    s2 = (g * xhat).sum(axis=axes, keepdims=True)
-    return (inv * (1.0 / m)) * (m * g - s1 - xhat * s2)
+    t = np.multiply(g, xhat, out=scratch("norm", g.shape, np.result_type(g, xhat)))
+    s2 = t.sum(axis=axes, keepdims=True)
+    if g.dtype != np.result_type(g, xhat, inv):        # a wider xhat or inv: no in place
+        return (inv * (1.0 / m)) * (m * g - s1 - xhat * s2)
+    np.multiply(xhat, s2, out=t)
+    np.multiply(g, m, out=g)
+    np.subtract(g, s1, out=g)
+    np.subtract(g, t, out=g)
+    return np.multiply(g, inv * (1.0 / m), out=g)
+
+
+def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a * b into scratch: a temporary that only feeds a sum."""
+    return np.multiply(a, b, out=scratch("norm", np.broadcast_shapes(a.shape, b.shape),
+                                         np.result_type(a, b)))
+
+
+def _square(a: np.ndarray) -> np.ndarray:
+    return _product(a, a)
+
+
+def _affine(xhat: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """xhat * gamma + beta in one new array."""
+    y = np.multiply(xhat, gamma)
+    return np.add(y, beta, out=y)
 
 
 class BatchNorm(Layer):
@@ -60,26 +86,26 @@ class BatchNorm(Layer):
         shape, axes = self._bshape(x)
         if train:
             mean = x.mean(axis=axes, keepdims=True)
-            xc = x - mean
-            var = (xc * xc).mean(axis=axes, keepdims=True)
+            xhat = x - mean                      # centred now, normalised below in place
+            var = _square(xhat).mean(axis=axes, keepdims=True)
             inv = 1.0 / np.sqrt(var + self.eps)
             m, mom = x.size // self.c, self.momentum
             self.buffers["mean"] *= 1.0 - mom
             self.buffers["mean"] += mom * mean.reshape(-1)
             self.buffers["var"] *= 1.0 - mom
             self.buffers["var"] += (mom * m / max(m - 1, 1)) * var.reshape(-1)
-            xhat = xc * inv
         else:
             inv = 1.0 / np.sqrt(self.buffers["var"].reshape(shape) + self.eps)
-            xhat = (x - self.buffers["mean"].reshape(shape)) * inv
-        y = xhat * self.params["gamma"].reshape(shape) + self.params["beta"].reshape(shape)
+            xhat = x - self.buffers["mean"].reshape(shape)
+        np.multiply(xhat, inv, out=xhat)
+        y = _affine(xhat, self.params["gamma"].reshape(shape), self.params["beta"].reshape(shape))
         return y, (xhat, inv, train)
 
     def backward(self, dy: np.ndarray, cache: Cache) -> np.ndarray:
         xhat, inv, train = cache
         shape, axes = self._bshape(dy)
         gamma = self.params["gamma"].reshape(shape)
-        self.grads["gamma"] += (dy * xhat).sum(axis=axes)
+        self.grads["gamma"] += _product(dy, xhat).sum(axis=axes)
         self.grads["beta"] += dy.sum(axis=axes)
         if train:
             return _norm_backward(dy, xhat, inv, gamma, axes)
@@ -108,16 +134,16 @@ class LayerNorm(Layer):
 
     def forward(self, x: np.ndarray, train: bool = False) -> tuple[np.ndarray, Cache]:
         mean = x.mean(axis=-1, keepdims=True)
-        xc = x - mean
-        var = (xc * xc).mean(axis=-1, keepdims=True)
+        xhat = x - mean
+        var = _square(xhat).mean(axis=-1, keepdims=True)
         inv = 1.0 / np.sqrt(var + self.eps)
-        xhat = xc * inv
-        return xhat * self.params["gamma"] + self.params["beta"], (xhat, inv)
+        np.multiply(xhat, inv, out=xhat)
+        return _affine(xhat, self.params["gamma"], self.params["beta"]), (xhat, inv)
 
     def backward(self, dy: np.ndarray, cache: Cache) -> np.ndarray:
         xhat, inv = cache
         lead = tuple(range(dy.ndim - 1))
-        self.grads["gamma"] += (dy * xhat).sum(axis=lead)
+        self.grads["gamma"] += _product(dy, xhat).sum(axis=lead)
         self.grads["beta"] += dy.sum(axis=lead)
         return _norm_backward(dy, xhat, inv, self.params["gamma"], (dy.ndim - 1,))
 
