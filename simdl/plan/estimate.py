@@ -2,16 +2,31 @@
 
 Uses the same device model the simulator uses (`kernel_time`) and the route's
 bottleneck bandwidth, so an estimate and a simulated run agree wherever no
-queueing or sharing occurs.
+queueing or sharing occurs. `estimate` scores any inference plan on the run's
+workload: capacity, latency percentiles, bytes per link, energy, battery life
+and peak memory per device, and says whether (and why not) it is exact.
 """
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from simdl.hw.devices import best_unit, kernel_time
 from simdl.nn import shard as tp
-from simdl.plan.plan import Plan, Replica, input_bytes, replica_batches
-from simdl.plan.world import World
+from simdl.plan.costs import Costs
+from simdl.plan.plan import (
+    Plan,
+    Replica,
+    input_bytes,
+    replica_batches,
+    shard_stage,
+    shard_weights,
+)
+from simdl.plan.queueing import Served, meetings, percentile, replay
+from simdl.plan.timeline import Lone, finish, lone
+from simdl.plan.world import Inference, World
 
 
 def block_times(world: World, device: str, batch: int, unit: str | None = None,
@@ -144,3 +159,161 @@ def capacity(plan: Plan, world: World) -> tuple[float, str]:
         return sum(r for r, _ in rates), "sum of replicas"
     return min(rates)
 
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a plan does on the world's workload, by the simulator's own cost models.
+
+    `capacity` (requests/s) is 1 / the busiest server's seconds per request (a unit's
+    kernels, or a link's bytes over its capacity), replicas loaded as the dispatch
+    shares requests; `bottleneck` names it. `latency` (s) is one request alone (replicas
+    weighted by the share each serves). `throughput` is requests / makespan and `p50`..
+    the latency percentiles (s) of the whole run, by `method`. `energy` (J) is
+    each device's over the run, idle included (every device of the pool, as the run
+    counts it); `per_request_J` the energy a request adds (kernels and radios);
+    `battery_life` (s) how long each battery lasts at the plan's average draw (inf on
+    mains); `peak_memory` (bytes) weights plus the activations at the busiest moment;
+    `link_bytes` per network resource. `exact`: equal to the simulator, else `why`.
+    """
+
+    plan: Plan
+    capacity: float
+    bottleneck: str
+    throughput: float
+    latency: float
+    p50: float
+    p95: float
+    p99: float
+    makespan: float
+    per_request_J: float
+    energy: dict[str, float]
+    battery_life: dict[str, float]
+    peak_memory: dict[str, float]
+    link_bytes: dict[str, float]
+    method: str
+    why: tuple[str, ...] = field(default=())
+
+    @property
+    def exact(self) -> bool:
+        return not self.why
+
+
+def estimate(plan: Plan, world: World, costs: Costs | None = None) -> Estimate:
+    """Score an inference plan without running it (`costs` caches lookups across plans)."""
+    load = world.workload
+    assert isinstance(load, Inference), "estimate scores inference plans"
+    costs = costs or Costs(world)
+    parts = [(i, rep, n) for i, (rep, n) in enumerate(zip(plan.replicas,
+                                                          replica_batches(plan, load.batch)))
+             if n > 0]
+    if plan.dispatch in ("split", "all"):  # every request uses every replica at once
+        together = Lone()
+        for i, rep, n in parts:
+            lone(plan, rep, n, costs, tag=i, into=together)
+        alone, weights = [finish(together, costs)], [1.0]
+        replicas = [0]
+    else:
+        alone = [finish(lone(plan, rep, n, costs, tag=i), costs) for i, rep, n in parts]
+        replicas = [i for i, _, _ in parts]
+        weights = _shares(plan, alone, replicas)
+    loads: dict[tuple[str, ...], float] = defaultdict(float)
+    for w, part in zip(weights, alone):
+        for server, busy in part.busy.items():
+            loads[server] += w * busy
+    server = max(sorted(loads), key=lambda s: loads[s])
+    period = loads[server]
+    served = replay(plan, world, [a.latency for a in alone],
+                    [max(a.busy.values(), default=0.0) for a in alone],
+                    [plan.replicas[i].share for i in replicas],
+                    [a.busy.get(server, 0.0) for a in alone])
+    counts = Counter(used[0] for used in served.replicas)  # requests per entry of `alone`
+    why = [w for part in alone for w in part.why]
+    acts = None
+    if served.waited:
+        why.append("requests queue at a bottleneck")
+        if len({c.priority for c in load.classes}) > 1:
+            why.append("priority classes are not modelled in the queue")
+    else:
+        shared, acts = meetings(served, alone)
+        if shared:
+            why.append("requests in flight together share a server")
+    makespan = float(served.finish.max()) if served.finish.size else 0.0
+    energy = {d: spec.idle_power * makespan for d, spec in world.devices.items()}
+    link_bytes: dict[str, float] = defaultdict(float)
+    for k, count in counts.items():
+        for d, joules in alone[k].energy.items():
+            energy[d] += count * joules
+        for r, b in alone[k].nbytes.items():
+            link_bytes[r] += count * b
+    for d, spec in world.devices.items():
+        if spec.battery is not None and energy[d] > spec.battery:
+            why.append(f"{d}'s battery empties during the run")
+    latencies = served.latency
+    return Estimate(
+        plan=plan, capacity=1.0 / period if period > 0 else float("inf"),
+        bottleneck="/".join(server[1:]), throughput=len(latencies) / makespan if makespan else
+        float("nan"), latency=float(np.dot(weights, [a.latency for a in alone])),
+        p50=percentile(latencies, 50), p95=percentile(latencies, 95),
+        p99=percentile(latencies, 99), makespan=makespan,
+        per_request_J=float(sum(w * sum(a.energy.values()) for w, a in zip(weights, alone))),
+        energy=energy, battery_life=_battery_life(world, energy, makespan),
+        peak_memory=_peak_memory(plan, world, costs, acts,
+                                 [alone[k] for k in sorted(counts)], served.overlap),
+        link_bytes=dict(link_bytes), method=_method(served, why), why=tuple(why))
+
+
+def _shares(plan: Plan, alone: list[Lone], replicas: list[int]) -> list[float]:
+    """The fraction of requests each replica serves at saturation: round robin evenly,
+    weighted by its share, least loaded as fast as each goes (1 / its bottleneck)."""
+    if plan.dispatch == "round_robin":
+        return [1.0 / len(alone)] * len(alone)
+    if plan.dispatch == "least_loaded":
+        speed = [1.0 / max(max(a.busy.values(), default=0.0), 1e-300) for a in alone]
+    else:
+        speed = [plan.replicas[i].share for i in replicas]
+    return [s / sum(speed) for s in speed]
+
+
+def _battery_life(world: World, energy: dict[str, float], makespan: float) -> dict[str, float]:
+    """Seconds each battery lasts drawing the run's average power (inf on mains)."""
+    out = {}
+    for d, spec in world.devices.items():
+        power = energy[d] / makespan if makespan > 0 else spec.idle_power
+        out[d] = float("inf") if spec.battery is None else spec.battery / power
+    return out
+
+
+def _peak_memory(plan: Plan, world: World, costs: Costs, acts: dict[str, float] | None,
+                 alone: list[Lone], overlap: int) -> dict[str, float]:
+    """Weights (as `plan.check` places them) plus activations: `acts` when the requests'
+    memory was followed together; else a bound, the lone peak on the replicas that served
+    any (`alone`) times the requests in flight together (at most what fits)."""
+    weights: dict[str, float] = defaultdict(float)
+    for rep in plan.replicas:
+        for s in rep.stages:
+            if len(s.devices) == 1:
+                weights[s.device] += float(costs.weights(s.dtype, s.prune, s.sparsity,
+                                                          rep.model)[s.start:s.stop].sum())
+            else:
+                held = shard_weights(shard_stage(world.models[rep.model], s), len(s.devices))
+                for d, b in zip(s.devices, held):
+                    weights[d] += b
+    out = {}
+    for d in world.devices:
+        if acts is not None:
+            out[d] = weights[d] + acts.get(d, 0.0)
+            continue
+        lone_peak = max((a.held.get(d, 0.0) for a in alone), default=0.0)
+        room = max(world.devices[d].memory - weights[d], lone_peak)
+        out[d] = weights[d] + min(overlap * lone_peak, room)
+    return out
+
+
+def _method(served: Served, why: list[str]) -> str:
+    """How the latency percentiles were reached, in words."""
+    if not why:
+        return "exact: the simulator's timeline (no request waits or shares a server)"
+    if served.waited:
+        return ("queueing: Lindley's recursion at each replica's bottleneck over the run's "
+                "arrivals (exact for fixed-time stations in series, Avi-Itzhak 1965)")
+    return "approximation: " + "; ".join(why)

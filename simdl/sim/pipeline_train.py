@@ -1,7 +1,7 @@
 """Pipeline-parallel training: micro-batches through stages, GPipe or 1F1B, a flush per step.
 
-Owns the per-stage order of forward and backward micro-batch ops (SCHEDULES), the
-hand-over of activations and gradients between stages, and each step's metrics; the
+Runs the per-stage order of forward and backward micro-batch ops that
+`plan.schedules` sets (GPipe, 1F1B), and owns the hand-over of activations and gradients between stages, and each step's metrics; the
 kernels, their memory, the data, the optimizer and the record are the training
 substrate's (`sim.job`). Knows nothing of rooflines, links or routes.
 """
@@ -19,39 +19,12 @@ from simdl.errors import PlanError
 from simdl.nn.chain import Chain
 from simdl.nn.core import ITEMSIZE
 from simdl.nn.optim import Optimizer
+from simdl.plan.schedules import SCHEDULES
 from simdl.plan.training import TrainPlan
 from simdl.plan.world import World
 from simdl.sim.engine import Simulator
 from simdl.sim.job import Job, Tally, stepper
 
-#: One op of a stage's schedule: ("F", j) forward or ("B", j) backward of micro-batch j.
-Op = tuple[str, int]
-
-
-def gpipe(stage: int, stages: int, microbatches: int) -> list[Op]:
-    """GPipe (Huang et al. 2019): every forward, then every backward, last micro-batch
-    first (LIFO: the last stage turns its freshest activations round at once). All m
-    micro-batches' saved activations are alive at the turn."""
-    m = microbatches
-    return [("F", j) for j in range(m)] + [("B", j) for j in reversed(range(m))]
-
-
-def one_f_one_b(stage: int, stages: int, microbatches: int) -> list[Op]:
-    """1F1B as in PipeDream-Flush (Narayanan et al. 2021): min(p - s - 1, m) warm-up
-    forwards, then one forward and one backward in turn, then the cool-down backwards.
-    Stage s holds at most min(p - s, m) micro-batches' activations."""
-    m = microbatches
-    warm = min(stages - stage - 1, m)
-    ops = [("F", j) for j in range(warm)]
-    for k in range(m - warm):
-        ops += [("F", warm + k), ("B", k)]
-    return ops + [("B", j) for j in range(m - warm, m)]
-
-
-SCHEDULES: dict[str, Callable[[int, int, int], list[Op]]] = {
-    "gpipe": gpipe,
-    "1f1b": one_f_one_b,
-}
 
 def pipeline(plan: TrainPlan, world: World, sim: Simulator,
              progress: Callable[[int], None] | None = None, *, chain: Chain | None = None) -> Job:

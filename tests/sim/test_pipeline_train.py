@@ -14,11 +14,12 @@ from simdl.nn.dense import SoftmaxCrossEntropy
 from simdl.nn.models import mlp
 from simdl.nn.optim import SGD
 from simdl.plan.plan import Stage
+from simdl.plan.schedules import SCHEDULES, gpipe, one_f_one_b
 from simdl.plan.training import Sync, TrainPlan
 from simdl.plan.world import Training, World
 from simdl.sim.batches import owner_batches
 from simdl.sim.engine import Simulator
-from simdl.sim.pipeline_train import SCHEDULES, gpipe, one_f_one_b, pipeline
+from simdl.sim.pipeline_train import pipeline
 from simdl.sim.training import execute
 
 NAMES = ("a", "b", "c", "d")

@@ -1,0 +1,171 @@
+"""Requests of a whole run through a plan, without simpy: arrivals, dispatch, waiting.
+
+Each replica is reduced to two numbers from its lone timeline: its latency L and
+its bottleneck's seconds per request D. A request waits only at that bottleneck:
+for stations in series with fixed service times that is exact (Avi-Itzhak,
+"A sequence of service stations with arbitrary input and regular service times",
+Management Science 11(5), 1965; Friedman, Operations Research 13(1), 1965), so the
+wait follows Lindley's recursion over the run's own arrival times. Where stations
+are not so simple (micro-batches, shared links, groups) it is an approximation.
+Dispatch follows the run's rules (`sim.inference`). Knows plans and arrivals;
+knows nothing of layers or devices.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from simdl.plan.plan import Plan
+from simdl.plan.timeline import Lone, shared_server
+from simdl.plan.world import Inference, World
+from simdl.rng import stream
+
+
+@dataclass(frozen=True)
+class Served:
+    """Per request: arrival, finish and the replicas it used; `waited` is True when some
+    request queued behind another at a bottleneck; `overlap` the most requests in flight."""
+
+    arrival: np.ndarray
+    finish: np.ndarray
+    replicas: tuple[tuple[int, ...], ...]
+    waited: bool
+    overlap: int
+
+    @property
+    def latency(self) -> np.ndarray:
+        return self.finish - self.arrival
+
+
+def arrival_times(world: World) -> np.ndarray | None:
+    """When each request arrives in the run (None for a closed loop, where finishes decide):
+    Poisson gaps from the seed's "arrivals" stream, or the sorted trace."""
+    load = world.workload
+    assert isinstance(load, Inference)
+    a, n = load.arrival, load.requests
+    if a.kind == "poisson":
+        gaps = stream(world.seed, "arrivals").exponential(1.0 / a.rate, size=n)
+        return np.cumsum(gaps)
+    if a.kind == "trace":
+        now, out = 0.0, []
+        for t in sorted(a.times)[:n]:
+            now += t - now  # the clock's own sum (`timeout(t - now)`), not t itself
+            out.append(now)
+        return np.array(out)
+    return None
+
+
+def replay(plan: Plan, world: World, latency: list[float], service: list[float],
+           shares: list[float], common: list[float] | None = None) -> Served:
+    """Every request of the workload through replicas of `latency` L and bottleneck
+    `service` D; with split or ensemble dispatch, one entry for all replicas together.
+    `common[k]`: a request of entry k's seconds on the plan's busiest server, which
+    replicas may share (a device or an airtime): requests wait for it too."""
+    load = world.workload
+    assert isinstance(load, Inference)
+    n, together = load.requests, plan.dispatch in ("split", "all")
+    pick = dispatcher(plan.dispatch, shares)
+    reps = len(latency)
+    free_at = [float("-inf")] * reps            # when each bottleneck is free again
+    shared_free = float("-inf")                 # ... and the plan's busiest server
+    in_flight: list[list[float]] = [[] for _ in range(reps)]  # finish times, as heaps
+    arrivals, finishes, used = np.empty(n), np.empty(n), []
+    waited, overlap, ends = False, 1, []         # ends: a heap of finish times in flight
+    times = arrival_times(world)
+    clients = [(0.0, c) for c in range(min(load.arrival.concurrency, n))] if times is None else []
+    for r in range(n):
+        if times is not None:
+            a = float(times[r])
+        else:
+            a, c = heapq.heappop(clients)
+        busy = []
+        for i in range(reps):
+            while in_flight[i] and in_flight[i][0] <= a:
+                heapq.heappop(in_flight[i])
+            busy.append(len(in_flight[i]))
+        chosen = [0] if together else [pick(busy)]
+        done = 0.0
+        for i in chosen:
+            uses = common is not None and common[i] > 0
+            start = max(a, free_at[i], shared_free if uses else a)
+            if start - a <= 1e-12 * (a + service[i]):  # float noise, not a wait
+                start = a
+            waited |= start > a
+            free_at[i] = start + service[i]
+            if uses:
+                shared_free = start + common[i]
+            done = max(done, start + latency[i])
+            heapq.heappush(in_flight[i], done)
+        while ends and ends[0] <= a:
+            heapq.heappop(ends)
+        heapq.heappush(ends, done)
+        overlap = max(overlap, len(ends))
+        arrivals[r], finishes[r] = a, done
+        used.append(tuple(chosen))
+        if times is None:
+            heapq.heappush(clients, (done, c))
+    return Served(arrivals, finishes, tuple(used), waited, overlap)
+
+
+def meetings(served: Served, alone: list[Lone]) -> tuple[bool, dict[str, float]]:
+    """Over each run of requests in flight together: whether two of them use one server
+    at overlapping times, and each device's activation peak with their memory together."""
+    shared, peak = False, defaultdict(float)
+    order = np.argsort(served.arrival, kind="stable")
+    cluster: list[int] = []
+    reach = float("-inf")
+    for r in [*order, None]:
+        if r is not None and served.arrival[r] < reach:
+            cluster.append(r)
+            reach = max(reach, float(served.finish[r]))
+            continue
+        if len(cluster) > 1:
+            at = [(r2, float(served.arrival[r2]), alone[served.replicas[r2][0]]) for r2 in cluster]
+            shared = shared or bool(shared_server([(s, a + t0, a + t1, (r2, g))
+                                                   for r2, a, one in at
+                                                   for s, t0, t1, g in one.spans]))
+            level: dict[str, float] = defaultdict(float)
+            for t, d, delta in sorted(((a + t, d, delta) for _, a, one in at
+                                       for t, d, delta in one.memory), key=lambda e: e[0]):
+                level[d] += delta
+                peak[d] = max(peak[d], level[d])
+        elif cluster:
+            for d, held in alone[served.replicas[cluster[0]][0]].held.items():
+                peak[d] = max(peak[d], held)
+        if r is not None:
+            cluster, reach = [r], float(served.finish[r])
+    return shared, peak
+
+
+def dispatcher(dispatch: str, shares: list[float]) -> Callable[[list[int]], int]:
+    """Which replica takes the next request given each one's requests in flight: the
+    run's rules (round robin; fewest in flight per share, ties to the larger share, then
+    the first; nginx's smooth weighted round robin in exact rationals)."""
+    if dispatch == "round_robin":
+        turn = iter(range(10**12))
+        return lambda busy: next(turn) % len(busy)
+    if dispatch == "least_loaded":
+        return lambda busy: min(range(len(busy)), key=lambda i: (
+            (busy[i] + 1) / shares[i], -shares[i], i))
+    if dispatch == "weighted":
+        weights = [Fraction(s) for s in shares]
+        total, credit = sum(weights), [Fraction(0)] * len(weights)
+
+        def weighted(busy: list[int]) -> int:
+            for i, w in enumerate(weights):
+                credit[i] += w
+            best = max(range(len(credit)), key=lambda i: (credit[i], -i))
+            credit[best] -= total
+            return best
+        return weighted
+    return lambda busy: 0
+
+
+def percentile(values: np.ndarray, q: float) -> float:
+    """The run's percentile rule (numpy's linear), NaN when there are none."""
+    return float(np.percentile(values, q, method="linear")) if values.size else float("nan")

@@ -1,0 +1,110 @@
+"""Re-planning after the pool changes: the new plan, and exactly the weights that must move."""
+from dataclasses import replace
+
+import pytest
+from test_engine import device
+
+from simdl.errors import PlanError
+from simdl.hw.topologies import links
+from simdl.nn.data import gaussian_mixture
+from simdl.nn.models import mlp
+from simdl.plan.costs import Costs
+from simdl.plan.plan import Plan, Replica, Stage
+from simdl.plan.replan import replan, slower, weights_to_move, without
+from simdl.plan.space import Space
+from simdl.plan.world import Arrival, Inference, World
+
+
+def world(bandwidths=None, drop=()):
+    """A source and three helpers of unequal speed, each on its own link to a switch;
+    an mlp of 6 blocks whose weights fit anywhere."""
+    speeds = {"src": 1e8, "b": 4e9, "c": 2e9, "d": 1e9}
+    bandwidths = bandwidths or {d: 1e8 for d in speeds}
+    devs = {d: device(peak=p, efficiency=1.0, mem_bw=1e10, memory=2**30)
+            for d, p in speeds.items() if d not in drop}
+    net = links(devs, [{"a": d, "b": "sw", "bandwidth": bandwidths[d], "latency": 1e-4}
+                       for d in devs], overhead=0.0)
+    chain = mlp(in_dim=64, hidden=256, depth=5, n_classes=4, seed=0)
+    load = Inference(8, Arrival("closed", concurrency=1), 16, "src")
+    return World("t", 0, {"main": chain}, devs, net, load,
+                 gaussian_mixture(n=32, dim=64, n_classes=4))
+
+
+def pipeline(*stages):
+    return Plan("t", (Replica(tuple(Stage((d,), a, b) for d, a, b in stages)),), "src")
+
+
+def test_nothing_changed_keeps_the_plan_and_moves_nothing():
+    w = world()
+    first = replan(pipeline(("src", 0, 6)), w)
+    again = replan(first.plan, w)
+    assert again.kept and again.moves == () and again.nbytes == 0 and again.plan == first.plan
+
+
+def test_a_device_gone_is_replaced_and_only_missing_weights_move():
+    """The plan ran blocks 1-5 on b; b leaves. The new plan avoids b; each device receives
+    exactly the blocks it did not hold, from the source (b, their holder, is gone), which
+    keeps the whole model and so receives nothing."""
+    current = pipeline(("src", 0, 1), ("b", 1, 6))
+    after = replan(current, world(drop=("b",)))
+    assert not after.kept and "b" not in after.plan.devices
+    held = {(s.device, b) for r in current.replicas for s in r.stages for b in range(s.start, s.stop)}
+    weights = Costs(world()).weights()
+    needed = {(s.device, b) for r in after.plan.replicas for s in r.stages
+              for b in range(s.start, s.stop) if s.device != "src"} - held
+    assert needed and sorted((m.dst, m.block) for m in after.moves) == sorted(needed)
+    assert after.nbytes == pytest.approx(sum(weights[b] for _, b in needed), rel=1e-12)
+    assert {m.src for m in after.moves} == {"src"}
+
+
+def test_weights_come_from_the_closest_holder_still_in_the_pool():
+    """Blocks 3-5 move from c (which held them) to d, not from the far source; blocks 0-2,
+    which d did not hold and only the source has, come from the source."""
+    w = world(bandwidths={"src": 1e6, "b": 1e8, "c": 1e8, "d": 1e8})
+    moves = weights_to_move(pipeline(("src", 0, 3), ("c", 3, 6)),
+                            pipeline(("d", 0, 6)), w)
+    assert sorted((m.src, m.block) for m in moves) == [("c", 3), ("c", 4), ("c", 5),
+                                                         ("src", 0), ("src", 1), ("src", 2)]
+    assert all(m.dst == "d" for m in moves)
+
+
+def test_a_slower_link_moves_work_off_it():
+    """b's link drops to a trickle: the pipeline that ran through b moves elsewhere (as one
+    pipeline: a replica of its own on b would still add a little capacity)."""
+    one = Space(replicas=False)
+    current = replan(pipeline(("src", 0, 6)), world(), space=one).plan
+    assert "b" in current.devices
+    slow = world(bandwidths={"src": 1e8, "b": 1e3, "c": 1e8, "d": 1e8})
+    after = replan(current, slow, space=one)
+    assert "b" not in after.plan.devices and after.nbytes > 0 and after.seconds > 0
+
+
+def test_a_small_gain_keeps_the_running_plan():
+    """c alone is a little slower than the best; with min_gain 0.9 it stays, with 0 it goes."""
+    w = world()
+    current = pipeline(("src", 0, 1), ("c", 1, 6))
+    assert replan(current, w, min_gain=0.9).kept
+    assert not replan(current, w, min_gain=0.0).kept
+    with pytest.raises(PlanError, match="min_gain"):
+        replan(current, w, min_gain=-1)
+
+
+def test_the_changed_world_has_no_route_through_a_device_gone():
+    """src and d reach each other only through b on this line; once b is gone, no route."""
+    devs = {d: device(memory=2**30) for d in ("src", "b", "d")}
+    net = links(devs, [{"a": "src", "b": "b", "bandwidth": 1e8}, {"a": "b", "b": "d", "bandwidth": 1e8}],
+                overhead=0.0)
+    w = replace(world(), devices=devs, network=net)
+    assert w.network.route("src", "d").nodes == ("src", "b", "d")
+    gone = without(w, ["b"])
+    assert set(gone.devices) == {"src", "d"}
+    with pytest.raises(PlanError, match="no route"):
+        gone.network.route("src", "d")
+
+
+def test_a_slower_link_divides_both_directions():
+    w = slower(world(), "b", "sw", 4.0)
+    assert w.network.capacity["b>sw"] == w.network.capacity["sw>b"] == 1e8 / 4
+    assert w.network.capacity["c>sw"] == 1e8
+    with pytest.raises(PlanError, match="link"):
+        slower(world(), "b", "c", 2.0)
