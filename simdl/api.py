@@ -9,23 +9,34 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from simdl import __version__
+from simdl import __version__, planner
 from simdl.errors import PlanError, ScenarioError
 from simdl.plan import train_memory
 from simdl.plan.estimate import capacity, transfer_time
 from simdl.plan.plan import Plan, Stage, check
-from simdl.plan.strategies import STRATEGIES
-from simdl.plan.training import TRAIN_STRATEGIES, TrainPlan
+from simdl.plan.space import Space
+from simdl.plan.strategies import STRATEGIES, PositiveInt
+from simdl.plan.train_search import train_search
+from simdl.plan.training import TRAIN_STRATEGIES, Compression, TrainPlan
 from simdl.plan.world import World
 from simdl.report.result import Result, write_run
 from simdl.report.tables import compare as compare_summaries
-from simdl.scenario import DeployEntry, Scenario, StrategyEntry, call, choose, dump, load, parse
+from simdl.scenario import (
+    DeployEntry,
+    Scenario,
+    StrategyEntry,
+    call,
+    choose,
+    dump,
+    load,
+    parse,
+)
 from simdl.sim.engine import Simulator
 from simdl.sim.inference import Outputs, execute, fuse, inputs, labels
 from simdl.sim.metrics import TrainingMetrics
@@ -145,10 +156,32 @@ def _swept(entry: StrategyEntry, i: int) -> list[StrategyEntry]:
             for v in values]
 
 
+Weights = dict[Literal["throughput", "latency", "energy"], float]
+
+
+def auto(world: World, objective: Literal["throughput", "latency", "energy"] | Weights = "throughput",
+         devices: list[str] | None = None, microbatches: list[PositiveInt] | None = None,
+         top: PositiveInt = 3) -> Plan:
+    """`name: auto`: the planner's choice (`planner.choose`) for `objective` among
+    `devices` (default: the pool), its `top` candidates re-scored by simulation."""
+    space = Space(devices=tuple(devices) if devices else None,
+                  microbatches=tuple(microbatches or (1,)))
+    return replace(planner.choose(world, objective, space, top=top).plan, strategy="auto")
+
+
+def train_auto(world: World, devices: list[str] | None = None,
+               syncs: list[str] | None = None, compressions: list[Compression] | None = None
+               ) -> TrainPlan:
+    """`name: auto` for training: the plan whose steps `train_search` estimates finish
+    first, among its default syncs (or `syncs`) and `compressions` (default none)."""
+    return replace(train_search(world, planner.train_space(devices, syncs, compressions)).best.plan,
+                   strategy="auto")
+
+
 def plan(world: World, entry: StrategyEntry, i: int) -> Plan:
     """The entry's strategy applied to the world, deployed as asked, checked before it runs."""
     where = f"strategies[{i}]"
-    make = choose(STRATEGIES, entry.name, f"{where}.name")
+    make = choose(STRATEGIES | {"auto": auto}, entry.name, f"{where}.name")
     for device in entry.deploy:
         if device not in world.devices:
             raise ScenarioError(f"{where}.deploy.{device}", device,
@@ -165,7 +198,7 @@ def plan(world: World, entry: StrategyEntry, i: int) -> Plan:
 def train_plan(world: World, entry: StrategyEntry, i: int) -> TrainPlan:
     """The entry's training strategy applied to the world, its peak memory checked."""
     where = f"strategies[{i}]"
-    make = choose(TRAIN_STRATEGIES, entry.name, f"{where}.name")
+    make = choose(TRAIN_STRATEGIES | {"auto": train_auto}, entry.name, f"{where}.name")
     try:
         tp = call(make, entry.params, where, world)
         train_memory.check(tp, world)
@@ -250,8 +283,15 @@ def accuracy(p: Plan, world: World, outputs: Outputs) -> dict[str, float]:
         return {}
 
     def acc(answers: dict[int, np.ndarray]) -> float:
-        return float(np.mean([np.mean(np.argmax(y, -1) == labels(world, r))
-                              for r, y in sorted(answers.items())]))
+        """The mean over requests (in request order) of each one's share of right answers;
+        requests stacked a few thousand at a time, not one call each."""
+        served = sorted(answers)
+        shares = []
+        for k in range(0, len(served), 4096):
+            some = served[k:k + 4096]
+            right = np.argmax(np.stack([answers[r] for r in some]), -1) == labels(world, some)
+            shares.append(right.reshape(len(some), -1).mean(axis=1))
+        return float(np.mean(np.concatenate(shares)))
 
     out = {"accuracy": acc(outputs.final)}
     for i, rep in enumerate(p.replicas):

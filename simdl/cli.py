@@ -11,12 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tqdm import tqdm
 
-from simdl import __version__, api, budget
+from simdl import __version__, api, budget, planner
 from simdl.errors import SimdlError
+from simdl.plan.space import OBJECTIVES
 from simdl.report.result import MARKER, strategy_folders
-from simdl.report.store import check_file, check_folder, write_csv
+from simdl.report.store import atomic_write, check_file, check_folder, write_csv
 from simdl.report.tables import format_table
 from simdl.scenario import Scenario, StrategyEntry
 from simdl.sim.training import DECISIONS
@@ -128,6 +130,69 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    """Search the pool, print the best plans beside the baselines, and write them."""
+    scenario = api.resolve(args.scenario)
+    for flag, path in (("--out", args.out), ("--plot", args.plot)):
+        if path:
+            check_file(path, flag)  # before the search, not after it
+    if args.top < 1:
+        raise SimdlError("--top", args.top, "a whole number >= 1")
+    world = api.build(scenario, timing_only=True, pretrain=False)
+    if scenario.workload.kind == "training":
+        return _plan_training(args, world)
+    planned = planner.plan_pool(world, args.objective, args.top)
+    found = planned.choice.found
+    print(f"{scenario.name}: {found.method} search by {args.objective}, {found.examined} plans "
+          f"estimated; the top {args.top} simulated, the baselines estimated\n")
+    print(format_table(planned.table, PLAN_COLUMNS))
+    print(f"\nchosen: {planned.winner}, {planned.plans[planned.winner].describe()}")
+    for note in planned.notes:
+        print(f"note: {note}")
+    front = [s.plan.describe() for s in found.pareto]
+    print(f"\nPareto front over (capacity, p50 latency, energy per request): {len(front)} plans")
+    for line in front:
+        print(f"  {line}")
+    if args.check:
+        plans = list(planned.plans.values())
+        table = planner.errors(plans, world)
+        table.insert(0, "label", list(planned.plans))
+        print("\nestimator against simulator (relative error, on the scenario's own workload)")
+        print(format_table(table, CHECK_COLUMNS))
+    if args.plot:
+        from simdl.report.pareto import plot_pareto
+        print(f"\nplot: {plot_pareto(planner.pareto_points(planned), args.plot)}")
+    if args.out:
+        text = yaml.safe_dump(planner.planned_scenario(scenario, planned), sort_keys=False)
+        print(f"scenario: {atomic_write(args.out, text)} (run it with `simdl run`)")
+    return 0
+
+
+#: What `simdl plan` prints per plan, and with `--check` per plan and figure.
+PLAN_COLUMNS = ("chosen", "label", "plan", "capacity_rps", "sim_throughput_rps", "latency_p50_ms",
+                "energy_per_request_mJ", "peak_memory_max_MiB", "vs_winner", "why")
+CHECK_COLUMNS = ("label", "exact", "throughput_rps_err", "p50_s_err", "makespan_s_err",
+                 "energy_J_err", "peak_memory_B_err")
+
+
+def _plan_training(args: argparse.Namespace, world: Any) -> int:
+    """A training pool: the training search's best plans (sync, compression)."""
+    for flag in ("out", "plot", "check"):
+        if getattr(args, flag):
+            raise SimdlError(f"--{flag}", getattr(args, flag),
+                             "inference scenarios only (a training scenario can list "
+                             "`{name: auto}` instead)")
+    if args.objective != "throughput":
+        raise SimdlError("--objective", args.objective,
+                         "throughput for a training scenario (the time its steps take)")
+    table, found = planner.plan_training(world, args.top)
+    print(f"{world.chain.name} training: {found.examined} plans estimated, "
+          f"{found.refused} refused for memory; fastest workload first\n")
+    print(format_table(table, list(table.columns)))
+    print(f"\nchosen: {found.best.plan.describe()}")
+    return 0
+
+
 def _devices(args: argparse.Namespace) -> int:
     from simdl.hw.devices import catalogue_frame
     print(catalogue_frame().to_string(index=False))
@@ -163,6 +228,17 @@ def _parser() -> argparse.ArgumentParser:
                        "target_accuracy) are not taken, and the run says so")
         p.add_argument("--seed", type=int, help="override the scenario's seed")
     scenario_command("validate", _validate, "check a scenario and its plans without running")
+    plan = scenario_command("plan", _plan, "search the pool for the best plans, beside the "
+                            "baselines a user would try")
+    plan.add_argument("--objective", default="throughput", choices=OBJECTIVES,
+                      help="what the plans are ranked by (default throughput)")
+    plan.add_argument("--top", type=int, default=3, metavar="N",
+                      help="simulate and list the N best plans (default 3)")
+    plan.add_argument("--out", metavar="FILE", help="write the scenario with these plans as "
+                      "its strategies (YAML for `simdl run`)")
+    plan.add_argument("--check", action="store_true",
+                      help="also print the estimator's error against the simulator per plan")
+    plan.add_argument("--plot", metavar="FILE", help="draw the Pareto front as a PNG")
     devices = sub.add_parser("devices", help="the device catalogue as a table")
     devices.set_defaults(command=_devices)
     return parser

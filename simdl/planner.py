@@ -1,5 +1,6 @@
-"""The planner at the edge: the search's best candidates re-scored by simulation, and
-the estimator checked against the simulator.
+"""The planner at the edge: the search's best candidates re-scored by simulation, the
+estimator checked against the simulator, and what `simdl plan` shows (the best plans
+beside the baselines, as a table, a Pareto front and a scenario to run).
 
 `plan.search` ranks plans by the analytic estimate (it may not run simpy); this
 module runs the top few on the simulator, exactly as `api.run` runs a strategy,
@@ -15,12 +16,17 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from simdl.errors import PlanError
+from simdl.plan.baselines import baselines
 from simdl.plan.estimate import Estimate, estimate
 from simdl.plan.plan import Plan, check
-from simdl.plan.search import Objective, Search, search, weights_of
+from simdl.plan.search import Objective, Search, score, search, weights_of
 from simdl.plan.space import Limits, Space
+from simdl.plan.strategies import entry as written_entry
+from simdl.plan.train_search import TrainSearch, TrainSpace, train_search
 from simdl.plan.world import Arrival, Inference, World
 from simdl.report import tables
+from simdl.scenario import Scenario, dump
 from simdl.sim.engine import Simulator
 from simdl.sim.inference import execute
 from simdl.sim.stages import prepare
@@ -133,13 +139,149 @@ def errors(plans: Sequence[Plan], world: World) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@dataclass
+class Planned:
+    """What `simdl plan` shows for an inference pool: one row per plan (the search's
+    `top` candidates, labelled plan-1.., then every baseline), the plans by label, the
+    planner's `winner` (simulated best of the candidates), the search itself, and notes
+    on baselines that a subset of their own devices beats, or that do not fit."""
+
+    table: pd.DataFrame
+    plans: dict[str, Plan]
+    winner: str
+    choice: Choice
+    notes: list[str]
+
+
+def pareto_points(planned: Planned) -> pd.DataFrame:
+    """Every plan the search kept (on the front or not) and the baselines that fit, as
+    `report.pareto.plot_pareto` draws them: the named ones labelled."""
+    found = planned.choice.found
+    front = {id(s) for s in found.pareto}
+    names = {p.describe(): k for k, p in planned.plans.items()}
+    rows = [{"label": names.get(s.plan.describe(), ""), "front": id(s) in front,
+             "capacity_rps": s.estimate.capacity, "latency_p50_ms": s.estimate.p50 * 1e3,
+             "energy_per_request_mJ": s.estimate.per_request_J * 1e3} for s in found.ranked]
+    base = planned.table[~planned.table.label.str.startswith("plan-")].dropna(
+        subset=["capacity_rps"])
+    rows += [{"label": r.label, "front": False, "capacity_rps": r.capacity_rps,
+              "latency_p50_ms": r.latency_p50_ms, "energy_per_request_mJ": r.energy_per_request_mJ}
+             for r in base.itertuples()]
+    return pd.DataFrame(rows)
+
+
+def plan_pool(world: World, objective: Any = "throughput", top: int = 3) -> Planned:
+    """The planner's best `top` plans for `objective` beside the baselines, by estimate
+    (and, for the candidates, by simulation as `planner.choose` measured them)."""
+    weights = weights_of(objective)
+    choice = choose(world, objective, top=top)
+    candidates = [(f"plan-{k + 1}", s.plan) for k, s in enumerate(choice.found.ranked[:top])]
+    rows, found = [], {}
+    for k, (name, p) in enumerate(candidates):
+        m = choice.measured[k] if k < len(choice.measured) else None
+        rows.append(_row(name, p, estimate(p, world), m))
+        found[name] = p
+    for name, p in baselines(world).items():
+        try:
+            check(p, world)
+        except PlanError as err:
+            rows.append(_row(name, p, None, None) | {"why": f"does not fit: {err}"})
+            continue
+        rows.append(_row(name, p, estimate(p, world), None))
+        found[name] = p
+    winner = next(name for name, p in candidates if p == choice.plan)
+    scored = [r for r in rows if r["estimate"] is not None]
+    for r, v in zip(scored, score([r["estimate"] for r in scored], weights)):
+        r["score"] = v
+    best = next(r["score"] for r in scored if r["label"] == winner)
+    for r in rows:
+        r["chosen"] = "*" if r["label"] == winner else ""
+        r["vs_winner"] = r["score"] / best if "score" in r else float("nan")
+    table = pd.DataFrame(rows).drop(columns=["estimate", "score"], errors="ignore")
+    return Planned(table, found, winner, choice, _subset_notes(rows, objective))
+
+
+def _row(name: str, p: Plan, e: Estimate | None, m: Measured | None) -> dict[str, Any]:
+    nan = float("nan")
+    return {
+        "label": name, "plan": p.describe(), "devices": len(p.devices),
+        "capacity_rps": e.capacity if e else nan,
+        "sim_throughput_rps": m.throughput if m else nan,
+        "latency_p50_ms": e.p50 * 1e3 if e else nan,
+        "energy_per_request_mJ": e.per_request_J * 1e3 if e else nan,
+        "peak_memory_max_MiB": max(e.peak_memory.values()) / 2**20 if e else nan,
+        "why": f"bottleneck {e.bottleneck}" if e else "",
+        "estimate": e, "plan_devices": p.devices}
+
+
+def _subset_notes(rows: list[dict[str, Any]], objective: Any) -> list[str]:
+    """A note for each baseline that does not fit, and for each that a plan on a strict
+    subset of its devices beats by the objective: adding devices made it worse."""
+    notes = []
+    for r in rows:
+        if r["estimate"] is None:
+            notes.append(f"{r['label']} {r['why']}")
+            continue
+        if r["devices"] < 2 or r["label"].startswith("plan-"):
+            continue
+        mine = set(r["plan_devices"])
+        fewer = [o for o in rows if "score" in o and set(o["plan_devices"]) < mine]
+        if not fewer:
+            continue
+        better = min(fewer, key=lambda o: o["score"])
+        if better["score"] < r["score"]:
+            notes.append(f"{r['label']} uses {r['devices']} devices; {better['label']} on "
+                         f"{len(better['plan_devices'])} of them ({', '.join(better['plan_devices'])}) "
+                         f"does better by {objective} ({r['score'] / better['score']:.3g}x)")
+    return notes
+
+
+def plan_training(world: World, top: int = 3, devices: list[str] | None = None,
+                  syncs: list[str] | None = None, compressions: list[str] | None = None
+                  ) -> tuple[pd.DataFrame, TrainSearch]:
+    """The training search's `top` plans (fastest workload first): how each synchronises
+    and compresses, its estimated step and workload time, and bytes a worker sends."""
+    found = train_search(world, train_space(devices, syncs, compressions))
+    rows = [{"label": f"plan-{k + 1}", "chosen": "*" if k == 0 else "",
+             "plan": e.plan.describe(), "sync": e.plan.sync.kind,
+             "compression": e.plan.sync.compression, "step_s": e.step, "total_s": e.total,
+             "bytes_per_step": e.nbytes, "exact": e.exact}
+            for k, e in enumerate(found.ranked[:top])]
+    return pd.DataFrame(rows), found
+
+
+def planned_scenario(sc: Scenario, planned: Planned) -> dict[str, Any]:
+    """The scenario as plain data with `strategies` replaced by the planned plans (the
+    winner first, labelled `auto-best`), each an explicit entry `simdl run` accepts."""
+    order = [planned.winner] + [k for k in planned.plans if k != planned.winner]
+    entries = [written_entry(planned.plans[k]) | {"label": "auto-best" if k == planned.winner else k}
+               for k in order]
+    return dump(sc) | {"strategies": entries}
+
+
+def train_space(devices: list[str] | None, syncs: list[str] | None,
+                 compressions: list[str] | None) -> TrainSpace:
+    """The training search's space: `devices` (default: the pool), `syncs` and
+    `compressions` (default: the search's own)."""
+    base = TrainSpace()
+    return TrainSpace(devices=tuple(devices) if devices else None,
+                      syncs=tuple(syncs or base.syncs),
+                      compressions=tuple(compressions or base.compressions))
+
+
 __all__ = [
     "Choice",
     "Estimate",
     "Measured",
+    "Planned",
     "choose",
     "dynamic_energy",
     "errors",
+    "pareto_points",
+    "plan_pool",
+    "plan_training",
+    "planned_scenario",
     "saturated",
     "simulate",
+    "train_space",
 ]

@@ -238,6 +238,14 @@ class Scenario(Strict):
             raise PydanticCustomError("folder_name", NAME_RULE)
         return name
 
+    @field_validator("strategies", mode="before")
+    @classmethod
+    def _bare_names(cls, entries: Any) -> Any:
+        """A strategy with no parameters may be written by name alone (`[auto]`)."""
+        if isinstance(entries, list):
+            return [{"name": e} if isinstance(e, str) else e for e in entries]
+        return entries
+
     @model_validator(mode="before")
     @classmethod
     def _finite(cls, data: Any) -> Any:

@@ -78,6 +78,10 @@ REQUIRED = {
     "str": "b",
     "list[str]": ["a", "b", "c"],
     "list[list[list[str]]]": [[["a"], ["b", "c"]], [["d"], ["b"]]],
+    "list[simdl.plan.strategies.ReplicaEntry]": [
+        {"stages": [{"devices": ["a"], "start": 0, "stop": 1},
+                    {"devices": ["b", "c"], "start": 1, "stop": 3}], "share": 0.5},
+        {"stages": [{"devices": ["d"], "start": 0, "stop": 3}], "share": 0.5}],
 }
 
 

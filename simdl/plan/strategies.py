@@ -6,12 +6,18 @@ against the type hints, so adding one is one function and one dict line.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from annotated_types import Gt
+from typing_extensions import NotRequired, TypedDict
 
 from simdl.errors import PlanError
-from simdl.plan.estimate import balanced_cuts, block_times, group_block_times, offload_latency
+from simdl.plan.estimate import (
+    balanced_cuts,
+    block_times,
+    group_block_times,
+    offload_latency,
+)
 from simdl.plan.plan import Plan, Replica, Stage, single_path
 from simdl.plan.world import World
 
@@ -152,6 +158,81 @@ def ensemble(world: World, devices: list[str], models: list[str] | None = None,
                 params={"devices": list(devices), "models": list(models), "fuse": fuse})
 
 
+class StageEntry(TypedDict):
+    """One stage as a file writes it: blocks [start, stop) on `devices` (a group when
+    several), on `unit` (default: the fastest) and stored as `dtype`."""
+
+    devices: list[str]
+    start: int
+    stop: int
+    unit: NotRequired[str]
+    dtype: NotRequired[Literal["fp32", "fp16", "int8"]]
+
+
+class ReplicaEntry(TypedDict):
+    """One replica's stages in chain order, and its `share` of the requests."""
+
+    stages: list[StageEntry]
+    share: NotRequired[float]
+
+
+def explicit(world: World, replicas: list[ReplicaEntry],
+             dispatch: Literal["round_robin", "least_loaded", "weighted", "split"] = "weighted",
+             microbatches: PositiveInt = 1) -> Plan:
+    """Every replica's stages exactly as written: any plan the planner finds, so that
+    `simdl plan --out` can hand it to `simdl run` unchanged. Shares (default equal)
+    must add up to 1; they are used as written, not rescaled, so a plan round-trips
+    to the same bits. One replica has nothing to dispatch: `dispatch` is then ignored."""
+    if not replicas:
+        raise PlanError("replicas", replicas, "at least one replica")
+    shares = [r.get("share", 1.0 / len(replicas)) for r in replicas]
+    if any(not s > 0 for s in shares) or abs(sum(shares) - 1.0) > 1e-9:
+        raise PlanError("replicas.share", shares, "fractions > 0 that add up to 1")
+    made = []
+    for r, (rep, share) in enumerate(zip(replicas, shares)):
+        stages = []
+        for i, s in enumerate(rep["stages"]):
+            for d in s["devices"]:
+                world.known(f"replicas[{r}].stages[{i}].devices", d)
+            distinct(f"replicas[{r}].stages[{i}].devices", s["devices"], "a stage")
+            stages.append(Stage(tuple(s["devices"]), s["start"], s["stop"], s.get("unit"),
+                                s.get("dtype", "fp32")))
+        made.append(Replica(tuple(stages), share=share))
+    how = dispatch if len(made) > 1 else "one"
+    return Plan("explicit", tuple(made), world.workload.source, microbatches, how,
+                params={"replicas": replicas, "dispatch": how})
+
+
+def entry(plan: Plan) -> dict[str, Any]:
+    """A strategy entry that makes `plan` again (the plainest that does): `single` or
+    `pipeline` for one replica of one-device fp32 stages on their fastest units, else
+    `explicit` with every stage, unit, dtype and share written out."""
+    (first, *more) = plan.replicas
+    plain = all(len(s.devices) == 1 and s.unit is None and (s.dtype, s.prune) == ("fp32", 0.0)
+                and s.split == "auto" for s in first.stages)
+    if not more and plain and plan.dispatch == "one" and first.model == "main":
+        if len(first.stages) == 1:
+            return {"name": "single", "device": first.stages[0].device}
+        return {"name": "pipeline", "devices": [s.device for s in first.stages],
+                "cuts": [s.start for s in first.stages[1:]], "microbatches": plan.microbatches}
+    for s in (s for r in plan.replicas for s in r.stages):
+        if s.prune or s.split != "auto" or plan.dispatch == "all":
+            raise PlanError("plan", plan.describe(), "stages without pruning or a split "
+                            "and no fused answers (what `explicit` writes)")
+    if any(r.model != "main" for r in plan.replicas):
+        raise PlanError("plan", plan.describe(), "replicas of the main model")
+
+    def stage(s: Stage) -> dict[str, Any]:
+        out: dict[str, Any] = {"devices": list(s.devices), "start": s.start, "stop": s.stop}
+        return out | ({"unit": s.unit} if s.unit else {}) | (
+            {"dtype": s.dtype} if s.dtype != "fp32" else {})
+
+    how = {"dispatch": plan.dispatch} if len(plan.replicas) > 1 else {}
+    return {"name": "explicit", **how, "microbatches": plan.microbatches,
+            "replicas": [{"stages": [stage(s) for s in r.stages], "share": float(r.share)}
+                         for r in plan.replicas]}
+
+
 def _stages(world: World, groups: list[list[str]], cuts: Cuts, microbatches: int,
             field: str, batch: int | None = None) -> list[Stage]:
     """Stages over `groups` in order, cut where `cuts` says or balanced by estimate."""
@@ -185,4 +266,5 @@ STRATEGIES: dict[str, Strategy] = {
     "hybrid": hybrid,
     "offload": offload,
     "ensemble": ensemble,
+    "explicit": explicit,
 }
