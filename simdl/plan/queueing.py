@@ -69,8 +69,9 @@ def replay(plan: Plan, world: World, latency: list[float], service: list[float],
     load = world.workload
     assert isinstance(load, Inference)
     n, together = load.requests, plan.dispatch in ("split", "all")
-    pick = dispatcher(plan.dispatch, shares)
     reps = len(latency)
+    busy = [0] * reps
+    pick, moved = dispatcher(plan.dispatch, shares, busy)
     free_at = [float("-inf")] * reps            # when each bottleneck is free again
     shared_free = float("-inf")                 # ... and the plan's busiest server
     in_flight: list[list[float]] = [[] for _ in range(reps)]  # finish times, as heaps
@@ -83,11 +84,12 @@ def replay(plan: Plan, world: World, latency: list[float], service: list[float],
             a = float(times[r])
         else:
             a, c = heapq.heappop(clients)
-        busy = []
         for i in range(reps):
             while in_flight[i] and in_flight[i][0] <= a:
                 heapq.heappop(in_flight[i])
-            busy.append(len(in_flight[i]))
+            if busy[i] != len(in_flight[i]):
+                busy[i] = len(in_flight[i])
+                moved(i)
         chosen = [0] if together else [pick(busy)]
         done = 0.0
         for i in chosen:
@@ -101,6 +103,8 @@ def replay(plan: Plan, world: World, latency: list[float], service: list[float],
                 shared_free = start + common[i]
             done = max(done, start + latency[i])
             heapq.heappush(in_flight[i], done)
+            busy[i] += 1
+            moved(i)
         while ends and ends[0] <= a:
             heapq.heappop(ends)
         heapq.heappush(ends, done)
@@ -142,17 +146,23 @@ def meetings(served: Served, alone: list[Lone]) -> tuple[bool, dict[str, float]]
     return shared, peak
 
 
-def dispatcher(dispatch: str, shares: list[float]) -> Callable[[list[int]], int]:
-    """Which replica takes the next request given each one's requests in flight: the
-    run's rules (round robin; fewest in flight per share, ties to the larger share, then
-    the first; nginx's smooth weighted round robin in exact rationals)."""
+def dispatcher(dispatch: str, shares: list[float], busy: list[int]
+               ) -> tuple[Callable[[list[int]], int], Callable[[int], None]]:
+    """The run's rule for which replica takes the next request, given `busy` (each one's
+    requests in flight), and what to call when busy[i] has changed. Round robin; least
+    loaded: fewest in flight per share, ties to the larger share, then the first; weighted:
+    nginx's smooth weighted round robin in exact rationals. One rule for the simulator
+    and the estimator's replay."""
+    unmoved: Callable[[int], None] = lambda i: None
     if dispatch == "round_robin":
         turn = iter(range(10**12))
-        return lambda busy: next(turn) % len(busy)
+        return (lambda busy: next(turn) % len(busy)), unmoved
     if dispatch == "least_loaded":
-        return lambda busy: min(range(len(busy)), key=lambda i: (
-            (busy[i] + 1) / shares[i], -shares[i], i))
+        return _least_loaded(shares, busy)
     if dispatch == "weighted":
+        # Every pick adds each replica's share to its credit, and the largest credit pays
+        # the total. Credits are exact rationals: in floats equal credits reached by
+        # different sums stop tying (three equal replicas went a b c c a b c).
         weights = [Fraction(s) for s in shares]
         total, credit = sum(weights), [Fraction(0)] * len(weights)
 
@@ -162,8 +172,34 @@ def dispatcher(dispatch: str, shares: list[float]) -> Callable[[list[int]], int]
             best = max(range(len(credit)), key=lambda i: (credit[i], -i))
             credit[best] -= total
             return best
-        return weighted
-    return lambda busy: 0
+        return weighted, unmoved
+    return (lambda busy: 0), unmoved
+
+
+def _least_loaded(shares: list[float], busy: list[int]
+                  ) -> tuple[Callable[[list[int]], int], Callable[[int], None]]:
+    """Key ((busy + 1) / share, -share, index), kept in a heap with an entry pushed
+    whenever a replica's count moves, entries of an older count dropped as they surface:
+    a request costs O(log replicas), not a look at every replica."""
+
+    def entry(i: int) -> tuple[float, float, int, int]:
+        return (busy[i] + 1) / shares[i], -shares[i], i, busy[i]
+
+    heap = [entry(i) for i in range(len(shares))]
+    heapq.heapify(heap)
+
+    def pick(busy: list[int]) -> int:
+        while heap[0][3] != busy[heap[0][2]]:  # an older count of that replica
+            heapq.heappop(heap)
+        return heap[0][2]
+
+    def moved(i: int) -> None:
+        heapq.heappush(heap, entry(i))
+        if len(heap) > 4 * len(shares):  # stale entries: keep the heap small
+            heap[:] = [entry(j) for j in range(len(shares))]
+            heapq.heapify(heap)
+
+    return pick, moved
 
 
 def percentile(values: np.ndarray, q: float) -> float:

@@ -7,16 +7,15 @@ is `sim.stages`; this module owns arrivals, dispatch, fusion and the record.
 """
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from simdl.nn.dense import softmax
 from simdl.plan.plan import Plan, replica_batches
+from simdl.plan.queueing import dispatcher
 from simdl.plan.world import World
 from simdl.rng import stream
 from simdl.sim.engine import Simulator
@@ -42,7 +41,7 @@ def execute(plan: Plan, world: World, sim: Simulator, runners: list[ReplicaRunne
     load, out = world.workload, Outputs()
     classes = _classes(world)
     busy = [0] * len(plan.replicas)
-    pick, moved = _dispatcher(plan, busy)
+    pick, moved = dispatcher(plan.dispatch, [rep.share for rep in plan.replicas], busy)
     for runner in runners:
         runner.place_weights(sim)
 
@@ -117,63 +116,6 @@ def fuse(how: str, logits: list[np.ndarray]) -> np.ndarray:
         return np.sum([np.eye(n_classes)[p.argmax(-1)] for p in probs], axis=0)
     weights = [p.max(-1, keepdims=True) for p in probs]
     return np.sum([w * p for w, p in zip(weights, probs)], axis=0) / np.sum(weights, axis=0)
-
-
-def _dispatcher(plan: Plan, busy: list[int]) -> tuple[Callable[[list[int]], int],
-                                                     Callable[[int], None]]:
-    """Which replica takes the next request, given `busy` (the requests each has in
-    flight); and what to call when busy[i] has changed."""
-    unmoved: Callable[[int], None] = lambda i: None
-    if plan.dispatch == "round_robin":
-        turn = iter(range(10**12))
-        return (lambda busy: next(turn) % len(busy)), unmoved
-    if plan.dispatch == "least_loaded":
-        return _least_loaded(plan, busy)
-    if plan.dispatch == "weighted":
-        # Smooth weighted round robin (nginx's): every pick adds each replica's share to its
-        # credit, and the largest credit pays the total. Deterministic, each replica gets its
-        # share. Credits are exact rationals: in floats equal credits reached by different
-        # sums stop tying (three equal replicas went a b c c a b c).
-        shares = [Fraction(rep.share) for rep in plan.replicas]
-        total = sum(shares)
-        credit = [Fraction(0)] * len(shares)
-
-        def weighted(busy: list[int]) -> int:
-            for i, share in enumerate(shares):
-                credit[i] += share
-            best = max(range(len(credit)), key=lambda i: (credit[i], -i))
-            credit[best] -= total
-            return best
-        return weighted, unmoved
-    return (lambda busy: 0), unmoved
-
-
-def _least_loaded(plan: Plan, busy: list[int]) -> tuple[Callable[[list[int]], int],
-                                                      Callable[[int], None]]:
-    """Fewest in flight relative to speed, key ((busy + 1) / share, -share, index): ties
-    to the faster replica, then the first. A heap with an entry pushed whenever a
-    replica's count moves, entries of an older count dropped as they surface: a
-    request costs O(log replicas), not a look at every replica."""
-    shares = [rep.share for rep in plan.replicas]
-
-    def entry(i: int) -> tuple[float, float, int, int]:
-        return (busy[i] + 1) / shares[i], -shares[i], i, busy[i]
-
-    heap = [entry(i) for i in range(len(shares))]
-    heapq.heapify(heap)
-
-    def pick(busy: list[int]) -> int:
-        while heap[0][3] != busy[heap[0][2]]:  # an older count of that replica
-            heapq.heappop(heap)
-        return heap[0][2]
-
-    def moved(i: int) -> None:
-        heapq.heappush(heap, entry(i))
-        if len(heap) > 4 * len(shares):  # stale entries: keep the heap small
-            heap[:] = [entry(j) for j in range(len(shares))]
-            heapq.heapify(heap)
-
-    return pick, moved
 
 
 def _classes(world: World) -> list[tuple[str, int]]:

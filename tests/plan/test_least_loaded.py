@@ -1,11 +1,9 @@
-"""least_loaded keeps a heap of replicas' keys instead of looking at every replica per
+"""least_loaded (one rule for the run and the estimator's replay) keeps a heap of replicas' keys instead of looking at every replica per
 request: it must pick exactly what the look at every replica picks."""
 import random
-from types import SimpleNamespace
-
 import pytest
 
-from simdl.sim.inference import _dispatcher
+from simdl.plan.queueing import dispatcher
 
 
 def brute_force(busy, shares):
@@ -19,10 +17,8 @@ def test_least_loaded_picks_what_a_look_at_every_replica_picks(seed):
     rng = random.Random(seed)
     n = rng.randint(1, 12)
     shares = [rng.choice([0.1, 0.25, 1 / 3, 0.5, rng.random() + 0.01]) for _ in range(n)]
-    plan = SimpleNamespace(dispatch="least_loaded",
-                           replicas=[SimpleNamespace(share=s) for s in shares])
     busy = [0] * n
-    pick, moved = _dispatcher(plan, busy)
+    pick, moved = dispatcher("least_loaded", shares, busy)
     in_flight = []
     for _ in range(600):
         if in_flight and rng.random() < 0.45:
