@@ -22,10 +22,9 @@ from simdl.report.store import (
     atomic_write,
     folder_name,
     write_csv,
-    write_json,
     write_staged,
 )
-from simdl.report.trace import chrome_trace
+from simdl.report.trace import write_trace
 
 #: The files `Result.write` makes, in the order it makes them (tables first, figures last).
 RUN_FILES = ("scenario.resolved.yaml", "summary.csv", "requests.csv", "devices.csv",
@@ -59,14 +58,11 @@ class Result:
                  link_stats: Sequence[Mapping[str, Any]], duration: float, resolved: dict,
                  **context: Any) -> Result:
         """Derive every table from `events`; `context` adds summary columns after the seed."""
-        events = tables.clean(events)
-        devices = tables.devices_table(events, specs, energy, duration)
-        links = tables.links_table(link_stats, duration)
-        summary = tables.summary(events, devices, links, duration, scenario=scenario,
-                                 strategy=strategy, seed=seed, **context)
-        return cls(scenario=scenario, strategy=strategy, seed=seed, events=events,
-                   requests=tables.requests_table(events), devices=devices, links=links,
-                   summary=summary, resolved=resolved)
+        made = tables.run_tables(events, specs, energy, link_stats, duration,
+                                 scenario=scenario, strategy=strategy, seed=seed, **context)
+        return cls(scenario=scenario, strategy=strategy, seed=seed, events=made.events,
+                   requests=made.requests, devices=made.devices, links=made.links,
+                   summary=made.summary, resolved=resolved)
 
     @property
     def title(self) -> str:
@@ -97,7 +93,7 @@ class Result:
         write_csv(self.events, directory / "events.csv")
         for name, table in sorted(self.extra.items()):
             write_csv(table, directory / f"{name}.csv")
-        write_json(chrome_trace(self.events, title=self.title), directory / "trace.json")
+        write_trace(self.events, directory / "trace.json", title=self.title)
         plots.timeline(self.events, directory / "timeline.png", title=f"Timeline: {self.title}")
         plots.utilisation(self.devices, directory / "utilisation.png", title=self.title)
         if "training" in self.extra:

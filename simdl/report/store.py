@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import shutil
 import string
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.image import imsave
 
 from simdl.errors import ScenarioError, SimdlError
 
@@ -46,21 +49,25 @@ _RAW = "surrogatepass"
 _LEFTOVER = re.compile(r"\..+\.incomplete-(\d+)-.*", re.DOTALL)
 
 
-def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:
+def atomic_write(path: str | os.PathLike[str], data: str | bytes | Iterable[str]) -> Path:
     """Write `data` to `path` so that `path` is either the old file or the whole new one.
 
     The bytes go to a temporary file in the same folder (same file system, so the
     rename is atomic), are flushed and fsynced, then renamed over `path`. On any
     error the temporary file is removed and the old `path`, if any, is untouched.
+    `data` may come as pieces of text (`joined`), written one after the other.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    pieces = ([data.encode("utf-8")] if isinstance(data, str)
+              else [bytes(data)] if isinstance(data, (bytes, bytearray, memoryview))
+              else (piece.encode("utf-8") for piece in data))
     remove_leftovers(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_incomplete(path.name), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+            for piece in pieces:
+                f.write(piece)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
@@ -91,8 +98,84 @@ def _sync_folder(folder: Path) -> None:
 
 def write_csv(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write `df` without its index, floats as %.9g, "\\n" line ends: byte-stable."""
-    text = df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
-    return atomic_write(path, text)
+    lines = csv_lines(df)
+    return atomic_write(path, lines if isinstance(lines, str)
+                        else joined("", lines, "\n", sep="\n"))
+
+
+def csv_text(df: pd.DataFrame) -> str:
+    """`df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\\n")`, the
+    same text (`csv_lines` joined)."""
+    lines = csv_lines(df)
+    return lines if isinstance(lines, str) else "\n".join(lines) + "\n"
+
+
+def csv_lines(df: pd.DataFrame) -> list[str] | str:
+    """The lines (without their "\\n") `df.to_csv(index=False, float_format=FLOAT_FORMAT,
+    lineterminator="\\n")` writes, built column by column: each distinct value is
+    formatted once, text quoted as `csv.QUOTE_MINIMAL` does. Columns of other kinds
+    than numbers, booleans and text (and names other than unique text) are left to
+    pandas, whose whole text is returned then."""
+    names = list(df.columns)
+    plain = names and len(set(names)) == len(names) and all(type(c) is str for c in names)
+    cells = [_csv_cells(df[c]) for c in names] if plain else [None]
+    if any(c is None for c in cells):
+        return df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
+    if len(cells) == 1:  # a lone empty field is written "" so the line is not blank
+        cells = [[f or '""' for f in cells[0]]]
+    header = ",".join(_quoted(c) or '""' * (len(names) == 1) for c in names)
+    return [header, *map(",".join, zip(*cells))]
+
+
+def joined(head: str, items: list[str], tail: str, sep: str = ",",
+           per_piece: int = 8192) -> Iterator[str]:
+    """head + sep.join(items) + tail, in pieces of `per_piece` items: a long text is
+    written without ever being held whole."""
+    yield head
+    for i in range(0, len(items), per_piece):
+        yield (sep if i else "") + sep.join(items[i:i + per_piece])
+    yield tail
+
+
+def _quoted(text: str) -> str:
+    """A CSV field as `csv.QUOTE_MINIMAL` writes it: quoted, its quotes doubled, when it
+    holds the delimiter, the quote character or the line terminator."""
+    if "," in text or '"' in text or "\n" in text:
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _csv_cells(column: pd.Series) -> list[str] | None:
+    """One column's CSV fields as pandas writes them ("" for missing), or None when
+    pandas must decide (a kind of column this does not cover)."""
+    dtype = column.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        names = column.cat.categories.tolist()
+        if not all(type(x) is str for x in names):
+            return None
+        return _spread([_quoted(x) for x in names], column.cat.codes.to_numpy())
+    if dtype == "float64":
+        codes, values = pd.factorize(column.to_numpy().view("int64"))  # -0.0 apart from 0.0
+        text = [FLOAT_FORMAT % v if not math.isnan(v) else "" for v in
+                values.view("float64").tolist()]
+        return _spread(text, codes)
+    if dtype.kind in "iu" and isinstance(dtype, np.dtype):
+        codes, values = pd.factorize(column.to_numpy())
+        return _spread([str(v) for v in values.tolist()], codes)
+    if dtype == "bool":
+        return ["True" if v else "False" for v in column.tolist()]
+    if pd.api.types.is_string_dtype(dtype):
+        values = column.tolist()
+        if dtype != object:  # pandas' own text type: text, or a missing value
+            return [_quoted(v) if isinstance(v, str) else "" for v in values]
+        if all(type(v) is str for v in values):
+            return [_quoted(v) for v in values]
+    return None
+
+
+def _spread(text: list[str], codes: np.ndarray) -> list[str]:
+    """Each row's text by its code into `text`; code -1 (missing) is ""."""
+    return np.array(text + [""], dtype=object)[codes].tolist()
 
 
 def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
@@ -105,11 +188,18 @@ def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
 
 
 def write_png(figure: Figure, path: str | os.PathLike[str], dpi: int = 100) -> Path:
-    """Render `figure` with Agg (no pyplot, no global backend) and write it atomically."""
-    FigureCanvasAgg(figure)  # attaches itself as figure.canvas
+    """Render `figure` with Agg (no pyplot, no global backend) and write it atomically.
+
+    Drawn once: `savefig` would draw a figure with a layout engine twice (a dry run
+    to lay it out, then the real one); the canvas's own draw lays out and renders
+    in one pass, and the PNG bytes are the same."""
+    canvas = FigureCanvasAgg(figure)  # attaches itself as figure.canvas
+    figure.set_dpi(dpi)
+    canvas.draw()
     buffer = io.BytesIO()
     # No "Software" text chunk: the bytes then depend on the picture only.
-    figure.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
+    imsave(buffer, canvas.buffer_rgba(), format="png", origin="upper", dpi=dpi,
+           metadata={"Software": None})
     return atomic_write(path, buffer.getvalue())
 
 

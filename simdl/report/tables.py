@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,8 @@ WORK_KINDS = ("compute", "transfer", "request", "dropped", "step")
 #: Rows that held a unit: a kernel lost mid-run occupied (and powered) its unit too.
 BUSY_KINDS = ("compute", "lost")
 PERCENTILES = (50, 95, 99)
+#: Log columns with few distinct values, which the tables compare and group by.
+CODED = ("kind", "device", "resource")
 #: The summary columns worth a terminal line (pass as `format_table(df, HEADLINE)`).
 HEADLINE = ("scenario", "strategy", "seed", "requests_done", "requests_dropped", "makespan_s",
             "offered_rps", "throughput_rps", "capacity_rps", "latency_p50_ms", "latency_p95_ms",
@@ -79,6 +81,19 @@ def clean(events: pd.DataFrame) -> pd.DataFrame:
     return out.assign(**fixes) if fixes else out
 
 
+def coded(events: pd.DataFrame) -> pd.DataFrame:
+    """The log with its kinds, devices and resources as categories (sorted, so groups
+    come out in text order): the tables' many selections and group-bys then compare
+    small codes, not text. The log callers see keeps its text columns."""
+    out = {}
+    for c in CODED:
+        if not isinstance(events[c].dtype, pd.CategoricalDtype):
+            codes, names = pd.factorize(events[c].to_numpy(dtype=object), sort=True)
+            out[c] = pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(
+                pd.Index(names, dtype="str")))
+    return events.assign(**out) if out else events
+
+
 def requests_table(events: pd.DataFrame) -> pd.DataFrame:
     """One row per request that finished ("done") or could not be served ("dropped").
 
@@ -86,14 +101,19 @@ def requests_table(events: pd.DataFrame) -> pd.DataFrame:
     request has no finish and no latency. memory_wait is how long its work waited
     for memory (`memory_waits`). Times in seconds, sorted by request.
     """
-    events = clean(events)
-    rows = events[events["kind"].isin(("request", "dropped"))]
-    compute = events[events["kind"] == "compute"]
+    return _requests(coded(clean(events)))
+
+
+def _requests(events: pd.DataFrame) -> pd.DataFrame:
+    kind = events["kind"]
+    rows = events.loc[kind.isin(("request", "dropped")), ["kind", "resource", "t_start",
+                                                          "t_end", "label", "request"]]
+    compute = events.loc[kind == "compute", ["request", "t_start"]]
     first = compute.groupby("request")["t_start"].min()
     done = rows["kind"] == "request"
     out = pd.DataFrame({
         "request": rows["request"],
-        "class": rows["resource"],
+        "class": rows["resource"].astype("str"),
         "status": np.where(done, "done", "dropped").astype(object),
         "arrival": rows["t_start"],
         "start": rows["request"].map(first).astype("float64"),
@@ -108,8 +128,8 @@ def requests_table(events: pd.DataFrame) -> pd.DataFrame:
 def memory_waits(events: pd.DataFrame) -> pd.Series:
     """Seconds each request (the index) had work waiting for memory: the union of its
     memwait rows, so micro-batches that wait side by side count once."""
-    w = events[events["kind"] == "memwait"].sort_values(["request", "t_start", "t_end"],
-                                                        kind="stable")
+    w = events.loc[events["kind"] == "memwait", ["request", "t_start", "t_end"]]
+    w = w.sort_values(["request", "t_start", "t_end"], kind="stable")
     by = w["request"]
     reach = w["t_end"].groupby(by).cummax()  # the furthest end so far, this row's included
     before = reach.groupby(by).shift(1, fill_value=-np.inf)  # ... of the rows before it
@@ -125,20 +145,26 @@ def devices_table(events: pd.DataFrame, specs: Mapping[str, DeviceLike],
     the busiest unit's busy time over `duration`; peak memory is the running
     sum of alloc rows in log order (0 if none); left_at is NaN if it stayed.
     """
-    events = clean(events)
-    units = sorted({u for spec in specs.values() for u in spec.units})
-    worked = events[events["kind"].isin(BUSY_KINDS)]
-    busy = (worked["t_end"] - worked["t_start"]).groupby(
-        [worked["device"], worked["resource"]]).sum().to_dict()
-    flops = events[events["kind"] == "compute"].groupby("device")["flops"].sum()
-    transfers = events[events["kind"] == "transfer"]
-    sent = transfers.groupby("device")["nbytes"].sum()
-    received = transfers.groupby("resource")["nbytes"].sum()
-    allocs = events[events["kind"] == "alloc"]
-    held = allocs.groupby("device")["nbytes"].cumsum()
-    peak = held.groupby(allocs["device"]).max().clip(lower=0.0)
-    left = events[events["kind"] == "leave"].groupby("device")["t_start"].min()
+    return _devices(coded(clean(events)), specs, energy, duration)
 
+
+def _devices(events: pd.DataFrame, specs: Mapping[str, DeviceLike],
+             energy: Mapping[str, EnergyLike], duration: float) -> pd.DataFrame:
+    units = sorted({u for spec in specs.values() for u in spec.units})
+    kind = events["kind"]
+    worked = events.loc[kind.isin(BUSY_KINDS), ["device", "resource", "t_start", "t_end"]]
+    busy = (worked["t_end"] - worked["t_start"]).groupby(
+        [worked["device"], worked["resource"]], observed=True).sum().to_dict()
+    compute = events.loc[kind == "compute", ["device", "flops"]]
+    flops = compute.groupby("device", observed=True)["flops"].sum()
+    transfers = events.loc[kind == "transfer", ["device", "resource", "nbytes"]]
+    sent = transfers.groupby("device", observed=True)["nbytes"].sum()
+    received = transfers.groupby("resource", observed=True)["nbytes"].sum()
+    allocs = events.loc[kind == "alloc", ["device", "nbytes"]]
+    held = allocs.groupby("device", observed=True)["nbytes"].cumsum()
+    peak = held.groupby(allocs["device"], observed=True).max().clip(lower=0.0)
+    leaves = events.loc[kind == "leave", ["device", "t_start"]]
+    left = leaves.groupby("device", observed=True)["t_start"].min()
     records = []
     for name, spec in specs.items():
         row: dict[str, Any] = {"device": name, "type": spec.type}
@@ -178,6 +204,30 @@ def links_table(link_stats: Sequence[Mapping[str, Any]], duration: float) -> pd.
     return df.sort_values("resource", kind="stable").reset_index(drop=True)
 
 
+class RunTables(NamedTuple):
+    """Every table of one run, and the log they came from (cleaned)."""
+
+    events: pd.DataFrame
+    requests: pd.DataFrame
+    devices: pd.DataFrame
+    links: pd.DataFrame
+    summary: pd.DataFrame
+
+
+def run_tables(events: pd.DataFrame, specs: Mapping[str, DeviceLike],
+               energy: Mapping[str, EnergyLike], link_stats: Sequence[Mapping[str, Any]],
+               duration: float, **context: Any) -> RunTables:
+    """`requests_table`, `devices_table`, `links_table` and `summary` of one run, the
+    log cleaned and coded once and the requests table made once."""
+    events = clean(events)
+    log = coded(events)
+    requests = _requests(log)
+    devices = _devices(log, specs, energy, duration)
+    links = links_table(link_stats, duration)
+    return RunTables(events, requests, devices, links,
+                     _summary(log, requests, devices, links, duration, context))
+
+
 def summary(events: pd.DataFrame, devices_df: pd.DataFrame, links_df: pd.DataFrame,
             duration: float, **context: Any) -> pd.DataFrame:
     """One row: the context (scenario, strategy, seed, ...) then the run's headline numbers.
@@ -189,11 +239,15 @@ def summary(events: pd.DataFrame, devices_df: pd.DataFrame, links_df: pd.DataFra
     energy_J is the whole pool's; energy_used_J only the devices the strategy used (any
     FLOP computed or byte sent or received), so idle bystanders do not count against it.
     """
-    events = clean(events)
-    reqs = requests_table(events)
+    events = coded(clean(events))
+    return _summary(events, _requests(events), devices_df, links_df, duration, context)
+
+
+def _summary(events: pd.DataFrame, reqs: pd.DataFrame, devices_df: pd.DataFrame,
+             links_df: pd.DataFrame, duration: float, context: dict[str, Any]) -> pd.DataFrame:
     done = reqs[reqs["status"] == "done"]
-    work = events[events["kind"].isin(WORK_KINDS)]
-    makespan = float(work["t_end"].max()) if len(work) else 0.0
+    work = events.loc[events["kind"].isin(WORK_KINDS), "t_end"]
+    makespan = float(work.max()) if len(work) else 0.0
     row: dict[str, Any] = dict(context)
     row.update(
         requests_done=len(done),
@@ -205,9 +259,9 @@ def summary(events: pd.DataFrame, devices_df: pd.DataFrame, links_df: pd.DataFra
     row.update(_latency_percentiles(done["latency"], ""))
     for cls in sorted(set(reqs["class"]) - {""}):
         row.update(_latency_percentiles(done.loc[done["class"] == cls, "latency"], f"_{cls}"))
-    transfers = events[events["kind"] == "transfer"]
+    sent = events.loc[events["kind"] == "transfer", "nbytes"]
     row.update(
-        network_bytes=float(transfers["nbytes"].sum()),
+        network_bytes=float(sent.sum()),
         energy_used_J=float(devices_df.loc[used(devices_df), "energy_J"].sum())
         if len(devices_df) else 0.0,
         energy_J=float(devices_df["energy_J"].sum()) if len(devices_df) else 0.0,

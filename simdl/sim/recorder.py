@@ -1,16 +1,23 @@
 """The one event log every table, plot and trace is derived from.
 
-Rows are plain tuples appended to a list (cheap on the hot path); pandas turns
-them into a DataFrame at the end. Columns are fixed and named once, here.
+Rows are plain tuples appended to a list (cheap on the hot path); `frame` turns
+them into columns once, at the end, a column at a time rather than a row at a
+time. Columns are fixed and named once, here.
 """
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 COLUMNS = ("t_start", "t_end", "kind", "device", "resource", "label",
            "flops", "nbytes", "request", "step")
+#: Columns of text: few distinct kinds, devices and resources; a label per event.
+TEXT = ("kind", "device", "resource", "label")
+#: One row as numpy stores it while the list of tuples becomes columns.
+_RECORD = np.dtype([(c, "O") if c in TEXT else (c, "i8") if c in ("request", "step")
+                    else (c, "f8") for c in COLUMNS])
 
 #: What a row's `kind` says happened.
 KINDS = {
@@ -31,10 +38,11 @@ KINDS = {
 class EventLog:
     """An append-only list of rows with the fixed COLUMNS."""
 
-    __slots__ = ("rows",)
+    __slots__ = ("_frame", "rows")
 
     def __init__(self) -> None:
         self.rows: list[tuple[Any, ...]] = []
+        self._frame: tuple[int, pd.DataFrame] | None = None
 
     def add(self, t_start: float, t_end: float, kind: str, device: str, resource: str = "",
             label: str = "", flops: float = 0.0, nbytes: float = 0.0,
@@ -46,5 +54,18 @@ class EventLog:
         return len(self.rows)
 
     def frame(self) -> pd.DataFrame:
-        """The log as a DataFrame, in the order things were recorded."""
-        return pd.DataFrame.from_records(self.rows, columns=list(COLUMNS))
+        """The log as a DataFrame, in the order things were recorded. Built once per
+        length of the log (rows are only ever appended); each call gets its own copy."""
+        if self._frame is None or self._frame[0] != len(self.rows):
+            self._frame = (len(self.rows), columns(self.rows))
+        return self._frame[1].copy(deep=False)
+
+
+def columns(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
+    """Rows (tuples in COLUMNS order) as one DataFrame: float64 times and sizes, int64
+    request and step, text columns as pandas' text type; the table
+    `pd.DataFrame.from_records` makes of them, made in one pass over the rows."""
+    table = np.fromiter(rows, dtype=_RECORD, count=len(rows))
+    data = {c: pd.array(table[c], dtype="str") if c in TEXT else np.ascontiguousarray(table[c])
+            for c in COLUMNS}
+    return pd.DataFrame(data, columns=list(COLUMNS))

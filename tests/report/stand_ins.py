@@ -15,3 +15,34 @@ class Joules:
     def __init__(self, idle, compute, radio):
         self.idle, self.compute, self.radio = idle, compute, radio
         self.total = idle + compute + radio
+
+
+def every_kind_log(n=400, seed=0):
+    """A seeded random event log (rows in recorder.COLUMNS order) with every kind of
+    row in recorder.KINDS: times are multiples of 1/8 s (sums stay exact), spans on one
+    unit or link overlap now and then, labels repeat, hold commas, quotes and non-ASCII."""
+    import numpy as np
+
+    from simdl.sim.recorder import KINDS
+
+    rng = np.random.default_rng(seed)
+    devices = ["phone", "tv", "watch0", "watch1", "pc10", "pc2"]
+    units = ["cpu", "gpu", "npu"]
+    labels = ["fc1 r0.0", 'act "r1"', "grad, step 2", "weights", "", "café r3"]
+    rows = []
+    for i in range(n):
+        kind = list(KINDS)[i % len(KINDS)]
+        start = float(rng.integers(0, 400)) / 8
+        end = start + float(rng.integers(0, 40)) / 8
+        device = devices[rng.integers(len(devices))]
+        resource = {"compute": units, "lost": units, "transfer": devices,
+                    "request": ["", "interactive", "batch"], "dropped": ["", "batch"],
+                    "step": ["bsp", "ring"], "apply": devices}.get(kind, ["memory"])
+        resource = resource[rng.integers(len(resource))]
+        if kind in ("alloc", "leave"):
+            end = start
+        nbytes = float(rng.integers(-4, 8) * 1024 if kind == "alloc" else rng.integers(0, 3) * 512)
+        rows.append((start, end, kind, device, resource, labels[rng.integers(len(labels))],
+                     float(rng.integers(0, 4)) * 1e6, nbytes,
+                     int(rng.integers(-1, 20)), int(rng.integers(-1, 5))))
+    return rows

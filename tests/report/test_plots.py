@@ -1,9 +1,13 @@
 """Each figure renders once to a real PNG, without pyplot or a global backend."""
 import ast
 import inspect
+import io
+from fractions import Fraction
 
+import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from simdl.report import plots, result, store
 from simdl.sim.recorder import COLUMNS
@@ -57,3 +61,129 @@ def test_report_never_imports_pyplot_nor_sets_the_global_backend(module):
     assert not {"matplotlib.pyplot", "pylab"} & imported
     calls = [n.func for n in ast.walk(tree) if isinstance(n, ast.Call)]
     assert not [f for f in calls if isinstance(f, ast.Attribute) and f.attr == "use"]
+
+
+def brute_busy_share(spans, lanes, edges):
+    """Per lane and bin, the exact length (Fractions) of the union of the lane's spans
+    inside the bin, over the bin's width."""
+    out = []
+    for lane in range(lanes):
+        merged = []
+        for s, e in sorted((Fraction(s), Fraction(e)) for l, s, e in spans if l == lane):
+            if merged and s <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], e)
+            else:
+                merged.append([s, e])
+        row = []
+        for a, b in zip(edges[:-1], edges[1:]):
+            a, b = Fraction(a), Fraction(b)
+            row.append(sum(max(Fraction(0), min(e, b) - max(s, a)) for s, e in merged) / (b - a))
+        out.append(row)
+    return out
+
+
+def eighths(rng, n, lanes, end):
+    """n spans (lane, start, end) at multiples of 1/8 s within [0, end], some empty."""
+    spans = []
+    for _ in range(n):
+        s = int(rng.integers(0, end * 8)) / 8
+        spans.append((int(rng.integers(lanes)), s, min(end, s + int(rng.integers(0, 30)) / 8)))
+    return spans
+
+
+def test_busy_share_is_the_union_of_each_lane_s_spans_in_each_bin():
+    rng = np.random.default_rng(4)
+    spans = eighths(rng, 300, 5, 16)
+    edges = np.linspace(0.0, 16.0, 65)  # bins of 1/4 s
+    lane, start, end = (np.array(c) for c in zip(*spans))
+    got = plots.busy_share(lane, start.astype(float), end.astype(float), 5, edges)
+    assert got.tolist() == [[float(x) for x in row] for row in brute_busy_share(spans, 5, edges)]
+
+
+def lanes_log(lanes, spans_per_lane=6, end=100.0, seed=0):
+    """Compute spans on `lanes` units d0 cpu, d1 cpu, ...; the last span ends at `end`."""
+    rng = np.random.default_rng(seed)
+    spans = eighths(rng, lanes * spans_per_lane, lanes, end) + [(0, end - 1, end)]
+    rows = [(s, e, "compute", f"d{lane}", "cpu", "k", 0.0, 0.0, -1, -1) for lane, s, e in spans]
+    return spans, pd.DataFrame.from_records(rows, columns=list(COLUMNS))
+
+
+def test_past_max_rows_lanes_neighbours_share_a_row_shaded_by_their_mean_busy_share():
+    lanes = plots.MAX_ROWS + 1  # 41 lanes: rows of 2, the last alone
+    spans, events = lanes_log(lanes)
+    fig = plots.timeline_figure(events)
+    (ax,) = fig.axes
+    (image,) = ax.images
+    edges = np.linspace(0.0, 100.0, plots.BINS + 1)  # the run's end is 100 s: 1/4 s bins
+    share = brute_busy_share(spans, lanes, edges)
+    expected = [[float((a + b) / 2) for a, b in zip(share[i], share[i + 1])]
+                for i in range(0, lanes - 1, 2)] + [[float(x) for x in share[-1]]]
+    assert np.asarray(image.get_array()).tolist() == expected
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[:2] == ["d0 … d1 cpu (2)", "d2 … d3 cpu (2)"] and labels[-1] == "d40 cpu"
+    assert len(labels) == 21 and "2 lanes averaged" in ax.get_xlabel()
+
+
+def test_up_to_max_rows_lanes_each_kernel_is_a_bar_in_one_collection():
+    spans, events = lanes_log(plots.MAX_ROWS)
+    (ax,) = plots.timeline_figure(events).axes
+    assert not ax.images
+    (bars,) = ax.collections
+    corners = bars.get_paths()
+    assert len(corners) == len(spans)
+    lane, start, end = spans[0]
+    assert corners[0].vertices[:4].tolist() == [[start, lane - 0.38], [start, lane + 0.38],
+                                                [end, lane + 0.38], [end, lane - 0.38]]
+    assert len(ax.get_yticklabels()) == plots.MAX_ROWS
+
+
+def test_many_bars_on_few_lanes_are_shaded_per_bin_too():
+    _, events = lanes_log(3, spans_per_lane=plots.MAX_BARS // 3 + 1)
+    (ax,) = plots.timeline_figure(events).axes
+    assert len(ax.images) == 1 and "lanes averaged" not in ax.get_xlabel()
+
+
+def test_utilisation_of_many_devices_draws_each_group_s_mean_with_its_range():
+    n = plots.MAX_ROWS * 2 + 1  # rows of 3 devices
+    share = np.arange(n) / 128  # exact
+    devices = pd.DataFrame({"device": [f"pc{i}" for i in range(n)], "utilisation": share,
+                            "busy_gpu_s": share * 2, "left_at": [np.nan] * (n - 1) + [3.0]})
+    left, right = plots.utilisation_figure(devices).axes[:2]
+    rows = [share[i:i + 3] for i in range(0, n, 3)]
+    assert [p.get_width() for p in left.patches] == [float(r.mean() * 100) for r in rows]
+    assert [p.get_width() for p in right.patches] == [float(r.mean() * 2) for r in rows]
+    assert [t.get_text() for t in left.get_yticklabels()][:2] == ["pc0 … pc2 (3)",
+                                                                   "pc3 … pc5 (3)"]
+    notes = [t.get_text() for t in left.texts]
+    assert notes[0] == "0.78% (0.00-1.6)" and notes[-1].endswith("  (1 left)")
+
+
+def test_few_devices_keep_a_row_each():
+    left = plots.utilisation_figure(DEVICES).axes[0]
+    assert [p.get_width() for p in left.patches] == [40.0, 20.0]
+
+
+def test_lanes_sort_naturally_and_groups_name_first_and_last():
+    assert sorted(["pc10", "pc2", "pc1"], key=plots.natural) == ["pc1", "pc2", "pc10"]
+    assert plots.grouped(["a gpu", "b gpu", "c cpu"], 2) == [("a … b gpu (2)", slice(0, 2)),
+                                                              ("c cpu", slice(2, 3))]
+    assert plots.grouped(["a gpu", "b cpu"], 2)[0][0] == "a gpu … b cpu (2)"
+
+
+def test_a_png_is_drawn_once_yet_the_same_as_savefig_draws_it(tmp_path):
+    """savefig lays a figure out in a dry run, then draws; write_png draws once."""
+    events = pd.DataFrame.from_records(ROWS, columns=list(COLUMNS))
+    written = plots.timeline(events, tmp_path / "t.png", title="demo").read_bytes()
+    fig = plots.timeline_figure(events, title="demo")
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    assert written == buffer.getvalue()
+
+
+def test_timeline_rows_follow_devices_in_natural_order_then_units():
+    rows = [(0.0, 1.0, "compute", d, u, "k", 0.0, 0.0, -1, -1)
+            for d, u in [("pc10", "cpu"), ("pc2", "gpu"), ("pc", "npu"), ("pc2", "cpu")]]
+    (ax,) = plots.timeline_figure(pd.DataFrame.from_records(rows, columns=list(COLUMNS))).axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["pc npu", "pc2 cpu", "pc2 gpu",
+                                                           "pc10 cpu"]

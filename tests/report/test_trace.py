@@ -10,8 +10,10 @@ import json
 import pandas as pd
 import pytest
 
-from simdl.report.trace import chrome_trace
+from simdl.report import trace as trace_module
+from simdl.report.trace import chrome_trace, trace_text
 from simdl.sim.recorder import COLUMNS
+from stand_ins import every_kind_log
 
 ROWS = [
     (0.0, 0.0, "alloc", "tv", "memory", "weights", 0.0, 2**20, -1, -1),
@@ -107,3 +109,60 @@ def test_same_events_give_the_same_json_text():
     frame = pd.DataFrame.from_records(ROWS, columns=list(COLUMNS))
     texts = {json.dumps(chrome_trace(frame.copy()), sort_keys=True) for _ in range(2)}
     assert len(texts) == 1
+
+
+def test_the_text_is_the_objects_canonical_json_even_for_odd_labels():
+    """Keys sorted, compact, non-ASCII escaped: what json.dumps writes for the object."""
+    events = pd.DataFrame.from_records(every_kind_log(), columns=list(COLUMNS))
+    text = trace_text(events, title="démo")
+    assert text == json.dumps(json.loads(text), sort_keys=True, separators=(",", ":")) + "\n"
+    assert "\\u00e9" in text and text.isascii()
+
+
+def test_overlapping_spans_take_lanes_in_order_of_first_use():
+    """A brute-force placement: spans in start order, each on its track's first lane
+    free at its start; a track's first lane is numbered with its process's tracks in
+    sorted order, later lanes as they are first needed."""
+    events = pd.DataFrame.from_records(every_kind_log(seed=3), columns=list(COLUMNS))
+    trace = chrome_trace(events)
+    spans = events[events.kind.isin(["compute", "transfer", "step"])].sort_values(
+        ["t_start", "t_end"], kind="stable")
+    devices = sorted(set(events[events.kind.isin(["compute", "lost", "leave", "alloc", "step"])]
+                         .device))
+    tracks = {}  # process -> [track, ...] in order of numbering
+    worked = events[events.kind.isin(["compute", "lost"])]
+    for d, u in sorted(set(zip(worked.device, worked.resource))):
+        tracks.setdefault(d, []).append((u, 0))
+    for d in sorted(set(events[events.kind == "step"].device)):
+        tracks.setdefault(d, []).append(("steps", 0))
+    sent = events[events.kind == "transfer"]
+    tracks["network"] = [((s, t), 0) for s, t in sorted(set(zip(sent.device, sent.resource)))]
+    ends, expected = {}, []
+    for r in spans.itertuples():
+        process = "network" if r.kind == "transfer" else r.device
+        track = ((r.device, r.resource) if r.kind == "transfer"
+                 else "steps" if r.kind == "step" else r.resource)
+        lanes = ends.setdefault((process, track), [])
+        lane = next((i for i, end in enumerate(lanes) if end <= r.t_start), len(lanes))
+        lanes[lane:lane + 1] = [r.t_end]
+        if (track, lane) not in tracks[process]:
+            tracks[process].append((track, lane))
+        pid = len(devices) + 1 if process == "network" else devices.index(process) + 1
+        expected.append((pid, tracks[process].index((track, lane)) + 1))
+    got = [(e["pid"], e["tid"]) for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert got == expected
+    assert max(lane for lanes in ends.values() for lane in range(len(lanes))) >= 1
+
+
+def test_a_time_that_is_not_a_number_is_refused():
+    row = (0.0, float("nan"), "compute", "phone", "cpu", "k", 0.0, 0.0, -1, -1)
+    with pytest.raises(ValueError, match="JSON"):
+        trace_text(pd.DataFrame([row], columns=list(COLUMNS)))
+
+
+def test_the_text_made_a_few_events_at_a_time_is_the_same(monkeypatch, tmp_path):
+    events = pd.DataFrame.from_records(every_kind_log(seed=5), columns=list(COLUMNS))
+    whole = trace_text(events, "t")
+    monkeypatch.setattr(trace_module, "PIECE", 7)
+    assert trace_text(events, "t") == whole
+    assert trace_module.write_trace(events, tmp_path / "t.json", "t").read_text() == whole
