@@ -22,6 +22,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/kernels.py
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/scaling.py
+	$(BIN)/python bench/flows.py
+	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/report.py
+	$(BIN)/python bench/planner.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -314,8 +314,9 @@ def deployment_cost(p: Plan, world: World, sim: Simulator) -> dict[str, Any]:
     from serving: bytes, and the time if all devices load in parallel (each alone on its route);
     then the offered load beside the plan's capacity (`serving_load`)."""
     log = sim.log.frame()
-    weights = log[(log.kind == "alloc") & log.label.str.startswith("weights")
-                  & (log.device != p.source)].groupby("device", sort=True).nbytes.sum()
+    placed = log[(log.kind == "alloc") & (log.request < 0) & (log.device != p.source)]
+    weights = placed[placed.label.str.startswith("weights")].groupby(
+        "device", sort=True).nbytes.sum()
     times = [transfer_time(world, p.source, d, b) for d, b in weights.items()]
     return ({"deploy_MB": float(weights.sum()) / 1e6, "deploy_s": max(times, default=0.0)}
             | serving_load(p, world))
