@@ -155,16 +155,18 @@ def _devices(events: pd.DataFrame, specs: Mapping[str, DeviceLike],
     worked = events.loc[kind.isin(BUSY_KINDS), ["device", "resource", "t_start", "t_end"]]
     busy = (worked["t_end"] - worked["t_start"]).groupby(
         [worked["device"], worked["resource"]], observed=True).sum().to_dict()
+    # Plain dicts below: a Series on a categorical index cannot look up a name it lacks
+    # once its codes pass int8 (more than 127 devices).
     compute = events.loc[kind == "compute", ["device", "flops"]]
-    flops = compute.groupby("device", observed=True)["flops"].sum()
+    flops = compute.groupby("device", observed=True)["flops"].sum().to_dict()
     transfers = events.loc[kind == "transfer", ["device", "resource", "nbytes"]]
-    sent = transfers.groupby("device", observed=True)["nbytes"].sum()
-    received = transfers.groupby("resource", observed=True)["nbytes"].sum()
+    sent = transfers.groupby("device", observed=True)["nbytes"].sum().to_dict()
+    received = transfers.groupby("resource", observed=True)["nbytes"].sum().to_dict()
     allocs = events.loc[kind == "alloc", ["device", "nbytes"]]
     held = allocs.groupby("device", observed=True)["nbytes"].cumsum()
-    peak = held.groupby(allocs["device"], observed=True).max().clip(lower=0.0)
+    peak = held.groupby(allocs["device"], observed=True).max().clip(lower=0.0).to_dict()
     leaves = events.loc[kind == "leave", ["device", "t_start"]]
-    left = leaves.groupby("device", observed=True)["t_start"].min()
+    left = leaves.groupby("device", observed=True)["t_start"].min().to_dict()
     records = []
     for name, spec in specs.items():
         row: dict[str, Any] = {"device": name, "type": spec.type}

@@ -192,3 +192,14 @@ def test_format_table_aligns_columns_in_human_units():
     assert set(lines[1]) <= {"-", " "}
     assert lines[2].startswith("single  ") and lines[3].endswith("12")
     assert len({len(line) for line in lines}) == 1  # last column is numeric: right-aligned
+
+
+def test_a_pool_past_127_devices_counts_each_and_leaves_the_idle_ones_at_zero():
+    """Device names are coded as categories inside the tables; past 127 of them the codes
+    no longer fit in int8, and a device with no rows must still read as zero."""
+    specs = {f"pc{i}": Spec("pc", ["cpu"]) for i in range(200)}
+    rows = [(0.0, 1.0, "compute", f"pc{i}", "cpu", "k", float(i), 0.0, i, -1)
+            for i in range(150)]
+    devices = devices_table(pd.DataFrame.from_records(rows, columns=list(COLUMNS)), specs, {}, 1.0)
+    assert devices["flops"].tolist() == [float(i) if i < 150 else 0.0 for i in range(200)]
+    assert devices["left_at"].isna().all()
