@@ -1,4 +1,5 @@
-"""The run folder on disk: atomic writes, fixed-format CSV and JSON, run ids.
+"""The run folder on disk: atomic writes, fixed-format CSV (its text from
+`report.csvtext`) and JSON, run ids.
 
 Owns how bytes reach a file (temporary sibling, fsync, os.replace) so a reader
 never sees half a file, how a folder reaches its place (built in a hidden
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import re
 import shutil
@@ -20,16 +20,14 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.image import imsave
 
 from simdl.errors import ScenarioError, SimdlError
+from simdl.report.csvtext import csv_lines
 
-#: Fixed float format for CSV: enough digits for the results, the same bytes every run.
-FLOAT_FORMAT = "%.9g"
 #: The mode of every written file (mkstemp makes 0600 files).
 FILE_MODE = 0o644
 #: The mode of every run folder (mkdtemp makes 0700 folders).
@@ -103,30 +101,6 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
                         else joined("", lines, "\n", sep="\n"))
 
 
-def csv_text(df: pd.DataFrame) -> str:
-    """`df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\\n")`, the
-    same text (`csv_lines` joined)."""
-    lines = csv_lines(df)
-    return lines if isinstance(lines, str) else "\n".join(lines) + "\n"
-
-
-def csv_lines(df: pd.DataFrame) -> list[str] | str:
-    """The lines (without their "\\n") `df.to_csv(index=False, float_format=FLOAT_FORMAT,
-    lineterminator="\\n")` writes, built column by column: each distinct value is
-    formatted once, text quoted as `csv.QUOTE_MINIMAL` does. Columns of other kinds
-    than numbers, booleans and text (and names other than unique text) are left to
-    pandas, whose whole text is returned then."""
-    names = list(df.columns)
-    plain = names and len(set(names)) == len(names) and all(type(c) is str for c in names)
-    cells = [_csv_cells(df[c]) for c in names] if plain else [None]
-    if any(c is None for c in cells):
-        return df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
-    if len(cells) == 1:  # a lone empty field is written "" so the line is not blank
-        cells = [[f or '""' for f in cells[0]]]
-    header = ",".join(_quoted(c) or '""' * (len(names) == 1) for c in names)
-    return [header, *map(",".join, zip(*cells))]
-
-
 def joined(head: str, items: list[str], tail: str, sep: str = ",",
            per_piece: int = 8192) -> Iterator[str]:
     """head + sep.join(items) + tail, in pieces of `per_piece` items: a long text is
@@ -135,47 +109,6 @@ def joined(head: str, items: list[str], tail: str, sep: str = ",",
     for i in range(0, len(items), per_piece):
         yield (sep if i else "") + sep.join(items[i:i + per_piece])
     yield tail
-
-
-def _quoted(text: str) -> str:
-    """A CSV field as `csv.QUOTE_MINIMAL` writes it: quoted, its quotes doubled, when it
-    holds the delimiter, the quote character or the line terminator."""
-    if "," in text or '"' in text or "\n" in text:
-        return '"' + text.replace('"', '""') + '"'
-    return text
-
-
-def _csv_cells(column: pd.Series) -> list[str] | None:
-    """One column's CSV fields as pandas writes them ("" for missing), or None when
-    pandas must decide (a kind of column this does not cover)."""
-    dtype = column.dtype
-    if isinstance(dtype, pd.CategoricalDtype):
-        names = column.cat.categories.tolist()
-        if not all(type(x) is str for x in names):
-            return None
-        return _spread([_quoted(x) for x in names], column.cat.codes.to_numpy())
-    if dtype == "float64":
-        codes, values = pd.factorize(column.to_numpy().view("int64"))  # -0.0 apart from 0.0
-        text = [FLOAT_FORMAT % v if not math.isnan(v) else "" for v in
-                values.view("float64").tolist()]
-        return _spread(text, codes)
-    if dtype.kind in "iu" and isinstance(dtype, np.dtype):
-        codes, values = pd.factorize(column.to_numpy())
-        return _spread([str(v) for v in values.tolist()], codes)
-    if dtype == "bool":
-        return ["True" if v else "False" for v in column.tolist()]
-    if pd.api.types.is_string_dtype(dtype):
-        values = column.tolist()
-        if dtype != object:  # pandas' own text type: text, or a missing value
-            return [_quoted(v) if isinstance(v, str) else "" for v in values]
-        if all(type(v) is str for v in values):
-            return [_quoted(v) for v in values]
-    return None
-
-
-def _spread(text: list[str], codes: np.ndarray) -> list[str]:
-    """Each row's text by its code into `text`; code -1 (missing) is ""."""
-    return np.array(text + [""], dtype=object)[codes].tolist()
 
 
 def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from stand_ins import Joules, Spec, every_kind_log
 
 from simdl.report import tables
-from simdl.report.store import FLOAT_FORMAT, csv_text
+from simdl.report.csvtext import FLOAT_FORMAT, csv_text
 from simdl.report.trace import trace_text
 from simdl.sim.recorder import COLUMNS, KINDS, EventLog
-from stand_ins import Joules, Spec, every_kind_log
 
 SPECS = {d: Spec("phone", ["cpu", "gpu", "npu"]) for d in
          ["phone", "tv", "watch0", "watch1", "pc10", "pc2", "idle"]}
