@@ -52,7 +52,7 @@ def simdl_step(chain: Chain, opt: Optimizer, x: np.ndarray, y: np.ndarray) -> Ca
         chain.zero_grad()
         logits, caches = chain.forward(x, train=True)
         loss, cache = sce.forward(logits, y)
-        chain.backward(sce.backward(cache), caches)
+        chain.backward(sce.backward(cache), caches, need_dx=False)
         opt.step(params, grads)
         return loss
     return step

@@ -114,19 +114,24 @@ class Chain:
         return x, caches
 
     def backward(self, dy: np.ndarray, caches: list[Any], start: int = 0,
-                 stop: int | None = None) -> np.ndarray | None:
+                 stop: int | None = None, need_dx: bool = True) -> np.ndarray | None:
         """Backward through blocks[start:stop] with the caches `forward` gave for that range.
 
         Adds into the blocks' grads; returns d(input), or None when the first
-        block takes integer tokens.
+        block takes integer tokens or `need_dx` is False (the range starts the
+        model, or nothing below it trains: its first layer skips that work).
         """
         start, stop = self._range(start, stop)
         if len(caches) != stop - start:
             raise SimdlError("chain.backward.caches", len(caches),
                              f"need one cache per block of [{start}, {stop}): {stop - start}")
         dx: np.ndarray | None = dy
-        for b, cache in zip(reversed(self.blocks[start:stop]), reversed(caches)):
+        first = 0 if need_dx else 1
+        for b, cache in zip(reversed(self.blocks[start + first:stop]), reversed(caches[first:])):
             dx = b.layer.backward(dx, cache)
+        if not need_dx and stop > start:
+            self.blocks[start].layer.backward_params(dx, caches[0])
+            return None
         return dx
 
     def params(self) -> dict[str, np.ndarray]:

@@ -118,6 +118,12 @@ class Sequential(Composite):
             dy = layer.backward(dy, c)
         return dy
 
+    def backward_params(self, dy: np.ndarray, cache: Cache) -> None:
+        for layer, c in zip(reversed(self.layers[1:]), reversed(cache[1:])):
+            dy = layer.backward(dy, c)
+        if self.layers:
+            self.layers[0].backward_params(dy, cache[0])
+
     def cost(self, in_shape: Shape) -> Cost:
         total = Cost(out_shape=tuple(in_shape), in_bytes=nbytes(in_shape),
                      out_bytes=nbytes(in_shape))

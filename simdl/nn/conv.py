@@ -177,6 +177,12 @@ class Conv2d(Layer):
                          self.params.get("b")), x
 
     def backward(self, dy: np.ndarray, cache: Cache) -> np.ndarray:
+        return self._backward(dy, cache, True)
+
+    def backward_params(self, dy: np.ndarray, cache: Cache) -> None:
+        self._backward(dy, cache, False)
+
+    def _backward(self, dy: np.ndarray, cache: Cache, need_dx: bool) -> np.ndarray | None:
         x = cache
         wt = self.params["W"]
         g, og, k, p = self.groups, self.c_out // self.groups, self.k, self.padding
@@ -185,6 +191,8 @@ class Conv2d(Layer):
         # With stride 1, dx is a correlation of dy (padded k-1-p) with W flipped in
         # space and its in/out channels swapped per group: the forward kernel again.
         transposed = self.stride == 1 and p <= k - 1
+        if not need_dx:  # no col2im inside the dW loop either
+            transposed = True
         if pointwise(k, self.stride, p):
             n, hw = x.shape[0], x.shape[2] * x.shape[3]
             x4, dy4 = x.reshape(n, g, -1, hw), dy.reshape(n, g, og, hw)
@@ -192,6 +200,8 @@ class Conv2d(Layer):
         else:
             dw, dx = self._gemm_backward(x, dy, wt.reshape(g, og, -1), transposed)
         self.grads["W"] += dw.reshape(wt.shape)
+        if not need_dx:
+            return None
         if dx is None and og == 1 and self.c_in == g and k > 1:
             dx = self._transposed_depthwise(dy)
         elif dx is None:

@@ -114,6 +114,12 @@ class Layer:
     def backward(self, dy: np.ndarray, cache: Cache) -> np.ndarray:
         raise NotImplementedError
 
+    def backward_params(self, dy: np.ndarray, cache: Cache) -> None:
+        """Only the parameter gradients, for a caller with no use for d(input) (the first
+        layer of a model: nothing is upstream). The same bits in `grads` as `backward`;
+        layers whose d(input) costs real work (Linear, Conv2d) leave it out."""
+        self.backward(dy, cache)
+
     def cost(self, in_shape: Shape) -> Cost:
         raise NotImplementedError
 

@@ -104,12 +104,19 @@ class Linear(Layer):
         return y.reshape(*x.shape[:-1], self.n_out), x
 
     def backward(self, dy: np.ndarray, cache: Cache) -> np.ndarray:
+        dy2 = self._param_grads(dy, cache)
+        return (dy2 @ self.params["W"].T).reshape(cache.shape)
+
+    def backward_params(self, dy: np.ndarray, cache: Cache) -> None:
+        self._param_grads(dy, cache)
+
+    def _param_grads(self, dy: np.ndarray, cache: Cache) -> np.ndarray:
         x2 = cache.reshape(-1, self.n_in)
         dy2 = dy.reshape(-1, self.n_out)
         self.grads["W"] += x2.T @ dy2            # (n_in, M) @ (M, n_out)
         if "b" in self.params:
             self.grads["b"] += dy2.sum(axis=0)
-        return (dy2 @ self.params["W"].T).reshape(cache.shape)
+        return dy2
 
     def cost(self, in_shape: Shape) -> Cost:
         m = numel(in_shape[:-1])

@@ -53,7 +53,7 @@ def fit(chain: Chain, data: Dataset, steps: int, batch: int = 32, optimizer: str
         chain.zero_grad()
         logits, caches = chain.forward(x, train=True)
         loss, cache = sce.forward(logits, y)
-        chain.backward(sce.backward(cache), caches)
+        chain.backward(sce.backward(cache), caches, need_dx=False)
         opt.step(params, grads)
         losses.append(loss)
     return losses

@@ -245,7 +245,8 @@ class Job:
                 flops, moved, saved = flops + lc.bwd_flops, moved + lc.bwd_bytes, saved + lc.saved_bytes
             dy = yield sim.compute(device, flops, moved,
                                    _backward_block if self.real else None,
-                                   (chain, dy, caches[b - start], b), unit=unit, dtype=dtype,
+                                   (chain, dy, caches[b - start], b, b > self.plan.freeze),
+                                   unit=unit, dtype=dtype,
                                    label=f"bwd {names[b]}{tag}", step=step)
             sim.free(device, saved, f"saved {names[b]}{tag}", step=step)
         return dy
@@ -433,8 +434,9 @@ def _forward_loss(chain: Chain, loss: Loss, x: np.ndarray, b: int, targets: tupl
     return (value, loss.backward(cache) * np.float32(weight)), caches[0]
 
 
-def _backward_block(chain: Chain, dy: np.ndarray, cache: Any, b: int) -> np.ndarray:
-    return chain.backward(dy, [cache], start=b, stop=b + 1)
+def _backward_block(chain: Chain, dy: np.ndarray, cache: Any, b: int,
+                    need_dx: bool) -> np.ndarray | None:
+    return chain.backward(dy, [cache], start=b, stop=b + 1, need_dx=need_dx)
 
 
 def _infer_block(chain: Chain, x: np.ndarray, b: int) -> np.ndarray:

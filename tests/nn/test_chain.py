@@ -167,3 +167,50 @@ def test_bad_ranges_names_and_caches_are_refused():
         chain["nope"]
     with pytest.raises(SimdlError, match=r"blocks\[1\].name"):
         Chain([chain.blocks[0], Block(chain.blocks[0].name, chain.blocks[1].layer)], (6,))
+
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_without_the_input_gradient_every_parameter_gradient_is_the_same_bits(name, monkeypatch):
+    """`need_dx=False` (the model's first block: nothing upstream) leaves every gradient
+    bit for bit as the full backward does, returns None, and never runs the first
+    layer's `backward` (where d(input) is formed) when that layer has work to skip (an
+    Embedding has none: token ids have no gradient)."""
+    from simdl.nn.core import Layer
+
+    rng = stream(0, "test_chain")
+    full, lean = small(name), small(name)
+    x = sample(full, 3, rng)
+    y, caches = full.forward(x, train=True)
+    dy = rng.standard_normal(y.shape).astype(y.dtype)
+    full.backward(dy, caches)
+    _, caches = lean.forward(x, train=True)
+    first = lean.blocks[0].layer
+    first = first.layers[0] if hasattr(first, "layers") else first
+    if type(first).backward_params is not Layer.backward_params:
+        monkeypatch.setattr(first, "backward", lambda *a: pytest.fail("d(input) was formed"))
+    assert lean.backward(dy, caches, need_dx=False) is None
+    for k, g in full.grads().items():
+        assert np.array_equal(g, lean.grads()[k]), k
+
+
+@pytest.mark.parametrize("stride, padding, groups", [(1, 2, 1), (2, 1, 1), (1, 1, 4), (2, 1, 4)])
+def test_a_convolution_without_its_input_gradient_runs_no_transposed_work(stride, padding,
+                                                                          groups, monkeypatch):
+    """Conv2d.backward_params: the same dW and db bits as backward, with neither the
+    transposed correlation nor col2im (the two ways d(input) is formed) called."""
+    from simdl.nn import conv
+
+    rng = stream(1, "test_chain")
+    layers = [conv.Conv2d(4, 8 if groups == 1 else 4, 3 if padding == 1 else 5, stream(2, "c"),
+                          stride=stride, padding=padding, groups=groups) for _ in range(2)]
+    x = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
+    y, cache = layers[0].forward(x, train=True)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    layers[0].backward(dy, cache)
+    monkeypatch.setattr(conv, "correlate", lambda *a, **k: pytest.fail("correlate called"))
+    monkeypatch.setattr(conv.Conv2d, "_col2im", lambda *a: pytest.fail("col2im called"))
+    monkeypatch.setattr(conv.Conv2d, "_transposed_depthwise", lambda *a: pytest.fail("dx"))
+    assert layers[1].backward_params(dy, cache) is None
+    for k, g in layers[0].grads.items():
+        assert np.array_equal(g, layers[1].grads[k]), k
