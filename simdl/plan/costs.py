@@ -17,8 +17,7 @@ from simdl.hw.devices import best_unit, kernel_time, sparse_speedup
 from simdl.hw.maxmin import max_min_few
 from simdl.nn import shard as tp
 from simdl.nn.chain import Chain
-from simdl.nn.compress import deploy
-from simdl.plan.plan import input_bytes, stored_fraction
+from simdl.plan.plan import charged_flops, deployed_chain, input_bytes, stored_fraction
 from simdl.plan.world import World
 
 
@@ -66,9 +65,7 @@ class Costs:
         """The chain a stage runs: `model` deployed as the run deploys it (`sim.stages`)."""
         key = (model, dtype, prune, sparsity)
         if key not in self._chains:
-            base = self.world.models[model]
-            self._chains[key] = base if (dtype, prune) == ("fp32", 0.0) else deploy(
-                base, dtype=dtype, prune=prune, sparsity=sparsity)
+            self._chains[key] = deployed_chain(self.world.models[model], dtype, prune, sparsity)
         return self._chains[key]
 
     def unit(self, device: str, unit: str | None, dtype: str = "fp32") -> str:
@@ -87,8 +84,8 @@ class Costs:
             chain = self.chain(model, dtype, prune, sparsity)
             speedup = sparse_speedup(spec, unit, dtype, sparsity if prune else None)
             name = self.unit(device, unit, dtype)
-            found = np.array([kernel_time(spec, name, c.fwd_flops - c.sparse_flops * (1 - 1 / speedup),
-                                          c.fwd_bytes, dtype) for c in chain.costs(size)])
+            found = np.array([kernel_time(spec, name, charged_flops(c, speedup), c.fwd_bytes, dtype)
+                              for c in chain.costs(size)])
             self._kernels[key] = found
         return found
 

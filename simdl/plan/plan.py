@@ -13,8 +13,9 @@ from typing import Any
 from simdl.errors import PlanError
 from simdl.nn import shard as tp
 from simdl.nn.chain import Chain
+from simdl.nn.compress import deploy
 from simdl.nn.formats import WIDTH, stored_bytes
-from simdl.nn.core import nbytes
+from simdl.nn.core import Cost, nbytes
 from simdl.plan.world import World
 
 #: How a request finds replicas: one replica, one chosen per request, its batch split
@@ -226,6 +227,20 @@ def shard_stage(chain: Chain, s: Stage) -> list[tp.Program]:
     """A tensor-parallel stage's blocks, each as a shard program over its devices."""
     return [tp.shard(chain[b].layer, len(s.devices), s.split, chain.names[b])
             for b in range(s.start, s.stop)]
+
+
+def deployed_chain(base: Chain, dtype: str, prune: float, sparsity: str) -> Chain:
+    """The chain a stage stored as (`dtype`, `prune`, `sparsity`) runs: the model itself
+    when nothing changes, else `deploy`'s copy."""
+    if (dtype, prune) == ("fp32", 0.0):
+        return base
+    return deploy(base, dtype=dtype, prune=prune, sparsity=sparsity)
+
+
+def charged_flops(cost: Cost, speedup: float) -> float:
+    """A block's forward FLOPs as a unit charges them: a sparse mode speeds up only the
+    products with weights pruned in its pattern (`speedup`: `hw.devices.sparse_speedup`)."""
+    return cost.fwd_flops - cost.sparse_flops * (1 - 1 / speedup)
 
 
 def shard_weights(programs: list[tp.Program], members: int) -> list[int]:

@@ -18,9 +18,8 @@ from simdl.errors import DeviceGone
 from simdl.hw.devices import sparse_speedup
 from simdl.nn import shard as tp
 from simdl.nn.chain import Chain
-from simdl.nn.compress import deploy
-from simdl.plan.plan import (Plan, Replica, Stage, footprint, input_bytes, shard_stage,
-                             shard_weights)
+from simdl.plan.plan import (Plan, Replica, Stage, charged_flops, deployed_chain, footprint,
+                             input_bytes, shard_stage, shard_weights)
 from simdl.plan.world import World
 from simdl.sim import collectives
 from simdl.sim.engine import Simulator
@@ -53,8 +52,7 @@ class StageWork:
         s, chain = self.stage, self.chain
         costs, names = chain.costs(size), chain.names
         if self.programs is None:
-            # A unit's sparse mode speeds up only the products with weights pruned in its pattern.
-            return tuple((b, names[b], c.fwd_flops - c.sparse_flops * (1 - 1 / self.speedup),
+            return tuple((b, names[b], charged_flops(c, self.speedup),
                           c.fwd_bytes, c.out_bytes, b < s.stop - 1)
                          for b, c in ((b, costs[b]) for b in range(s.start, s.stop)))
         in_shape = (size, *chain.in_shape) if s.start == 0 else costs[s.start - 1].out_shape
@@ -75,9 +73,7 @@ def prepare(plan: Plan, world: World) -> list[ReplicaRunner]:
         for s in rep.stages:
             key = (rep.model, s.dtype, s.prune, s.sparsity)
             if key not in deployed:
-                base = world.models[rep.model]
-                deployed[key] = base if (s.dtype, s.prune) == ("fp32", 0.0) else deploy(
-                    base, dtype=s.dtype, prune=s.prune, sparsity=s.sparsity)
+                deployed[key] = deployed_chain(world.models[rep.model], *key[1:])
             chain = deployed[key]
             programs = shard_stage(chain, s) if len(s.devices) > 1 else None
             speedup = sparse_speedup(world.devices[s.device], s.unit, s.dtype,
