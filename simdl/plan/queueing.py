@@ -42,22 +42,30 @@ class Served:
         return self.finish - self.arrival
 
 
-def arrival_times(world: World) -> np.ndarray | None:
-    """When each request arrives in the run (None for a closed loop, where finishes decide):
-    Poisson gaps from the seed's "arrivals" stream, or the sorted trace."""
+def arrival_gaps(world: World) -> list[float] | None:
+    """The wait before each request of the run, as the clock takes it (None for a closed
+    loop, where finishes decide): Poisson gaps from the seed's "arrivals" stream, or the
+    sorted trace's instants less the clock's time so far. One rule for the simulator's
+    arrivals and the estimator's replay."""
     load = world.workload
     assert isinstance(load, Inference)
     a, n = load.arrival, load.requests
     if a.kind == "poisson":
-        gaps = stream(world.seed, "arrivals").exponential(1.0 / a.rate, size=n)
-        return np.cumsum(gaps)
+        return stream(world.seed, "arrivals").exponential(1.0 / a.rate, size=n).tolist()
     if a.kind == "trace":
-        now, out = 0.0, []
+        now, gaps = 0.0, []
         for t in sorted(a.times)[:n]:
-            now += t - now  # the clock's own sum (`timeout(t - now)`), not t itself
-            out.append(now)
-        return np.array(out)
+            gaps.append(t - now)
+            now += t - now  # the clock's own sum, not t itself
+        return gaps
     return None
+
+
+def arrival_times(world: World) -> np.ndarray | None:
+    """When each request arrives in the run: the clock's running sum of `arrival_gaps`
+    (numpy's cumsum adds in order, as the clock does)."""
+    gaps = arrival_gaps(world)
+    return None if gaps is None else np.cumsum(gaps)
 
 
 def replay(plan: Plan, world: World, latency: list[float], service: list[float],

@@ -15,7 +15,7 @@ import numpy as np
 
 from simdl.nn.dense import softmax
 from simdl.plan.plan import Plan, replica_batches
-from simdl.plan.queueing import dispatcher
+from simdl.plan.queueing import arrival_gaps, dispatcher
 from simdl.plan.world import World
 from simdl.rng import stream
 from simdl.sim.engine import Simulator
@@ -133,14 +133,10 @@ def _arrivals(world: World, sim: Simulator, request: Any) -> Generator[Any, Any,
     """Start requests 0..n-1 as the workload's arrival process says."""
     load = world.workload
     arrival, n = load.arrival, load.requests
-    if arrival.kind == "poisson":
-        gaps = stream(world.seed, "arrivals").exponential(1.0 / arrival.rate, size=n)
-        for r in range(n):
-            yield sim.env.timeout(float(gaps[r]))
-            sim.process(request(r))
-    elif arrival.kind == "trace":
-        for r, t in enumerate(sorted(arrival.times)[:n]):
-            yield sim.env.timeout(t - sim.now)
+    gaps = arrival_gaps(world)
+    if gaps is not None:
+        for r, gap in enumerate(gaps):
+            yield sim.env.timeout(gap)
             sim.process(request(r))
     else:  # closed loop: each client sends its next request when the last one ends
         counter = iter(range(n))
