@@ -13,7 +13,8 @@ import numpy as np
 from simdl.errors import SimdlError
 from simdl.nn.attention import SelfAttention
 from simdl.nn.compose import Composite, Dotted, Residual, Sequential
-from simdl.nn.conv import AvgPool, Conv2d, GlobalAvgPool, MaxPool
+from simdl.nn.conv import Conv2d
+from simdl.nn.pool import AvgPool, GlobalAvgPool, MaxPool
 from simdl.nn.core import Cost, Layer
 from simdl.nn.dense import (GELU, Embedding, Flatten, Linear, ReLU, ReLU6, SoftmaxCrossEntropy,
                             softmax)

@@ -17,7 +17,8 @@ import numpy as np
 from simdl.errors import SimdlError
 from simdl.nn.attention import SelfAttention
 from simdl.nn.compose import Sequential
-from simdl.nn.conv import AvgPool, Conv2d, GlobalAvgPool, MaxPool
+from simdl.nn.conv import Conv2d
+from simdl.nn.pool import AvgPool, GlobalAvgPool, MaxPool
 from simdl.nn.core import Cache, Cost, Layer, Shape, nbytes
 from simdl.nn.dense import GELU, Flatten, Linear, ReLU, ReLU6, kernel_cost, numel
 from simdl.nn.layers import LAYERS
