@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from simdl import __version__, api, budget, planner
 from simdl.errors import SimdlError
-from simdl.plan.space import OBJECTIVES
+from simdl.plan.plan import DTYPES
+from simdl.plan.space import OBJECTIVES, Space
 from simdl.report.result import MARKER, strategy_folders
 from simdl.report.store import atomic_write, check_file, check_folder, write_csv
 from simdl.report.tables import format_table
@@ -138,10 +139,12 @@ def _plan(args: argparse.Namespace) -> int:
             check_file(path, flag)  # before the search, not after it
     if args.top < 1:
         raise SimdlError("--top", args.top, "a whole number >= 1")
-    world = api.build(scenario, timing_only=True, pretrain=False)
+    world = api.build(scenario, timing_only=True,
+                      pretrain=scenario.workload.kind == "training")
     if scenario.workload.kind == "training":
         return _plan_training(args, world)
-    planned = planner.plan_pool(world, args.objective, args.top)
+    space = Space(dtypes=tuple(args.dtypes), units=args.units)
+    planned = planner.plan_pool(world, args.objective, args.top, space)
     found = planned.choice.found
     print(f"{scenario.name}: {found.method} search by {args.objective}, {found.examined} plans "
           f"estimated; the top {args.top} simulated, the baselines estimated\n")
@@ -184,12 +187,14 @@ def _plan_training(args: argparse.Namespace, world: Any) -> int:
                              "`{name: auto}` instead)")
     if args.objective != "throughput":
         raise SimdlError("--objective", args.objective,
-                         "throughput for a training scenario (the time its steps take)")
-    table, found = planner.plan_training(world, args.top)
-    print(f"{world.chain.name} training: {found.examined} plans estimated, "
-          f"{found.refused} refused for memory; fastest workload first\n")
+                         "throughput for a training scenario (the time to reach a held-out loss)")
+    table, choice = planner.plan_training(
+        world, args.top, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(f"{world.chain.name} training: {choice.examined} plans estimated, {choice.refused} "
+          f"refused for memory; {len(choice.trials)} trained on the simulator to held-out "
+          f"loss {choice.target:.4g}, first to reach it first\n")
     print(format_table(table, list(table.columns)))
-    print(f"\nchosen: {found.best.plan.describe()}")
+    print(f"\nchosen: {choice.best.plan.describe()} ({table.why.iloc[0]})")
     return 0
 
 
@@ -239,6 +244,10 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--check", action="store_true",
                       help="also print the estimator's error against the simulator per plan")
     plan.add_argument("--plot", metavar="FILE", help="draw the Pareto front as a PNG")
+    plan.add_argument("--dtypes", nargs="+", default=["fp32"], choices=DTYPES, metavar="DTYPE",
+                      help=f"precisions a device may run ({', '.join(DTYPES)}; default fp32)")
+    plan.add_argument("--units", action="store_true",
+                      help="also try every unit of a device, and its units sharing a stage")
     devices = sub.add_parser("devices", help="the device catalogue as a table")
     devices.set_defaults(command=_devices)
     return parser

@@ -4,11 +4,13 @@ beside the baselines, as a table, a Pareto front and a scenario to run).
 
 `plan.search` ranks plans by the analytic estimate (it may not run simpy); this
 module runs the top few on the simulator, exactly as `api.run` runs a strategy,
-and returns the simulated winner. Knows plans, the simulator and the tables.
+and returns the simulated winner. A training pool's few are trained with their
+real numerics to a held-out loss (`train_rescore`), since the estimate cannot see
+convergence. Knows plans, the simulator and the tables.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,13 +25,14 @@ from simdl.plan.plan import Plan, check
 from simdl.plan.search import Objective, Search, score, search, weights_of
 from simdl.plan.space import Limits, Space
 from simdl.plan.strategies import entry as written_entry
-from simdl.plan.train_search import TrainSearch, TrainSpace, train_search
+from simdl.plan.train_search import TO_TARGET, TrainSpace
 from simdl.plan.world import Arrival, Inference, World
 from simdl.report import tables
 from simdl.scenario import Scenario, dump
 from simdl.sim.engine import Simulator
 from simdl.sim.inference import execute
 from simdl.sim.stages import prepare
+from simdl.train_rescore import TrainChoice, rank_key, train_choice, why
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ def simulate(plan: Plan, world: World, *, timing_only: bool = True) -> Measured:
         energy=dict(zip(devices.device, devices.energy_J.astype(float))),
         peak_memory=dict(zip(devices.device, devices.peak_memory_bytes.astype(float))),
         link_bytes={r: float(b) for r, b in zip(links.resource, links.bytes) if b},
-        latencies=done.loc[done.status == "done", "latency"].to_numpy(dtype=float))
+        latencies=done.loc[done.status == "completed", "latency"].to_numpy(dtype=float))
 
 
 @dataclass(frozen=True)
@@ -170,11 +173,13 @@ def pareto_points(planned: Planned) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plan_pool(world: World, objective: Any = "throughput", top: int = 3) -> Planned:
-    """The planner's best `top` plans for `objective` beside the baselines, by estimate
-    (and, for the candidates, by simulation as `planner.choose` measured them)."""
+def plan_pool(world: World, objective: Any = "throughput", top: int = 3,
+              space: Space | None = None) -> Planned:
+    """The planner's best `top` plans in `space` (default: fp32 on each device's fastest
+    unit) for `objective` beside the baselines, by estimate (and, for the candidates, by
+    simulation as `planner.choose` measured them)."""
     weights = weights_of(objective)
-    choice = choose(world, objective, top=top)
+    choice = choose(world, objective, space, top=top)
     candidates = [(f"plan-{k + 1}", s.plan) for k, s in enumerate(choice.found.ranked[:top])]
     rows, found = [], {}
     for k, (name, p) in enumerate(candidates):
@@ -237,17 +242,30 @@ def _subset_notes(rows: list[dict[str, Any]], objective: Any) -> list[str]:
 
 
 def plan_training(world: World, top: int = 3, devices: list[str] | None = None,
-                  syncs: list[str] | None = None, compressions: list[str] | None = None
-                  ) -> tuple[pd.DataFrame, TrainSearch]:
-    """The training search's `top` plans (fastest workload first): how each synchronises
-    and compresses, its estimated step and workload time, and bytes a worker sends."""
-    found = train_search(world, train_space(devices, syncs, compressions))
-    rows = [{"label": f"plan-{k + 1}", "chosen": "*" if k == 0 else "",
-             "plan": e.plan.describe(), "sync": e.plan.sync.kind,
-             "compression": e.plan.sync.compression, "step_s": e.step, "total_s": e.total,
-             "bytes_per_step": e.nbytes, "exact": e.exact}
-            for k, e in enumerate(found.ranked[:top])]
-    return pd.DataFrame(rows), found
+                  syncs: list[str] | None = None, compressions: list[str] | None = None, *,
+                  target_loss: float | None = None,
+                  progress: Callable[[str], None] | None = None
+                  ) -> tuple[pd.DataFrame, TrainChoice]:
+    """The training planner (`train_rescore.train_choice`) over every sync and compression
+    (`TO_TARGET`, narrowed by `devices`, `syncs`, `compressions`): the estimate's `top`
+    fastest ways of training and the reference simulated to a held-out loss. One row per
+    plan simulated, winner first: its estimated and simulated step, when it reached the
+    target, its last loss, bytes a worker sends per step, and why it ranks there."""
+    space = train_space(devices, syncs, compressions, TO_TARGET, top=top,
+                        target_loss=target_loss)
+    choice = train_choice(world, space, progress=progress)
+    won = rank_key(choice.trials[0], space.margin)
+    rows = []
+    for k, t in enumerate(choice.trials):
+        e, key = t.estimate, rank_key(t, space.margin)
+        rows.append({
+            "label": f"plan-{k + 1}", "chosen": "*" if k == 0 else "", "plan": t.plan.describe(),
+            "sync": t.plan.sync.kind, "compression": t.plan.sync.compression,
+            "est_step_s": e.step, "sim_step_s": t.step, "time_to_target_s": t.time_to_target,
+            "steps_run": t.steps, "final_loss": t.final_loss, "bytes_per_step": e.nbytes,
+            "vs_winner": key[1] / won[1] if key[0] == won[0] == 0 else float("nan"),
+            "why": why(t, choice, space.margin)})
+    return pd.DataFrame(rows), choice
 
 
 def planned_scenario(sc: Scenario, planned: Planned) -> dict[str, Any]:
@@ -260,13 +278,14 @@ def planned_scenario(sc: Scenario, planned: Planned) -> dict[str, Any]:
 
 
 def train_space(devices: list[str] | None, syncs: list[str] | None,
-                 compressions: list[str] | None) -> TrainSpace:
-    """The training search's space: `devices` (default: the pool), `syncs` and
-    `compressions` (default: the search's own)."""
-    base = TrainSpace()
-    return TrainSpace(devices=tuple(devices) if devices else None,
-                      syncs=tuple(syncs or base.syncs),
-                      compressions=tuple(compressions or base.compressions))
+                compressions: list[str] | None, base: TrainSpace | None = None,
+                **fields: Any) -> TrainSpace:
+    """`base` (default: the search's lossless space) narrowed to `devices` (default: the
+    pool), `syncs` and `compressions` (default: the base's), with any other `fields`."""
+    base = base or TrainSpace()
+    return replace(base, devices=tuple(devices) if devices else None,
+                   syncs=tuple(syncs or base.syncs),
+                   compressions=tuple(compressions or base.compressions), **fields)
 
 
 __all__ = [

@@ -249,7 +249,9 @@ def test_an_open_loop_run_reports_offered_load_beside_capacity():
     r = run(parse(data), timing_only=True)
     row = r.comparison.iloc[0]
     assert (row["offered_rps"], row["offered_samples_per_s"]) == (2.0, 6.0)
-    assert row["capacity_bottleneck"] == "phone blocks 0-2"
+    from simdl.hw.devices import best_unit
+    phone = world_module.build(parse(data), timing_only=True, pretrain=False).devices["phone"]
+    assert row["capacity_bottleneck"] == f"phone/{best_unit(phone)}"
     latency = r.results[0].requests["latency"]  # equal but for the clock's rounding
     assert latency.max() - latency.min() < 1e-15
     assert row["capacity_rps"] == pytest.approx(1 / latency.iloc[0], rel=1e-9)
@@ -262,11 +264,16 @@ def test_a_closed_loop_run_has_capacity_but_no_offered_load():
 
 
 def test_a_transfer_can_be_the_bottleneck():
-    """Serving the phone's input on the tv: the slowest stage of the three is named."""
-    from simdl.plan.estimate import transfer_time
-    data = scenario(model={"name": "lenet"}, strategies=[{"name": "single", "device": "tv"}])
+    """Serving the phone's input on the tv, 16 samples of 1x28x28 float32 (50,176 B) a
+    request: the busiest resource is the link that carries them, at its capacity."""
+    from simdl.plan.costs import Costs
+    data = scenario(model={"name": "lenet"}, workload={"batch": 16},
+                    strategies=[{"name": "single", "device": "tv"}])
     sc = parse(data)
     row = run(sc, timing_only=True).comparison.iloc[0]
-    assert row["capacity_bottleneck"] == "phone->tv"   # one 1x28x28 float32 input: 3136 B
     w = world_module.build(sc, timing_only=True, pretrain=False)
-    assert row["capacity_rps"] == 1 / transfer_time(w, "phone", "tv", 3136)
+    cap = w.network.capacity
+    resource, crossings = max(Costs(w).hop("phone", "tv").uses, key=lambda u: u[1] / cap[u[0]])
+    assert row["capacity_bottleneck"] == resource
+    assert row["capacity_rps"] == pytest.approx(cap[resource] / (crossings * 16 * 3136),
+                                                rel=1e-12)

@@ -70,7 +70,7 @@ def test_out_writes_a_scenario_that_runs_the_same_plans(tmp_path, capsys, planne
         assert (made.replicas, made.microbatches, made.dispatch) == (
             p.replicas, p.microbatches, p.dispatch)
     result = api.run(sc, "auto-best", timing_only=True)
-    assert int(result.results[0].summary.requests_done.iloc[0]) == sc.workload.requests
+    assert int(result.results[0].summary.requests_completed.iloc[0]) == sc.workload.requests
 
 
 def test_check_prints_the_error_of_every_plan_scored(capsys, planned):
@@ -117,3 +117,22 @@ def test_training_refuses_out_with_one_line(tmp_path, capsys):
     scenario = str(ROOT / "scenarios/train_ring_vs_ps.yaml")
     assert main(["plan", scenario, "--out", str(tmp_path / "x.yaml")]) == 2
     assert capsys.readouterr().err.startswith("simdl: error: --out")
+
+
+def test_units_and_dtypes_widen_the_search_to_a_unit_split(capsys):
+    """On the phone with an NPU, a GPU and a CPU, fp16 on its units together beats any
+    one unit; without the flags the search stays on fp32 on the fastest unit."""
+    phone = str(ROOT / "scenarios/phone_units.yaml")
+    assert main(["plan", phone]) == 0
+    plain = capsys.readouterr().out
+    assert main(["plan", phone, "--units", "--dtypes", "fp32", "fp16"]) == 0
+    wide = capsys.readouterr().out
+    chosen = [line for line in (plain + wide).splitlines() if line.startswith("chosen:")]
+    assert "(npu+gpu" not in chosen[0] and "[fp16]" not in chosen[0]
+    assert "(npu+gpu" in chosen[1] and "[fp16]" in chosen[1]
+
+
+def test_an_unknown_dtype_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["plan", ROOM, "--dtypes", "fp8"])
+    assert exit.value.code == 2

@@ -18,7 +18,9 @@ from test_topologies import EXAMPLE_PARAMS, pool as interface_pool
 from simdl.errors import PlanError
 from simdl.hw.topologies import TOPOLOGIES, links
 from simdl.nn.models import MODELS
-from simdl.plan.estimate import block_times, offload_latency, transfer_time
+from simdl.plan.auto import alone
+from simdl.plan.costs import Costs
+from simdl.plan.estimate import block_times, transfer_time
 from simdl.plan.plan import DISPATCH, FUSE, check, replica_batches
 from simdl.plan.strategies import (STRATEGIES, data_parallel, ensemble, offload,
                                    pipeline, single)
@@ -220,7 +222,8 @@ def test_every_model_runs_every_offload_cut_in_the_estimated_time(name):
         sim, _ = run(offload(world, "c", cut=cut), world, timing_only=True)
         log = sim.log.frame()
         (t0, t1), = log[log.kind == "request"][["t_start", "t_end"]].values
-        assert t1 - t0 == pytest.approx(offload_latency(world, "c", cut), rel=1e-12), cut
+        assert t1 - t0 == pytest.approx(alone(offload(world, "c", cut=cut), Costs(world)),
+                                        rel=1e-12), cut
     kernels = log[log.kind == "compute"]
     assert (kernels.t_end - kernels.t_start).tolist() == pytest.approx(
         block_times(world, "src", 6), rel=1e-12)

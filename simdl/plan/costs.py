@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -17,7 +18,14 @@ from simdl.hw.devices import best_unit, kernel_time, sparse_speedup
 from simdl.hw.maxmin import max_min_few
 from simdl.nn import shard as tp
 from simdl.nn.chain import Chain
-from simdl.plan.plan import charged_flops, deployed_chain, input_bytes, stored_fraction
+from simdl.plan.plan import (
+    Stage,
+    charged_flops,
+    deployed_chain,
+    input_bytes,
+    split_shares,
+    stored_fraction,
+)
 from simdl.plan.world import World
 
 
@@ -39,6 +47,10 @@ class Hop:
         """The bandwidth phase of `nbytes` alone on the route (0 on one device)."""
         return nbytes / self.rate if self.uses and nbytes else 0.0
 
+    def time(self, nbytes: float) -> float:
+        """A flow of `nbytes` alone on the route, start to end (0 on one device)."""
+        return self.delay + self.seconds(nbytes) if self.uses else 0.0
+
 
 @dataclass(frozen=True)
 class GroupBlock:
@@ -49,11 +61,12 @@ class GroupBlock:
 
 
 class Costs:
-    """A cache over one world (the world is frozen, so nothing goes stale)."""
+    """A cache over one world (the world is frozen, so nothing goes stale). `chains`: chains
+    already deployed, by (model, dtype, prune, sparsity), as `sim.stages.prepare` has them."""
 
-    def __init__(self, world: World):
+    def __init__(self, world: World, chains: dict[tuple, Chain] | None = None):
         self.world = world
-        self._chains: dict[tuple, Chain] = {}
+        self._chains: dict[tuple, Chain] = dict(chains or {})
         self._kernels: dict[tuple, np.ndarray] = {}
         self._hops: dict[tuple[str, str], Hop] = {}
         self._acts: dict[tuple[str, int], np.ndarray] = {}
@@ -88,6 +101,14 @@ class Costs:
                               for c in chain.costs(size)])
             self._kernels[key] = found
         return found
+
+    def shares(self, s: Stage, size: int, model: str = "main") -> tuple[float, ...]:
+        """A unit split's shares of each micro-batch: as written, else by each unit's speed
+        on the stage's blocks for `size` samples (`plan.split_shares`)."""
+        if s.unit_shares:
+            return s.unit_shares
+        return split_shares([sum(self.kernels(s.device, size, u, s.dtype, s.prune, s.sparsity,
+                                              model)[s.start:s.stop].tolist()) for u in s.units])
 
     def group(self, devices: tuple[str, ...], size: int, split: str = "auto",
               unit: str | None = None, model: str = "main") -> list[GroupBlock]:
@@ -164,7 +185,10 @@ class Costs:
         return self.world.devices[device].units[unit].active_power
 
 
-def microbatch_sizes(batch: int, microbatches: int) -> list[int]:
-    """The sizes a batch is cut into, as the run cuts it (`np.array_split`: larger first)."""
+@lru_cache(maxsize=256)
+def microbatch_sizes(batch: int, microbatches: int) -> tuple[int, ...]:
+    """The sizes of a batch's micro-batches, cut as np.array_split cuts (at most `batch`
+    of them; the first batch % m one larger), without an array per request: one rule
+    for the run (`sim.stages`) and the estimator."""
     m = max(1, min(microbatches, batch))
-    return [batch // m + (j < batch % m) for j in range(m)]
+    return tuple(batch // m + (j < batch % m) for j in range(m))

@@ -18,8 +18,6 @@ from simdl.nn import shard as tp
 from simdl.plan.costs import Costs
 from simdl.plan.plan import (
     Plan,
-    Replica,
-    input_bytes,
     replica_batches,
     shard_stage,
     shard_weights,
@@ -61,29 +59,9 @@ def group_block_times(world: World, devices: tuple[str, ...], batch: int,
 
 
 def transfer_time(world: World, src: str, dst: str, nbytes: float) -> float:
-    """One flow alone on its route: latency, overhead, then the bottleneck rate.
-
-    A resource the route crosses twice (a Wi-Fi airtime) gives it half its capacity.
-    """
-    if src == dst:
-        return 0.0
-    route = world.network.route(src, dst)
-    uses = Counter(route.resources)
-    rate = min(world.network.capacity[r] / n for r, n in uses.items())
-    return route.latency + world.network.overhead + nbytes / rate
-
-
-def offload_latency(world: World, target: str, cut: int) -> float:
-    """One request's latency with blocks [0, cut) on the source and the rest on `target`."""
-    source, batch, chain = world.workload.source, world.workload.batch, world.chain
-    costs = chain.costs(batch)
-    local = sum(block_times(world, source, batch)[:cut])
-    remote = sum(block_times(world, target, batch)[cut:])
-    if cut == len(chain):
-        return local
-    sent = input_bytes(chain, batch) if cut == 0 else costs[cut - 1].out_bytes
-    return (local + transfer_time(world, source, target, sent) + remote
-            + transfer_time(world, target, source, costs[-1].out_bytes))
+    """One flow alone on its route: latency, overhead, then the bottleneck rate (a
+    resource the route crosses twice, a Wi-Fi airtime, gives it half its capacity)."""
+    return Costs(world).hop(src, dst).time(nbytes)
 
 
 def balanced_cuts(times: list[list[float]]) -> list[int]:
@@ -113,51 +91,6 @@ def balanced_cuts(times: list[list[float]]) -> list[int]:
         i = cut[d][i]
         cuts.append(i)
     return cuts
-
-
-def stage_times(rep: Replica, world: World, batch: int, microbatches: int,
-                source: str) -> list[tuple[float, str]]:
-    """(seconds per request, what) of each stage of a replica serving `batch` samples and
-    of each transfer between them, input and answer included: kernels alone on their
-    unit (fp32, no sparse speed-up), flows alone on their route."""
-    chain = world.models[rep.model]
-    m = max(1, min(microbatches, batch))
-    mb = -(-batch // m)
-    costs = chain.costs(mb)
-    out, here, sent = [], source, input_bytes(chain, mb)
-    for s in rep.stages:
-        out.append((m * transfer_time(world, here, s.device, sent), f"{here}->{s.device}"))
-        if len(s.devices) == 1:
-            t = sum(block_times(world, s.device, mb, s.unit, rep.model)[s.start:s.stop])
-        else:
-            t = sum(group_block_times(world, s.devices, mb, s.split)[s.start:s.stop])
-        out.append((m * t, f"{'+'.join(s.devices)} blocks {s.start}-{s.stop - 1}"))
-        here, sent = s.device, costs[s.stop - 1].out_bytes
-    out.append((m * transfer_time(world, here, source, sent), f"{here}->{source}"))
-    return out
-
-
-def capacity(plan: Plan, world: World) -> tuple[float, str]:
-    """Requests per second the plan sustains at most, and its bottleneck: each replica's
-    1 / its slowest stage or transfer per request, combined by how requests reach the
-    replicas (every one sees each request: the slowest; round robin: n x the slowest;
-    weighted: the slowest over its share; least loaded: the sum). Queueing, shared
-    links and compression speed-ups are left out."""
-    load, n = world.workload, len(plan.replicas)
-    rates: list[tuple[float, str]] = []
-    for rep, batch in zip(plan.replicas, replica_batches(plan, load.batch)):
-        if batch == 0:
-            continue
-        t, what = max(stage_times(rep, world, batch, plan.microbatches, plan.source))
-        rate = 1.0 / t if t > 0 else float("inf")
-        if plan.dispatch == "round_robin":
-            rate *= n
-        elif plan.dispatch == "weighted":
-            rate /= rep.share / sum(r.share for r in plan.replicas)
-        rates.append((rate, what))
-    if plan.dispatch == "least_loaded":
-        return sum(r for r, _ in rates), "sum of replicas"
-    return min(rates)
 
 
 @dataclass(frozen=True)
@@ -257,8 +190,7 @@ def estimate(plan: Plan, world: World, costs: Costs | None = None) -> Estimate:
         p99=percentile(latencies, 99), makespan=makespan,
         per_request_J=float(sum(w * sum(a.energy.values()) for w, a in zip(weights, alone))),
         energy=energy, battery_life=_battery_life(world, energy, makespan),
-        peak_memory=_peak_memory(plan, world, costs, acts,
-                                 [alone[k] for k in sorted(counts)], served.overlap),
+        peak_memory=_peak_memory(plan, world, costs, acts, alone, served),
         link_bytes=dict(link_bytes), method=_method(served, why), why=tuple(why))
 
 
@@ -284,10 +216,10 @@ def _battery_life(world: World, energy: dict[str, float], makespan: float) -> di
 
 
 def _peak_memory(plan: Plan, world: World, costs: Costs, acts: dict[str, float] | None,
-                 alone: list[Lone], overlap: int) -> dict[str, float]:
+                 alone: list[Lone], served: Served) -> dict[str, float]:
     """Weights (as `plan.check` places them) plus activations: `acts` when the requests'
-    memory was followed together; else a bound, the lone peak on the replicas that served
-    any (`alone`) times the requests in flight together (at most what fits)."""
+    memory was followed together; else a bound, a device's lone peak times the most
+    requests in flight at once on the replicas that use it (at most what fits)."""
     weights: dict[str, float] = defaultdict(float)
     for rep in plan.replicas:
         for s in rep.stages:
@@ -295,18 +227,31 @@ def _peak_memory(plan: Plan, world: World, costs: Costs, acts: dict[str, float] 
                 weights[s.device] += float(costs.weights(s.dtype, s.prune, s.sparsity,
                                                           rep.model)[s.start:s.stop].sum())
             else:
-                held = shard_weights(shard_stage(world.models[rep.model], s), len(s.devices))
-                for d, b in zip(s.devices, held):
+                held = shard_stage(world.models[rep.model], s)
+                for d, b in zip(s.devices, shard_weights(held, len(s.devices))):
                     weights[d] += b
     out = {}
     for d in world.devices:
         if acts is not None:
             out[d] = weights[d] + acts.get(d, 0.0)
             continue
-        lone_peak = max((a.held.get(d, 0.0) for a in alone), default=0.0)
+        using = {k for k, a in enumerate(alone) if a.held.get(d, 0.0) > 0}
+        lone_peak = max((alone[k].held[d] for k in using), default=0.0)
         room = max(world.devices[d].memory - weights[d], lone_peak)
-        out[d] = weights[d] + min(overlap * lone_peak, room)
+        out[d] = weights[d] + min(_in_flight(served, using) * lone_peak, room)
     return out
+
+
+def _in_flight(served: Served, entries: set[int]) -> int:
+    """The most requests in flight at once among those served by `entries` (a finish
+    and an arrival at one instant do not overlap)."""
+    edges = sorted((t, step) for a, f, used in zip(served.arrival, served.finish, served.replicas)
+                   if used[0] in entries for t, step in ((a, 1), (f, -1)))
+    level = most = 0
+    for _, step in edges:
+        level += step
+        most = max(most, level)
+    return most
 
 
 def _method(served: Served, why: list[str]) -> str:

@@ -33,6 +33,18 @@ class Stage:
     stage's weights are deployed as `dtype` with a `prune` fraction removed in the
     `sparsity` pattern ("unstructured", or "2:4" with prune 0.5); a group splits its
     layers as `split` says (see `simdl.nn.shard`).
+
+    A one-device stage runs on `unit` (default: the fastest for `dtype`), or on several
+    of the device's `units` at once: each micro-batch's samples are split among them in
+    `unit_shares` (default: in proportion to each unit's speed on the stage's blocks,
+    `split_shares`, so they finish together; rows by `split_rows`), each unit runs the
+    blocks on its rows, and the rows are put back in order. µLayer (Kim et al., EuroSys
+    2019) and CoDL (Jia et al., MobiSys 2022) co-execute a model on a phone's CPU and GPU
+    by splitting each layer's channels; splitting samples instead gives every row exactly
+    the single-unit output and needs no uneven sharding of the weights. The units share
+    the device's memory: the weights are held once (one `dtype` for all), the
+    activations are the micro-batch's (its parts add up to it), and no network time
+    passes between them.
     """
 
     devices: tuple[str, ...]
@@ -43,6 +55,8 @@ class Stage:
     prune: float = 0.0
     sparsity: str = "unstructured"
     split: str = "auto"  # how a group splits layers: auto (Megatron), column or row
+    units: tuple[str, ...] = ()  # several units of the one device sharing each micro-batch
+    unit_shares: tuple[float, ...] = ()  # their shares of its samples (default: by speed)
 
     @property
     def device(self) -> str:
@@ -97,6 +111,10 @@ class Plan:
             where = "+".join(s.devices)
             dep = "" if (s.dtype, s.prune) == ("fp32", 0.0) else f" [{s.dtype}" + (
                 f", {s.prune:.0%} pruned]" if s.prune else "]")
+            if s.units:
+                shares = (" " + "/".join(f"{v:.2f}" for v in s.unit_shares)
+                          if s.unit_shares else "")
+                where += f" ({'+'.join(s.units)}{shares})"
             return f"blocks {s.start}-{s.stop - 1} on {where}{dep}"
 
         reps = [" | ".join(stage(s) for s in r.stages) for r in self.replicas]
@@ -168,6 +186,8 @@ def _check_replica(world: World, plan: Plan, rep: Replica, where: str,
             raise PlanError(f"{where}.stages[{i}].dtype", s.dtype, f"choose one of: {', '.join(DTYPES)}")
         if not 0.0 <= s.prune < 1.0:
             raise PlanError(f"{where}.stages[{i}].prune", s.prune, "a fraction in [0, 1)")
+        if s.units or s.unit_shares:
+            _check_units(world, s, f"{where}.stages[{i}]")
         at = s.stop
     if at != n:
         raise PlanError(f"{where}.stages", at, f"the last stage must end at block {n}")
@@ -190,6 +210,52 @@ def _check_replica(world: World, plan: Plan, rep: Replica, where: str,
             held = shard_weights(shard_stage(chain, s), len(s.devices))
         for d, b in zip(s.devices, held):
             weights[d] = weights.get(d, 0.0) + b
+
+
+def _check_units(world: World, s: Stage, where: str) -> None:
+    """Refuse a unit split that cannot run: not one device, a unit it lacks or that cannot
+    run the stage's dtype, a unit twice, or shares that are not fractions adding up to 1."""
+    spec = world.devices[s.device]
+    if len(s.devices) != 1 or s.unit is not None:
+        raise PlanError(f"{where}.units", list(s.units), "units split the stage of one device "
+                        "(not a tensor-parallel group), given instead of `unit`")
+    if len(s.units) < 2:
+        raise PlanError(f"{where}.units", list(s.units), "two or more units of "
+                        f"{s.device} (one unit: give `unit`)")
+    for u in s.units:
+        if u not in spec.units:
+            raise PlanError(f"{where}.units", u, f"units of {s.device}: {', '.join(spec.units)}")
+        if s.dtype not in spec.units[u].peak:
+            runs = [n for n, us in spec.units.items() if s.dtype in us.peak]
+            raise PlanError(f"{where}.units", u, f"units of {s.device} that run {s.dtype}: "
+                            f"{', '.join(runs)}")
+    for k, u in enumerate(s.units):
+        if u in s.units[:k]:
+            raise PlanError(f"{where}.units", u, "each unit at most once; it is listed twice")
+    shares = s.unit_shares
+    if shares and (len(shares) != len(s.units) or any(not 0 < v < 1 for v in shares)
+                   or abs(sum(shares) - 1.0) > 1e-9):
+        raise PlanError(f"{where}.unit_shares", list(shares), f"one fraction in (0, 1) per "
+                        f"unit ({len(s.units)}), adding up to 1")
+
+
+def split_shares(seconds: list[float]) -> tuple[float, ...]:
+    """Each unit's share of a stage's samples in proportion to its speed, 1 / `seconds`
+    (its kernels' seconds on the stage's blocks), so that the units finish together."""
+    speed = [1.0 / t for t in seconds]
+    total = sum(speed)
+    return tuple(v / total for v in speed)
+
+
+def split_rows(total: int, shares: tuple[float, ...]) -> tuple[int, ...]:
+    """`total` whole items in `shares` by largest remainders (ties to the earlier), so that
+    the parts add up to `total`: a micro-batch's rows per unit, a batch per replica."""
+    exact = [total * v for v in shares]
+    sizes = [int(e) for e in exact]
+    order = sorted(range(len(exact)), key=lambda i: (sizes[i] - exact[i], i))
+    for i in order[:total - sum(sizes)]:
+        sizes[i] += 1
+    return tuple(sizes)
 
 
 def footprint(rep: Replica, source: str, chain: Chain, size: int) -> dict[str, int]:
@@ -215,12 +281,7 @@ def replica_batches(plan: Plan, batch: int) -> list[int]:
     `split` its `share`, by largest remainders so that the parts add up to the batch."""
     if plan.dispatch != "split":
         return [batch] * len(plan.replicas)
-    exact = [batch * r.share for r in plan.replicas]
-    sizes = [int(e) for e in exact]
-    order = sorted(range(len(exact)), key=lambda i: (sizes[i] - exact[i], i))
-    for i in order[:batch - sum(sizes)]:
-        sizes[i] += 1
-    return sizes
+    return list(split_rows(batch, tuple(r.share for r in plan.replicas)))
 
 
 def shard_stage(chain: Chain, s: Stage) -> list[tp.Program]:

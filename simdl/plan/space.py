@@ -1,6 +1,7 @@
 """The planner's search space and limits, and the per-stage costs its programs cut by.
 
-A candidate stage is a device (at a precision, on a unit) or a tensor-parallel group;
+A candidate stage is a device (at a precision, on a unit or several of its units
+sharing each micro-batch) or a tensor-parallel group;
 for each, `Menu` holds the matrices `plan.partition` needs: what blocks [i, j) cost
 there by each objective, inf where they do not fit its memory (weights as deployed,
 plus one micro-batch's footprint, as `plan.check` counts them), and what a hop costs.
@@ -17,7 +18,7 @@ import numpy as np
 from simdl.errors import PlanError
 from simdl.plan.costs import Costs, microbatch_sizes
 from simdl.plan.partition import Link, range_max, stage_matrix
-from simdl.plan.plan import DTYPES, Stage, shard_stage, shard_weights
+from simdl.plan.plan import DTYPES, Stage, shard_stage, shard_weights, split_rows
 from simdl.plan.timeline import Lone, ring
 from simdl.plan.world import Inference, World
 
@@ -30,9 +31,10 @@ HOW = {"throughput": "max", "latency": "sum", "energy": "sum"}
 class Space:
     """What the search may choose: which `devices` take part (default: the whole pool; any
     may be left out), their order and cuts, `microbatches`, a precision per device from
-    `dtypes`, the unit per device (`units`: every unit that runs the precision, else the
-    fastest), tensor-parallel groups of up to `group` devices per stage, and several
-    pipelines as data-parallel `replicas` sent requests by `dispatch`."""
+    `dtypes`, the units per stage (`units`: every unit that runs the precision, alone or
+    two or more of them sharing each micro-batch by speed, fastest first; else the
+    fastest alone), tensor-parallel groups of up to `group` devices per stage, and
+    several pipelines as data-parallel `replicas` sent requests by `dispatch`."""
 
     devices: tuple[str, ...] | None = None
     microbatches: tuple[int, ...] = (1,)
@@ -80,9 +82,10 @@ class Option:
     devices: tuple[str, ...]
     dtype: str = "fp32"
     unit: str | None = None
+    units: tuple[str, ...] = ()  # a unit split (shares by speed on the stage's blocks)
 
     def stage(self, start: int, stop: int) -> Stage:
-        return Stage(self.devices, start, stop, self.unit, self.dtype)
+        return Stage(self.devices, start, stop, self.unit, self.dtype, units=self.units)
 
 
 class Menu:
@@ -108,6 +111,10 @@ class Menu:
                 best = costs.unit(d, None, dtype)
                 for u in (units if space.units else [best]):
                     self.options.append(Option((d,), dtype, None if u == best else u))
+                fastest = sorted(units, key=lambda u: (-spec.units[u].peak[dtype]
+                                                       * spec.units[u].efficiency, u))
+                for k in range(2, len(units) + 1 if space.units else 2):
+                    self.options += [Option((d,), dtype, units=c) for c in combinations(fastest, k)]
         for size in range(2, space.group + 1):
             for combo in combinations(pool, size):
                 for lead in combo:
@@ -154,8 +161,13 @@ class Menu:
                              for h in hops))
 
     def per_block(self, g: int, objective: str) -> np.ndarray:
-        """A one-device option's cost of each block by `objective`, memory aside."""
+        """A one-device option's cost of each block by `objective`, memory aside (a unit
+        split's on the whole chain's shares, on its busiest unit but for energy)."""
         o = self.options[g]
+        if o.units:
+            loads = self._unit_loads(o, 0, len(self.world.chain), objective)
+            return (sum(loads.values()) if objective == "energy"
+                    else max(loads.values(), key=lambda v: v.sum()))
         d = o.devices[0]
         sizes = self.sizes[:1] if objective == "latency" else self.sizes
         per = sum(self.costs.kernels(d, n, o.unit, o.dtype) for n in sizes)
@@ -163,9 +175,39 @@ class Menu:
             per = per * self.costs.power(d, self.costs.unit(d, o.unit, o.dtype))
         return per
 
+    def _unit_loads(self, o: Option, i: int, j: int, objective: str) -> dict[str, np.ndarray]:
+        """A unit split of blocks [i, j): per unit, each block's seconds over the objective's
+        micro-batches (joules for energy), its rows cut by the shares the stage gets."""
+        d, n = o.devices[0], len(self.world.chain)
+        shares = self.costs.shares(Stage((d,), i, j, dtype=o.dtype, units=o.units), self.sizes[0])
+        out = {u: np.zeros(n) for u in o.units}
+        for size in (self.sizes[:1] if objective == "latency" else self.sizes):
+            for u, rows in zip(o.units, split_rows(size, shares)):
+                if rows:
+                    out[u] = out[u] + self.costs.kernels(d, rows, u, o.dtype)
+        if objective == "energy":
+            out = {u: v * self.costs.power(d, u) for u, v in out.items()}
+        return out
+
+    def _split_matrix(self, g: int, objective: str) -> np.ndarray:
+        """A unit split's costs of blocks [i, j): its shares change with the range, so each
+        range is costed as the estimator's timeline does: its busiest unit (throughput),
+        its last unit to finish the first micro-batch (latency), all units' joules."""
+        o, n = self.options[g], len(self.world.chain)
+        out = np.full((n + 1, n + 1), np.inf)
+        for i in range(n):
+            for j in range(i + 1, n + 1):
+                if self._fits[g][i, j]:
+                    loads = self._unit_loads(o, i, j, objective)
+                    cost = [float(v[i:j].sum()) for v in loads.values()]
+                    out[i, j] = sum(cost) if objective == "energy" else max(cost)
+        return out
+
     def _build(self, g: int, objective: str) -> np.ndarray:
         o, fits = self.options[g], self._fits[g]
         sizes = self.sizes[:1] if objective == "latency" else self.sizes
+        if o.units:
+            return self._split_matrix(g, objective)
         if len(o.devices) == 1:
             return stage_matrix(self.per_block(g, objective), fits)
         loads: dict[tuple[str, ...], np.ndarray] = {}

@@ -12,14 +12,11 @@ from annotated_types import Gt
 from typing_extensions import NotRequired, TypedDict
 
 from simdl.errors import PlanError
-from simdl.plan.estimate import (
-    balanced_cuts,
-    block_times,
-    group_block_times,
-    offload_latency,
-)
+from simdl.plan.auto import alone, auto_cuts
+from simdl.plan.costs import Costs
+from simdl.plan.estimate import balanced_cuts, block_times, group_block_times
 from simdl.plan.plan import Plan, Replica, Stage, single_path
-from simdl.plan.world import World
+from simdl.plan.world import Inference, World
 
 PositiveInt = Annotated[int, Gt(0)]  # checked at the YAML edge, plain int here
 Cuts = list[int] | Literal["auto"]
@@ -45,9 +42,10 @@ def pipeline(world: World, devices: list[str], cuts: Cuts = "auto",
              microbatches: PositiveInt = 1) -> Plan:
     """The chain cut into consecutive stages over `devices`, in the order given.
 
-    `cuts` are the first block of every stage after the first; `auto` balances
-    the estimated stage times by each device's speed. Each request's batch is
-    cut into `microbatches` that stream through the stages.
+    `cuts` are the first block of every stage after the first; `auto` asks the
+    planner (`plan.auto.auto_cuts`: the most requests per second, links and memory
+    included). Each request's batch is cut into `microbatches` that stream through
+    the stages.
     """
     if len(devices) < 2:
         raise PlanError("devices", devices, "a pipeline needs at least two devices")
@@ -123,17 +121,24 @@ def offload(world: World, target: str, cut: int | Literal["auto"] = "auto",
     the device that owns the input, the rest on `target` (an edge server or the cloud).
 
     `cut: 0` ships the raw input; `cut` = the number of blocks keeps all local;
-    `auto` picks the cut with the lowest estimated latency that the constraints allow.
+    `auto` picks the cut whose request, alone, the planner's estimator finishes first
+    (micro-batches included), among those the constraints allow.
     """
     source, n = world.workload.source, len(world.chain)
     world.known("target", target)
-    if cut == "auto":
-        first = 1 if world.input_stays_on == source else 0
-        cut = min(range(first, n + 1), key=lambda c: (offload_latency(world, target, c), c))
-    elif not 0 <= cut <= n:
+    if cut != "auto" and not 0 <= cut <= n:
         raise PlanError("cut", cut, f"a block index from 0 (all on {target}) to {n} (all local)")
-    stages = [Stage((d,), a, b) for d, a, b in ((source, 0, cut), (target, cut, n)) if a < b]
-    return single_path("offload", world, stages, microbatches, target=target, cut=cut)
+
+    def at(c: int) -> Plan:
+        stages = [Stage((d,), a, b) for d, a, b in ((source, 0, c), (target, c, n)) if a < b]
+        return single_path("offload", world, stages, microbatches, target=target, cut=c)
+
+    if cut != "auto":
+        return at(cut)
+    costs = Costs(world)
+    first = 1 if world.input_stays_on == source else 0
+    return min((at(c) for c in range(first, n + 1)),
+               key=lambda p: (alone(p, costs), p.params["cut"]))
 
 
 def ensemble(world: World, devices: list[str], models: list[str] | None = None,
@@ -160,12 +165,16 @@ def ensemble(world: World, devices: list[str], models: list[str] | None = None,
 
 class StageEntry(TypedDict):
     """One stage as a file writes it: blocks [start, stop) on `devices` (a group when
-    several), on `unit` (default: the fastest) and stored as `dtype`."""
+    several), on `unit` (default: the fastest) or several `units` of its one device
+    sharing each micro-batch's samples in `unit_shares` (default: by speed), and stored
+    as `dtype`."""
 
     devices: list[str]
     start: int
     stop: int
     unit: NotRequired[str]
+    units: NotRequired[list[str]]
+    unit_shares: NotRequired[list[float]]
     dtype: NotRequired[Literal["fp32", "fp16", "int8"]]
 
 
@@ -196,7 +205,8 @@ def explicit(world: World, replicas: list[ReplicaEntry],
                 world.known(f"replicas[{r}].stages[{i}].devices", d)
             distinct(f"replicas[{r}].stages[{i}].devices", s["devices"], "a stage")
             stages.append(Stage(tuple(s["devices"]), s["start"], s["stop"], s.get("unit"),
-                                s.get("dtype", "fp32")))
+                                s.get("dtype", "fp32"), units=tuple(s.get("units", ())),
+                                unit_shares=tuple(s.get("unit_shares", ()))))
         made.append(Replica(tuple(stages), share=share))
     how = dispatch if len(made) > 1 else "one"
     return Plan("explicit", tuple(made), world.workload.source, microbatches, how,
@@ -206,10 +216,11 @@ def explicit(world: World, replicas: list[ReplicaEntry],
 def entry(plan: Plan) -> dict[str, Any]:
     """A strategy entry that makes `plan` again (the plainest that does): `single` or
     `pipeline` for one replica of one-device fp32 stages on their fastest units, else
-    `explicit` with every stage, unit, dtype and share written out."""
+    `explicit` with every stage, unit (or units and their shares), dtype and share
+    written out."""
     (first, *more) = plan.replicas
     plain = all(len(s.devices) == 1 and s.unit is None and (s.dtype, s.prune) == ("fp32", 0.0)
-                and s.split == "auto" for s in first.stages)
+                and s.split == "auto" and not s.units for s in first.stages)
     if not more and plain and plan.dispatch == "one" and first.model == "main":
         if len(first.stages) == 1:
             return {"name": "single", "device": first.stages[0].device}
@@ -225,6 +236,8 @@ def entry(plan: Plan) -> dict[str, Any]:
     def stage(s: Stage) -> dict[str, Any]:
         out: dict[str, Any] = {"devices": list(s.devices), "start": s.start, "stop": s.stop}
         return out | ({"unit": s.unit} if s.unit else {}) | (
+            {"units": list(s.units)} if s.units else {}) | (
+            {"unit_shares": [float(v) for v in s.unit_shares]} if s.unit_shares else {}) | (
             {"dtype": s.dtype} if s.dtype != "fp32" else {})
 
     how = {"dispatch": plan.dispatch} if len(plan.replicas) > 1 else {}
@@ -245,7 +258,9 @@ def _stages(world: World, groups: list[list[str]], cuts: Cuts, microbatches: int
         raise PlanError(field, groups, f"at most {n} stages, one block each at least")
     if microbatches > batch:
         raise PlanError("microbatches", microbatches, f"at most the batch size ({batch})")
-    if cuts == "auto":
+    if cuts == "auto" and isinstance(world.workload, Inference):
+        cuts = auto_cuts(world, [tuple(g) for g in groups], microbatches)
+    elif cuts == "auto":  # training: forward times balanced (the training planner's rule)
         size = -(-batch // microbatches)
         cuts = balanced_cuts([group_block_times(world, tuple(g), size) for g in groups])
     elif (len(cuts) != len(groups) - 1 or any(not 0 < c < n for c in cuts)

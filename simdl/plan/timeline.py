@@ -1,8 +1,10 @@
 """One request alone on a plan: when each micro-batch crosses each hop and stage, in closed form.
 
 A stage on one device is a first-come first-served server (the run gives a stage's
-unit to one micro-batch's blocks at a time); the flows of one hop share its
-bottleneck equally (max-min on one route is processor sharing, computed exactly);
+unit to one micro-batch's blocks at a time), or one such server per unit when several
+units share the stage, each serving its rows of every micro-batch; the flows of one
+hop share its bottleneck equally (max-min on one route is processor sharing, computed
+exactly);
 memory is allocated and freed where `sim.stages` does it. What this model leaves
 out -- flows of different hops on one link or airtime, two stages on one unit,
 collectives, micro-batches waiting for memory, a background load that changes --
@@ -15,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from simdl.plan.costs import Costs, Hop, microbatch_sizes
-from simdl.plan.plan import Plan, Replica, Stage
+from simdl.plan.plan import Plan, Replica, Stage, split_rows
 
 #: A server: ("unit", device, unit) or ("link", resource).
 Server = tuple[str, ...]
@@ -113,24 +115,40 @@ def finish(out: Lone, costs: Costs) -> Lone:
 
 def _stage(out: Lone, s: Stage, rep: Replica, sizes: list[int], acts: list, ready: list[float],
            costs: Costs, group: object) -> list[float]:
-    """Micro-batches through one device's blocks, first come first served."""
-    unit = costs.unit(s.device, s.unit, s.dtype)
-    server, watts = ("unit", s.device, unit), costs.power(s.device, unit)
-    free, done = 0.0, list(ready)
+    """Micro-batches through one device's blocks, first come first served on each unit;
+    with a unit split, each unit serves its rows of every micro-batch in turn, and a
+    micro-batch is done when its last part is (no time passes between the units)."""
+    units = s.units or (costs.unit(s.device, s.unit, s.dtype),)
+    shares = costs.shares(s, sizes[0], rep.model) if s.units else (1.0,)
+    free, done = dict.fromkeys(units, 0.0), list(ready)
     for j in sorted(range(len(sizes)), key=lambda j: (ready[j], j)):
-        kernels = costs.kernels(s.device, sizes[j], s.unit, s.dtype, s.prune, s.sparsity,
-                                rep.model)
-        t = start = max(ready[j], free)
-        for b in range(s.start, s.stop):
-            # a block's output is held from when its kernel is asked for, queued or not
-            out.memory.append((ready[j] if b == s.start else t, s.device, acts[j][b + 1]))
-            t += kernels[b]
-            out.memory.append((t, s.device, -acts[j][b]))
-        out.busy[server] += t - start
-        out.energy[s.device] += watts * (t - start)
-        out.spans.append((server, start, t, group))
-        free = done[j] = t
+        parts = split_rows(sizes[j], shares) if s.units else (sizes[j],)
+        for unit, rows in zip(units, parts):
+            if rows:
+                part = acts[j] if rows == sizes[j] else costs.acts(rows, rep.model)
+                free[unit] = _run(out, s, rep, unit, rows, part, ready[j], free[unit], costs,
+                                  group)
+                done[j] = max(done[j], free[unit])
     return done
+
+
+def _run(out: Lone, s: Stage, rep: Replica, unit: str, rows: int, acts, ready: float,
+         free: float, costs: Costs, group: object) -> float:
+    """One micro-batch's `rows` through the stage's blocks on `unit` once it is free; when
+    they are done. `acts`: the bytes of those rows before and after each block."""
+    server, watts = ("unit", s.device, unit), costs.power(s.device, unit)
+    kernels = costs.kernels(s.device, rows, s.unit if not s.units else unit, s.dtype, s.prune,
+                            s.sparsity, rep.model)
+    t = start = max(ready, free)
+    for b in range(s.start, s.stop):
+        # a block's output is held from when its kernel is asked for, queued or not
+        out.memory.append((ready if b == s.start else t, s.device, acts[b + 1]))
+        t += kernels[b]
+        out.memory.append((t, s.device, -acts[b]))
+    out.busy[server] += t - start
+    out.energy[s.device] += watts * (t - start)
+    out.spans.append((server, start, t, group))
+    return t
 
 
 def _group(out: Lone, s: Stage, rep: Replica, sizes: list[int], acts: list, ready: list[float],

@@ -49,6 +49,12 @@ class TrainEstimate:
     def exact(self) -> bool:
         return not self.why
 
+    @property
+    def per_update(self) -> float:
+        """Seconds per optimizer update a worker takes: the step, or a local SGD round
+        over its local steps (a round updates each worker that many times)."""
+        return self.step / self.plan.sync.local_steps
+
 
 def train_estimate(plan: TrainPlan, world: World, costs: Costs | None = None) -> TrainEstimate:
     """Estimate one step of `plan` (data-parallel kinds and pipelines; not distillation

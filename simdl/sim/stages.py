@@ -1,15 +1,15 @@
 """How one micro-batch crosses one replica's stages: kernels, hand-overs, collectives.
 
-A stage on one device runs its blocks as kernels there; a stage on a
-tensor-parallel group runs each block's shard program, with all-gathers and
-all-reduces as real transfers. Weights are deployed (fp16, int8, pruned) before
+A stage on one device runs its blocks as kernels there (on several of its units
+at once, each on its rows of the micro-batch, when the stage names `units`); a
+stage on a tensor-parallel group runs each block's shard program, with
+all-gathers and all-reduces as real transfers. Weights are deployed (fp16, int8, pruned) before
 the run, so memory, kernel rates and numerics all follow the deployment.
 """
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -18,8 +18,20 @@ from simdl.errors import DeviceGone
 from simdl.hw.devices import sparse_speedup
 from simdl.nn import shard as tp
 from simdl.nn.chain import Chain
-from simdl.plan.plan import (Plan, Replica, Stage, charged_flops, deployed_chain, footprint,
-                             input_bytes, shard_stage, shard_weights)
+from simdl.plan.costs import Costs, microbatch_sizes
+from simdl.plan.plan import (
+    Plan,
+    Replica,
+    Stage,
+    charged_flops,
+    deployed_chain,
+    footprint,
+    input_bytes,
+    replica_batches,
+    shard_stage,
+    shard_weights,
+    split_rows,
+)
 from simdl.plan.world import World
 from simdl.sim import collectives
 from simdl.sim.engine import Simulator
@@ -31,13 +43,16 @@ class StageWork:
     """A stage with what it runs: the deployed chain, and shard programs for a group.
 
     `kernels(size)` is what its blocks charge for a micro-batch of `size` samples,
-    worked out once per size: every micro-batch of that size charges the same.
+    worked out once per size: every micro-batch of that size charges the same. A unit
+    split has a `lane` per unit (the stage on that unit alone) and its `shares`.
     """
 
     stage: Stage
     chain: Chain
     programs: list[tp.Program] | None  # one per block of the stage, for a group
     speedup: float = 1.0  # the unit's sparse speedup for the stage's pruned weights
+    lanes: tuple[StageWork, ...] = ()
+    shares: tuple[float, ...] = ()
     _kernels: dict[int, tuple] = field(default_factory=dict, repr=False)
 
     def kernels(self, size: int) -> tuple:
@@ -68,7 +83,7 @@ def prepare(plan: Plan, world: World) -> list[ReplicaRunner]:
     """Deploy each stage's weights and shard the tensor-parallel ones (function plane)."""
     deployed: dict[tuple[str, str, float, str], Chain] = {}
     runners = []
-    for rep in plan.replicas:
+    for r, rep in enumerate(plan.replicas):
         works = []
         for s in rep.stages:
             key = (rep.model, s.dtype, s.prune, s.sparsity)
@@ -76,11 +91,23 @@ def prepare(plan: Plan, world: World) -> list[ReplicaRunner]:
                 deployed[key] = deployed_chain(world.models[rep.model], *key[1:])
             chain = deployed[key]
             programs = shard_stage(chain, s) if len(s.devices) > 1 else None
-            speedup = sparse_speedup(world.devices[s.device], s.unit, s.dtype,
-                                     s.sparsity if s.prune else None)
-            works.append(StageWork(s, chain, programs, speedup))
+            work = _work(world, s, chain, programs)
+            batch = replica_batches(plan, world.workload.batch)[r] if s.units else 0
+            if batch:  # a unit split: shares by speed at the replica's largest micro-batch
+                shares = Costs(world, deployed).shares(
+                    s, microbatch_sizes(batch, plan.microbatches)[0], rep.model)
+                lanes = tuple(_work(world, replace(s, unit=u, units=(), unit_shares=()), chain,
+                                    None) for u in s.units)
+                work = replace(work, lanes=lanes, shares=shares)
+            works.append(work)
         runners.append(ReplicaRunner(rep, works, plan.source, plan.microbatches))
     return runners
+
+
+def _work(world: World, s: Stage, chain: Chain, programs: list[tp.Program] | None) -> StageWork:
+    speedup = sparse_speedup(world.devices[s.device], s.unit, s.dtype,
+                             s.sparsity if s.prune else None)
+    return StageWork(s, chain, programs, speedup)
 
 
 class ReplicaRunner:
@@ -104,28 +131,34 @@ class ReplicaRunner:
         self._needed = [{source}.union(*(w.stage.devices for w in works[i:]))
                         for i in range(len(works) + 1)]
 
-    def place_weights(self, sim: Simulator) -> None:
-        """Hold every stage's deployed weights on its devices, once, before any request."""
+    def place_weights(self, sim: Simulator) -> list[list[tuple[str, float, str]]]:
+        """Hold every stage's deployed weights on its devices; per stage, what it placed
+        as (device, bytes, label)."""
+        placed = []
         for w in self.works:
             s, names = w.stage, w.chain.names
             label = f"weights {names[s.start]}..{names[s.stop - 1]}"
             if w.programs is None:
-                sim.allocate(s.device, w.chain.param_bytes(s.start, s.stop), label)
-                continue
-            for m, (device, held) in enumerate(zip(s.devices, shard_weights(w.programs,
-                                                                            len(s.devices)))):
-                sim.allocate(device, held, f"{label} shard {m}")
+                held = [(s.device, w.chain.param_bytes(s.start, s.stop), label)]
+            else:
+                held = [(device, nbytes, f"{label} shard {m}") for m, (device, nbytes) in
+                        enumerate(zip(s.devices, shard_weights(w.programs, len(s.devices))))]
+            for device, nbytes, what in held:
+                sim.allocate(device, nbytes, what)
+            placed.append(held)
+        return placed
 
     def run(self, sim: Simulator, r: int, x: np.ndarray | None, batch: int,
-            priority: int) -> Generator[Any, Any, Any]:
+            priority: int, attempt: int = 0) -> Generator[Any, Any, Any]:
         """A request's batch (or its share) through the stages; value: the output, or
-        the DeviceGone that stopped it."""
+        the DeviceGone that stopped it. A retry's labels end `/attempt` (`r3.0/1`)."""
         sizes = microbatch_sizes(batch, self.microbatches)
         if x is None or len(sizes) == 1:
             parts = [x] * len(sizes)
         else:
             parts = np.split(x, np.cumsum(sizes)[:-1])
-        procs = [sim.process(self._microbatch(sim, r, j, p, n, priority))
+        procs = [sim.process(self._microbatch(sim, r, f"r{r}.{j}/{attempt}" if attempt
+                                              else f"r{r}.{j}", p, n, priority))
                  for j, (p, n) in enumerate(zip(parts, sizes))]
         values = yield sim.all_of(procs)
         gone = first_gone(values)
@@ -133,11 +166,11 @@ class ReplicaRunner:
             return gone
         return values[0] if x is None or len(values) == 1 else np.concatenate(values)
 
-    def _microbatch(self, sim: Simulator, r: int, j: int, x: Any, size: int,
+    def _microbatch(self, sim: Simulator, r: int, tag: str, x: Any, size: int,
                     priority: int) -> Generator[Any, Any, Any]:
-        """One micro-batch: admitted, through the stages, its answer home; every byte it
-        holds comes out of its reservation, given back device by device as it moves on."""
-        tag = f"r{r}.{j}"
+        """One micro-batch (labelled `tag`): admitted, through the stages, its answer home;
+        every byte it holds comes out of its reservation, given back device by device as
+        it moves on."""
         sized = self._sized.get(size)
         if sized is None:
             chain0 = self.works[0].chain
@@ -163,7 +196,9 @@ class ReplicaRunner:
                     where = w.stage.device
                 kind = "act"
                 order = sim.ticket(priority)  # the stage runs this invocation to its end
-                if w.programs is None:
+                if w.lanes:
+                    x, held = yield from self._split(sim, w, x, size, held, r, tag, order, res)
+                elif w.programs is None:
                     x, held = yield from self._blocks(sim, w, x, size, held, r, tag, order, res)
                 else:
                     x, held = yield from self._sharded(sim, w, x, size, held, r, tag, order,
@@ -205,6 +240,44 @@ class ReplicaRunner:
             held = out_bytes
         return x, held
 
+    def _split(self, sim: Simulator, w: StageWork, x: Any, size: int, held: float, r: int,
+               tag: str, order: int,
+               res: Reservation) -> Generator[Any, Any, tuple[Any, float]]:
+        """The stage's blocks on each of its units at once, each on its rows of the
+        micro-batch (its share, `split_rows`), queued on its own unit; the rows back in
+        order. Each part holds its rows' activations, so the parts add up to the whole."""
+        parts = [(lane, n) for lane, n in zip(w.lanes, split_rows(size, w.shares)) if n]
+        if x is None:
+            xs: list[Any] = [None] * len(parts)
+        else:
+            xs = np.split(x, np.cumsum([n for _, n in parts])[:-1])
+        procs = [sim.process(self._part(sim, lane, xp, n, self._in_bytes(w, n), r, tag, order,
+                                        res)) for (lane, n), xp in zip(parts, xs)]
+        values = yield sim.all_of(procs)
+        gone = first_gone(values)
+        if gone is not None:
+            raise gone
+        held = sum(h for _, h in values)
+        if x is None:
+            return None, held
+        return np.concatenate([v for v, _ in values]), held
+
+    def _part(self, sim: Simulator, lane: StageWork, x: Any, rows: int, held: float, r: int,
+              tag: str, order: int, res: Reservation) -> Generator[Any, Any, Any]:
+        """One unit's rows through the stage; value: (output, its bytes), or the
+        DeviceGone that stopped it (returned, so that every part is waited for)."""
+        try:
+            return (yield from self._blocks(sim, lane, x, rows, held, r, tag, order, res))
+        except DeviceGone as gone:
+            return gone
+
+    @staticmethod
+    def _in_bytes(w: StageWork, rows: int) -> int:
+        """Bytes of `rows` samples' input to the stage (the raw input before block 0)."""
+        s = w.stage
+        return (input_bytes(w.chain, rows) if s.start == 0
+                else w.chain.costs(rows)[s.start - 1].out_bytes)
+
     def _sharded(self, sim: Simulator, w: StageWork, x: Any, size: int, held: float, r: int,
                  tag: str, order: int,
                  res: Reservation) -> Generator[Any, Any, tuple[Any, float]]:
@@ -242,14 +315,6 @@ def first_gone(values: list[Any]) -> DeviceGone | None:
         if isinstance(v, DeviceGone):
             return v
     return None
-
-
-@lru_cache(maxsize=256)
-def microbatch_sizes(batch: int, microbatches: int) -> tuple[int, ...]:
-    """The sizes of a batch's micro-batches, cut as np.array_split cuts (at most `batch`
-    of them; the first batch % m one larger), without an array per request."""
-    m = min(microbatches, batch)
-    return tuple(batch // m + (j < batch % m) for j in range(m))
 
 
 def _block(chain: Chain, x: np.ndarray, b: int) -> np.ndarray:

@@ -80,8 +80,12 @@ def test_explicit_shares_must_add_up_to_one(room):
     assert [r.share for r in explicit(world, [{"stages": whole}] * 2).replicas] == [0.5, 0.5]
 
 
-def test_training_auto_is_the_training_searchs_best():
-    sc = load(ROOT / "scenarios/train_ring_vs_ps.yaml")
+def test_training_auto_is_the_training_planners_choice():
+    """`auto` in a training scenario runs what `simdl plan` chooses: the first plan to
+    reach the held-out loss in simulated time, not the estimate's fastest steps."""
+    sc = load(ROOT / "scenarios/train_slow_uplink.yaml")
     world = api.build(sc, timing_only=True, pretrain=False)
     made = api.train_plan(world, StrategyEntry(name="auto"), 0)
-    assert made == replace(train_search(world).best.plan, strategy="auto")
+    _, choice = planner.plan_training(world, 3)
+    assert made == replace(choice.best.plan, strategy="auto")
+    assert made.sync.kind != train_search(world).best.plan.sync.kind

@@ -9,7 +9,8 @@ from simdl.nn.compress import deploy
 from simdl.nn.models import lenet, mlp, mobilenet_small, resnet_small, tiny_transformer
 from simdl.plan.plan import Plan, Replica, Stage
 from simdl.plan.world import World
-from simdl.sim.stages import microbatch_sizes, prepare
+from simdl.plan.costs import microbatch_sizes
+from simdl.sim.stages import prepare
 
 SMALL = {
     "mlp": lambda: mlp(in_dim=8, hidden=16, depth=3, n_classes=3),
