@@ -25,10 +25,12 @@ SOURCE_KINDS = ("spec-peak", "measured", "estimate", "override")
 #: Pruning patterns a unit may accelerate (the same as simdl.nn.compress.PATTERNS).
 PATTERNS = ("unstructured", "2:4")
 
-UNIT_FIELDS = ("kind", "peak", "efficiency", "overhead", "active_power", "mem_bw", "sparsity")
+UNIT_FIELDS = ("kind", "peak", "efficiency", "overhead", "active_power", "mem_bw", "memory",
+               "sparsity")
 UNIT_REQUIRED = ("peak", "efficiency", "overhead", "active_power")
-DEVICE_FIELDS = ("label", "units", "memory", "mem_bw", "idle_power", "radio_tx_power",
-                 "radio_rx_power", "battery", "background", "interfaces", "sources")
+DEVICE_FIELDS = ("label", "units", "memory", "mem_bw", "storage_bw", "idle_power",
+                 "radio_tx_power", "radio_rx_power", "battery", "background", "interfaces",
+                 "sources")
 #: Sources follow the figures: an override writes its own source entry.
 OVERRIDABLE = tuple(f for f in DEVICE_FIELDS if f != "sources")
 
@@ -56,7 +58,7 @@ def merge(raw: Raw, overrides: Mapping[str, Any], where: str) -> Raw:
 
     `overrides` may be nested ({"units": {"npu": {"peak": {"int8": "26TOPS"}}}}) or use
     dotted keys ({"units.npu.peak.int8": "26TOPS"}), or both. A null removes a unit, a
-    dtype or an interface, and makes `battery` mains.
+    dtype or an interface, makes `battery` mains, and makes a unit's `memory` the device's.
     """
     merged = copy.deepcopy(raw)
     sources = merged.setdefault("sources", {})
@@ -96,6 +98,7 @@ def parse_device(raw: Any, where: str) -> dict[str, Any]:
         "units": _units(raw.get("units"), f"{where}.units"),
         "memory": quantity(raw.get("memory"), "size", f"{where}.memory"),
         "mem_bw": quantity(raw.get("mem_bw"), "bandwidth", f"{where}.mem_bw"),
+        "storage_bw": _storage_bw(raw.get("storage_bw"), f"{where}.storage_bw"),
         "idle_power": quantity(raw.get("idle_power"), "power", f"{where}.idle_power", zero=True),
         "radio_tx_power": quantity(raw.get("radio_tx_power"), "power",
                                     f"{where}.radio_tx_power", zero=True),
@@ -107,6 +110,14 @@ def parse_device(raw: Any, where: str) -> dict[str, Any]:
         "interfaces": _interfaces(raw.get("interfaces", {}), f"{where}.interfaces"),
         "sources": _sources(raw.get("sources", {}), f"{where}.sources"),
     }
+
+
+def _storage_bw(value: Any, where: str) -> float:
+    """Every device says how fast it reads weights from storage: nothing has a sensible default."""
+    if value is None:
+        raise ScenarioError(where, value, "required: the storage's sequential read bandwidth, "
+                            "e.g. '2GB/s' (phone flash), '3.5GB/s' (NVMe), '45MB/s' (SD card)")
+    return quantity(value, "bandwidth", where)
 
 
 def _flatten(tree: Any, prefix: tuple[str, ...], where: str) -> list[tuple[tuple[str, ...], Any]]:
@@ -235,7 +246,13 @@ def _unit(raw: Any, name: str, where: str) -> dict[str, Any]:
     peak = _named_quantities(peak_raw, f"{where}.peak", DTYPES, "compute", "dtype")
     if not peak:
         raise ScenarioError(f"{where}.peak", peak_raw, "a unit needs a peak for at least one dtype")
-    mem_bw, sparsity = raw.get("mem_bw"), raw.get("sparsity")
+    mem_bw, memory, sparsity = raw.get("mem_bw"), raw.get("memory"), raw.get("sparsity")
+    own_memory = None if memory is None else quantity(memory, "size", f"{where}.memory")
+    if own_memory is not None and mem_bw is None:
+        raise ScenarioError(f"{where}.mem_bw", mem_bw,
+                            "required with the unit's own memory: that memory's bandwidth, "
+                            "e.g. '256GB/s' (else the unit would read its VRAM at the "
+                            "device's RAM bandwidth)")
     return {
         "kind": kind,
         "peak": peak,
@@ -245,6 +262,7 @@ def _unit(raw: Any, name: str, where: str) -> dict[str, Any]:
         "active_power": quantity(raw.get("active_power"), "power", f"{where}.active_power",
                                   zero=True),
         "mem_bw": None if mem_bw is None else quantity(mem_bw, "bandwidth", f"{where}.mem_bw"),
+        "memory": own_memory,
         "sparsity": {} if sparsity is None else _sparsity(sparsity, f"{where}.sparsity", peak),
     }
 

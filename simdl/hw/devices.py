@@ -68,6 +68,8 @@ class UnitSpec:
     overhead: float                # s of launch/dispatch per kernel
     active_power: float            # W above the device's idle while this unit runs a kernel
     mem_bw: float | None = None    # B/s this unit sees if not the device's (a host CPU beside VRAM)
+    memory: float | None = None    # bytes of the unit's own memory for ML (a discrete GPU's VRAM);
+                                   # None: it works in the device's `memory`
     # pattern ("2:4") -> dtype -> speed-up of weight products pruned in it; absent = none
     sparsity: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
@@ -84,7 +86,7 @@ class DeviceSpec:
     type: str                      # catalogue key, e.g. "phone_flagship"
     label: str                     # human name
     units: Mapping[str, UnitSpec]  # by unit name ("cpu", "gpu", "npu")
-    memory: float                  # bytes usable for ML (not total RAM)
+    memory: float                  # bytes of RAM for ML (not all of it; older GPU entries: VRAM)
     mem_bw: float                  # B/s, bandwidth of that memory
     idle_power: float              # W, whole device awake and idle
     radio_tx_power: float          # W above idle while sending
@@ -92,6 +94,9 @@ class DeviceSpec:
     battery: float | None          # J; None for mains
     background: float | tuple[tuple[float, float], ...]  # load, or ((0, l0), (t1, l1), ...)
     interfaces: Mapping[str, float]  # interface -> goodput B/s; absent = none
+    # B/s sequential read from the device's storage (weights paged in when they do not fit);
+    # every catalogue device has one, None only on specs built by hand
+    storage_bw: float | None = None
     sources: Mapping[str, str] = field(default_factory=dict)  # field path -> "kind; source; retrieved"
 
     def __post_init__(self) -> None:
@@ -197,7 +202,8 @@ def make_device(type: str, overrides: Mapping[str, Any] | None = None,
 def catalogue_frame() -> pd.DataFrame:
     """One row per device type (sorted, `type` a column) with key figures, for `simdl devices`.
 
-    Rates are the peaks of the unit best_unit picks for that dtype (NaN if none runs it).
+    Rates are the peaks of the unit best_unit picks for that dtype (NaN if none runs it);
+    `vram_GiB` is the units' own memory (NaN when every unit works in the device's RAM).
     """
     import pandas as pd  # only this table needs pandas; keep the engine's import light
 
@@ -210,6 +216,10 @@ def catalogue_frame() -> pd.DataFrame:
             row[name] = spec.units[unit].peak[dtype] / scale if unit else float("nan")
         row["memory_GiB"] = spec.memory / 2**30
         row["mem_bw_GBps"] = spec.mem_bw / 1e9
+        own = [u.memory for u in spec.units.values() if u.memory is not None]
+        row["vram_GiB"] = sum(own) / 2**30 if own else float("nan")
+        row["storage_GBps"] = (spec.storage_bw / 1e9 if spec.storage_bw is not None
+                               else float("nan"))
         row["idle_W"] = spec.idle_power
         row["busy_W"] = device_power(spec, spec.units, True, True)
         row["battery_Wh"] = spec.battery / 3600 if spec.battery is not None else float("nan")

@@ -70,6 +70,19 @@ class Network:
         self.devices: tuple[str, ...] = tuple(n for n, k in nodes.items() if k == "device")
         self._routes: dict[tuple[str, str], Route] = {}
 
+    def resources(self, link: str) -> tuple[str, ...]:
+        """The resources a link's name stands for: a direction `a>b` or a medium itself,
+        or both directions of the link between a and b written `a-b` (or `b-a`)."""
+        if link in self.capacity:
+            return (link,)
+        for spec in self.links:
+            if link in (f"{spec.a}-{spec.b}", f"{spec.b}-{spec.a}"):
+                return f"{spec.a}>{spec.b}", f"{spec.b}>{spec.a}"
+        names = [f"{spec.a}-{spec.b}" for spec in self.links]
+        names += [name for name in self.capacity if ">" not in name]
+        raise PlanError("link", link, "a link a-b (both directions), a direction a>b or a "
+                        f"medium; this network has: {', '.join(names)}")
+
     def route(self, src: str, dst: str) -> Route:
         """The route from src to dst; PlanError if either is unknown or they are apart."""
         found = self._routes.get((src, dst))

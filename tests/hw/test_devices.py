@@ -15,7 +15,7 @@ REQUIRED = ("phone_flagship", "phone_midrange", "phone_lowend", "tablet", "smart
             "smart_tv", "laptop", "desktop_pc", "car_head_unit", "home_hub", "edge_server",
             "cloud_gpu")
 MAINS = ("smart_tv", "desktop_pc", "car_head_unit", "home_hub", "edge_box", "edge_server",
-         "cloud_gpu")
+         "cloud_gpu", "sbc_rpi4", "sbc_rpi5", "mac_mini_m4", "desktop_rtx4090")
 SOURCE_KINDS = ("spec-peak", "measured", "estimate")
 
 
@@ -37,11 +37,11 @@ def numeric_fields(spec):
     for name, unit in spec.units.items():
         paths += [f"units.{name}.peak.{dtype}" for dtype in unit.peak]
         paths += [f"units.{name}.{f}" for f in ("efficiency", "overhead", "active_power")]
-        if unit.mem_bw is not None:
-            paths.append(f"units.{name}.mem_bw")
+        paths += [f"units.{name}.{f}" for f in ("mem_bw", "memory")
+                  if getattr(unit, f) is not None]
         paths += [f"units.{name}.sparsity.{pattern}.{dtype}"
                   for pattern, factors in unit.sparsity.items() for dtype in factors]
-    paths += ["memory", "mem_bw", "idle_power", "radio_tx_power", "radio_rx_power", "background"]
+    paths += ["memory", "mem_bw", "storage_bw", "idle_power", "radio_tx_power", "radio_rx_power", "background"]
     paths += [f"interfaces.{k}" for k in spec.interfaces]
     if spec.battery is not None:
         paths.append("battery")
@@ -272,7 +272,7 @@ def test_unknown_type_lists_the_types():
      r"^devices\.t1\.memroy: '4GiB' is not valid; no such field; a device has: .*, memory, "),
     ({"units.npu.pek": "1TOPS"},
      r"^devices\.t1\.units\.npu\.pek: '1TOPS' is not valid; no such field; a unit has: "
-     r"active_power, efficiency, kind, mem_bw, overhead, peak, sparsity$"),
+     r"active_power, efficiency, kind, mem_bw, memory, overhead, peak, sparsity$"),
     ({"units.npu.peak.int4": "52TOPS"},
      r"^devices\.t1\.units\.npu\.peak\.int4: '52TOPS' is not valid; no such dtype; "
      r"choose one of: fp32, fp16, int8$"),
