@@ -9,20 +9,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
+from annotated_types import Gt
 from threadpoolctl import threadpool_limits
 
 from simdl import __version__, planner
 from simdl.errors import PlanError, ScenarioError
 from simdl.plan import train_memory
-from simdl.plan.estimate import capacity, transfer_time
+from simdl.plan.estimate import estimate, transfer_time
 from simdl.plan.plan import Plan, Stage, check
 from simdl.plan.space import Space
 from simdl.plan.strategies import STRATEGIES, PositiveInt
-from simdl.plan.train_search import train_search
 from simdl.plan.training import TRAIN_STRATEGIES, Compression, TrainPlan
 from simdl.plan.world import World
 from simdl.report.result import Result, write_run
@@ -37,9 +37,11 @@ from simdl.scenario import (
     load,
     parse,
 )
+from simdl.sim.changes import start_changes
 from simdl.sim.engine import Simulator
 from simdl.sim.inference import Outputs, execute, fuse, inputs, labels
 from simdl.sim.metrics import TrainingMetrics
+from simdl.sim.serving import Policy
 from simdl.sim.stages import prepare
 from simdl.sim.training import train, undecided
 from simdl.world import build
@@ -97,6 +99,7 @@ def run(scenario: Scenario | str | Path, strategy: str | None = None, *,
         results = []
         for i, entry in selected(sc, strategy):
             sim = Simulator(world.devices, world.network, timing_only=timing_only)
+            start_changes(world, sim)  # the scenario's `changes:`, played on the clock
             if sc.workload.kind == "training":
                 tp = train_plan(world, entry, i)
                 metrics = train(tp, world, sim, progress)
@@ -105,7 +108,8 @@ def run(scenario: Scenario | str | Path, strategy: str | None = None, *,
                 results.append(_result(sc, world, entry, tp, sim, Outputs(), metrics))
             else:
                 p = plan(world, entry, i)
-                outputs = execute(p, world, sim, prepare(p, world), progress)
+                outputs = execute(p, world, sim, prepare(p, world), progress,
+                                  Policy(world.workload.timeout, world.workload.retries))
                 results.append(_result(sc, world, entry, p, sim, outputs))
     return Run(sc, results, skipped)
 
@@ -161,21 +165,29 @@ Weights = dict[Literal["throughput", "latency", "energy"], float]
 
 def auto(world: World, objective: Literal["throughput", "latency", "energy"] | Weights = "throughput",
          devices: list[str] | None = None, microbatches: list[PositiveInt] | None = None,
-         top: PositiveInt = 3) -> Plan:
+         top: PositiveInt = 3, dtypes: list[Literal["fp32", "fp16", "int8"]] | None = None,
+         units: bool = False) -> Plan:
     """`name: auto`: the planner's choice (`planner.choose`) for `objective` among
-    `devices` (default: the pool), its `top` candidates re-scored by simulation."""
+    `devices` (default: the pool), its `top` candidates re-scored by simulation; stages
+    stored as one of `dtypes` (default fp32), on any unit or units sharing a stage when
+    `units` (default: each device's fastest unit)."""
     space = Space(devices=tuple(devices) if devices else None,
-                  microbatches=tuple(microbatches or (1,)))
+                  microbatches=tuple(microbatches or (1,)), dtypes=tuple(dtypes or ("fp32",)),
+                  units=units)
     return replace(planner.choose(world, objective, space, top=top).plan, strategy="auto")
 
 
 def train_auto(world: World, devices: list[str] | None = None,
-               syncs: list[str] | None = None, compressions: list[Compression] | None = None
+               syncs: list[str] | None = None, compressions: list[Compression] | None = None,
+               top: PositiveInt = 3, target_loss: Annotated[float, Gt(0.0)] | None = None
                ) -> TrainPlan:
-    """`name: auto` for training: the plan whose steps `train_search` estimates finish
-    first, among its default syncs (or `syncs`) and `compressions` (default none)."""
-    return replace(train_search(world, planner.train_space(devices, syncs, compressions)).best.plan,
-                   strategy="auto")
+    """`name: auto` for training: the planner's choice (`planner.plan_training`, as `simdl
+    plan` makes it): of the `top` ways of training the estimate ranks fastest per update,
+    and the fastest lossless plan, the first to reach the held-out loss target (the
+    lossless plan's best, or `target_loss`) in simulated time, real numerics."""
+    _, choice = planner.plan_training(world, top, devices, syncs, compressions,
+                                      target_loss=target_loss)
+    return replace(choice.best.plan, strategy="auto")
 
 
 def plan(world: World, entry: StrategyEntry, i: int) -> Plan:
@@ -266,8 +278,8 @@ def training_summary(df: pd.DataFrame, world: World) -> dict[str, float | str]:
 
 #: What `simdl run` and `compare` print for each kind of workload.
 HEADLINES = {
-    "inference": ("strategy", "requests_done", "requests_dropped", "makespan_s", "offered_rps",
-                  "throughput_rps", "capacity_rps", "latency_p50_ms", "latency_p95_ms",
+    "inference": ("strategy", "requests_completed", "requests_failed", "makespan_s",
+                  "offered_rps", "throughput_rps", "goodput_rps", "capacity_rps", "latency_p50_ms", "latency_p95_ms",
                   "latency_p99_ms", "network_bytes", "energy_used_J", "energy_J",
                   "peak_memory_max_MiB", "mean_utilisation"),
     "training": ("strategy", "steps", "makespan_s", "final_loss", "final_accuracy",
@@ -337,12 +349,14 @@ def offered_rps(world: World) -> float | None:
 
 
 def serving_load(p: Plan, world: World) -> dict[str, Any]:
-    """capacity_rps and capacity_bottleneck (`plan.estimate.capacity`); an open-loop run
-    adds offered_rps and offered_samples_per_s."""
+    """capacity_rps and capacity_bottleneck (the planner's estimate: 1 / the busiest unit's
+    or link's seconds per request); an open-loop run adds offered_rps and
+    offered_samples_per_s."""
     load = world.workload
     out: dict[str, Any] = {}
     rate = offered_rps(world)
     if rate is not None:
         out |= {"offered_rps": rate, "offered_samples_per_s": rate * load.batch}
-    out["capacity_rps"], out["capacity_bottleneck"] = capacity(p, world)
+    scored = estimate(p, world)
+    out["capacity_rps"], out["capacity_bottleneck"] = scored.capacity, scored.bottleneck
     return out

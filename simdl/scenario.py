@@ -21,7 +21,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, NonNegativeF
                       field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from simdl import units
+from simdl import changes as pool_changes, units
 from simdl.errors import QUOTE, ScenarioError, SimdlError, shorten
 from simdl.hw import catalogue
 from simdl.report.store import NAME, NAME_RULE
@@ -174,6 +174,8 @@ class Inference(Strict):
     batch: Count = 1
     source: str  # the device that owns the input data and gets the answers
     classes: list[RequestClass] = []
+    timeout: Annotated[float, Field(gt=0.0)] | None = None  # s an attempt may take
+    retries: Natural = 2  # attempts after the first, on a timeout or a lost device
 
     @field_validator("classes")
     @classmethod
@@ -229,6 +231,7 @@ class Scenario(Strict):
     workload: Annotated[Inference | TrainingEntry, Field(discriminator="kind")]
     constraints: Constraints = Constraints()
     strategies: list[StrategyEntry] = Field(min_length=1)
+    changes: Annotated[list[Any], AfterValidator(pool_changes.read)] | None = None  # simdl.changes
 
     @field_validator("name")
     @classmethod
@@ -282,13 +285,13 @@ def load(path: str | Path) -> Scenario:
     if not isinstance(data, Mapping):
         raise ScenarioError(path.name, data, "a mapping with name, devices, network, model, "
                             "workload and strategies")
-    return parse(data)
+    return parse(data, path.parent)
 
 
-def parse(data: Mapping[str, Any]) -> Scenario:
-    """Validate plain data as a Scenario; the first problem becomes a ScenarioError."""
+def parse(data: Mapping[str, Any], base: Path | None = None) -> Scenario:
+    """Plain data as a Scenario (files relative to `base`); the first problem: a ScenarioError."""
     try:
-        return Scenario.model_validate(data)
+        return Scenario.model_validate(data, context={"base": base})
     except ValidationError as err:
         raise scenario_error(err) from None
 

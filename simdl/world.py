@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from simdl import budget
+from simdl import budget, changes
 from simdl.errors import ScenarioError
 from simdl.hw.devices import DeviceSpec, make_device
 from simdl.hw.topologies import TOPOLOGIES
@@ -19,6 +19,7 @@ from simdl.nn.fit import fit
 from simdl.nn.models import MODELS
 from simdl.plan import world as w
 from simdl.scenario import ModelEntry, Scenario, call, choose
+
 
 def build(scenario: Scenario, *, timing_only: bool = False, pretrain: bool = True) -> w.World:
     """Everything a run needs, built deterministically from the scenario and its seed.
@@ -31,6 +32,7 @@ def build(scenario: Scenario, *, timing_only: bool = False, pretrain: bool = Tru
     devices = pool(scenario)
     topology = choose(TOPOLOGIES, scenario.network.kind, "network.kind")
     network = call(topology, scenario.network.params, "network", devices)
+    moves = changes.build(scenario.changes or [], devices, network)
     main = model(scenario.model, "model", scenario.seed)
     models = {"main": main}
     for name, entry in scenario.models.items():
@@ -57,7 +59,7 @@ def build(scenario: Scenario, *, timing_only: bool = False, pretrain: bool = Tru
                          tuple(load.data_on) or tuple(devices), load.shards, load.eval_every,
                          load.target_accuracy)
         return w.World(scenario.name, scenario.seed, models, devices, network, job, test,
-                       scenario.constraints.input_stays_on, train)
+                       scenario.constraints.input_stays_on, train, moves)
     a = load.arrival
     if a.kind == "trace" and len(a.times) < load.requests:
         raise ScenarioError("workload.arrival.times", len(a.times),
@@ -66,9 +68,10 @@ def build(scenario: Scenario, *, timing_only: bool = False, pretrain: bool = Tru
                         concurrency=getattr(a, "concurrency", 0),
                         times=tuple(getattr(a, "times", ())))
     classes = tuple(w.RequestClass(c.name, c.share, c.priority) for c in load.classes)
-    workload = w.Inference(load.requests, arrival, load.batch, load.source, classes)
+    workload = w.Inference(load.requests, arrival, load.batch, load.source, classes,
+                           load.timeout, load.retries)
     return w.World(scenario.name, scenario.seed, models, devices, network, workload, test,
-                   scenario.constraints.input_stays_on, train)
+                   scenario.constraints.input_stays_on, train, moves)
 
 
 def model(entry: ModelEntry, where: str, seed: int) -> Chain:

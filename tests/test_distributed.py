@@ -130,7 +130,7 @@ def test_input_stays_on_its_device_in_every_strategy_that_runs():
         e = result.events
         raw = e[(e.kind == "transfer") & e.label.str.startswith("input")]
         assert raw.empty, (result.strategy, raw)
-        assert (result.requests.status == "done").all()
+        assert (result.requests.status == "completed").all()
 
 
 @pytest.mark.parametrize("strategy", [

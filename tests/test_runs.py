@@ -43,7 +43,7 @@ def test_every_shipped_scenario_gives_one_timeline_real_or_timing_only(path):
             assert len(r.extra["training"]) == scenario.workload.steps
             assert r.summary.makespan_s.iloc[0] > 0
         else:
-            assert (r.requests.status == "done").sum() == scenario.workload.requests
+            assert (r.requests.status == "completed").sum() == scenario.workload.requests
             assert r.summary.throughput_rps.iloc[0] > 0
 
 
@@ -81,20 +81,73 @@ def test_a_pipeline_computes_exactly_the_single_device_outputs(microbatches):
         assert single[r].shape == (6, 10)
 
 
-def test_requests_on_a_device_whose_battery_dies_are_reported_dropped_never_lost():
-    """A watch with a tiny battery serves a stream: every request ends as done or dropped."""
+def battery_run(source, battery, retries=None):
+    """slow_link's watch (with a tiny `battery`) serves 30 requests alone, in a closed
+    loop, for `source`; `retries` None keeps the default budget."""
     data = dump(api.resolve(ROOT / "scenarios" / "slow_link.yaml"))
-    data["devices"][0]["battery"] = "0.002J"
-    data["workload"] |= {"requests": 30}
+    data["devices"][0]["battery"] = battery
+    data["workload"] |= {"requests": 30, "source": source}
+    if retries is not None:
+        data["workload"]["retries"] = retries
     data["strategies"] = [{"name": "single", "device": "watch"}]
     result = api.run(parse(data), timing_only=True)["single"]
-    status = result.requests.status.value_counts().to_dict()
-    assert status.get("dropped", 0) > 0 and sum(status.values()) == 30
     events = result.events
-    leave = events[events.kind == "leave"]
-    assert leave.label.tolist() == ["battery empty"]
-    dropped = events[events.kind == "dropped"]
-    source = data["workload"]["source"]
-    assert (dropped.device == source).all() and dropped.label.str.contains("battery empty").all()
-    assert (dropped.t_start <= dropped.t_end).all() and (dropped.t_end >= leave.t_start.iloc[0]).all()
-    assert sorted(dropped.request) == sorted(result.requests.query("status == 'dropped'").request)
+    (died,) = events.loc[events.kind == "leave", "t_start"]
+    assert events.loc[events.kind == "leave", "label"].tolist() == ["battery empty"]
+    # every request ends exactly once: submitted = completed + failed
+    ends = events[events.kind.isin(["request", "failed"])]
+    assert sorted(ends.request) == list(range(30))
+    assert (ends.device == source).all() and (ends.t_start <= ends.t_end).all()
+    s = result.summary.iloc[0]
+    assert s.requests_completed + s.requests_failed == 30
+    assert s.requests_failed == (result.requests.status == "failed").sum()
+    return result, died
+
+
+@pytest.mark.parametrize("retries", [None, 0])
+def test_a_request_on_a_device_whose_battery_dies_is_retried_or_fails_never_lost(retries):
+    """The phone asks; the watch serves until its battery dies mid-request. With the
+    default budget that request is retried on the pool re-planned without the watch
+    (the phone) and completes; with `retries: 0` it fails, cause device_left, at the
+    instant the watch died. Either way the requests after it are served by the phone."""
+    result, died = battery_run("phone", "0.02J", retries)
+    reqs, events = result.requests, result.events
+    hit = reqs[(reqs.arrival < died) & ~(reqs.finish < died)]
+    assert len(hit) == 1
+    r = int(hit.request.iloc[0])
+    before, after = reqs[reqs.request < r], reqs[reqs.request > r]
+    assert len(before) > 0 and (before.status == "completed").all()
+    assert (before.path == "watch").all() and (before.finish < died).all()
+    assert (after.status == "completed").all() and (after.path == "phone").all()
+    replan = events[events.kind == "replan"]
+    assert replan.t_end.tolist() == [died] and replan.label.tolist() == ["phone"]
+    mine = hit.iloc[0]
+    if retries is None:
+        assert (mine.status, mine.cause, mine.attempts, mine.path) == (
+            "completed", "", 2, "phone")
+        assert mine.finish > died
+        retry = events[events.kind == "retry"]
+        assert retry[["t_end", "label", "request"]].values.tolist() == [[died, "device_left", r]]
+        assert (result.summary.requests_failed.iloc[0], result.summary.retries.iloc[0]) == (0, 1)
+    else:
+        assert (mine.status, mine.cause, mine.attempts, mine.path) == (
+            "failed", "device_left", 1, "")
+        failed = events[events.kind == "failed"]
+        assert failed[["t_end", "label", "request"]].values.tolist() == [[died, "device_left", r]]
+        assert (events.kind == "retry").sum() == 0
+        s = result.summary.iloc[0]
+        assert (s.requests_failed, s.failed_device_left, s.retries) == (1, 1, 0)
+
+
+def test_when_the_device_whose_battery_dies_is_the_source_what_it_asked_fails():
+    """The watch asks and serves: once its battery is empty, nothing can take its
+    requests or give it an answer; each fails, cause source_left, none is lost, and the
+    one in flight is not retried (nobody is left to ask again)."""
+    result, died = battery_run("watch", "0.002J")
+    reqs = result.requests
+    failed = reqs[reqs.status == "failed"]
+    assert len(failed) > 0 and (failed.cause == "source_left").all()
+    assert (failed.attempts == 1).all() and not (result.events.kind == "retry").any()
+    assert (reqs.loc[reqs.status == "completed", "finish"] < died).all()
+    assert (result.events.loc[result.events.kind == "failed", "t_end"] == died).all()
+    assert result.summary.failed_source_left.iloc[0] == len(failed)

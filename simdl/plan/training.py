@@ -13,7 +13,9 @@ from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Gt, Lt
 
+from simdl import units
 from simdl.errors import PlanError
+from simdl.hw.topologies import MaybeTime
 from simdl.nn.optim import OPTIMIZERS, Optimizer
 from simdl.plan.plan import Stage
 from simdl.plan.strategies import _stages, distinct
@@ -33,7 +35,9 @@ class Sync:
     halving_doubling, hierarchical) every step. ps: workers push gradients to
     `servers` (parameters sharded over them) and pull parameters, in `mode`
     bsp (all wait), asp (apply on arrival, staleness recorded) or ssp (no worker
-    more than `staleness` steps ahead of the slowest). gossip: after each step a
+    more than `staleness` steps ahead of the slowest; bsp drops from a step a worker
+    whose push is `worker_timeout` seconds behind the step's first, None waits for
+    every worker still present). gossip: after each step a
     worker averages its model with its two neighbours on a ring over the workers
     (CHOCO-gossip, compressed differences), with no global barrier.
     local_sgd: `local_steps` steps alone, then models averaged (federated
@@ -51,6 +55,7 @@ class Sync:
     clients: int = 0
     compression: str = "none"
     ratio: float = 0.01
+    worker_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -116,19 +121,30 @@ def allreduce(world: World, workers: list[str] | None = None,
 def parameter_server(world: World, servers: list[str], workers: list[str] | None = None,
                      mode: Literal["bsp", "asp", "ssp"] = "bsp", staleness: NonNegativeInt = 2,
                      compression: Compression = "none", ratio: Fraction = 0.01,
-                     freeze: NonNegativeInt = 0) -> TrainPlan:
+                     freeze: NonNegativeInt = 0, worker_timeout: MaybeTime = None) -> TrainPlan:
     """Workers push gradients to the servers (parameters sharded over them) and pull
-    the parameters back: synchronous, asynchronous or stale-synchronous."""
+    the parameters back: synchronous, asynchronous or stale-synchronous. bsp drops
+    from a step a worker whose push reaches a server `worker_timeout` after the
+    step's first (None: it waits for every worker still present)."""
     if not servers:
         raise PlanError("servers", servers, "at least one device to hold the parameters")
     for d in servers:
         world.known("servers", d)
     distinct("servers", servers, "the servers (each holds a shard)")
     w = _workers(world, workers)
+    timeout = None if worker_timeout is None else units.parse(worker_timeout, "time",
+                                                              where="worker_timeout")
+    if timeout is not None and not 0 < timeout < float("inf"):
+        raise PlanError("worker_timeout", worker_timeout, "a time > 0, e.g. 500ms")
+    if timeout is not None and mode != "bsp":
+        raise PlanError("worker_timeout", worker_timeout, "only for mode bsp (asp and ssp "
+                        "never wait for a worker)")
     sync = Sync("ps", mode=mode, servers=tuple(servers), staleness=staleness,
-                compression=compression, ratio=ratio)
-    return TrainPlan("parameter_server", w, sync, freeze=freeze,
-                     params={"servers": list(servers), "mode": mode, "staleness": staleness})
+                compression=compression, ratio=ratio, worker_timeout=timeout)
+    params = {"servers": list(servers), "mode": mode, "staleness": staleness}
+    if timeout is not None:
+        params["worker_timeout"] = timeout
+    return TrainPlan("parameter_server", w, sync, freeze=freeze, params=params)
 
 
 def gossip(world: World, workers: list[str] | None = None, compression: Compression = "none",
@@ -157,19 +173,35 @@ def local_sgd(world: World, workers: list[str] | None = None, local_steps: Posit
 
 def pipeline_train(world: World, devices: list[str], cuts: list[int] | Literal["auto"] = "auto",
                    microbatches: PositiveInt = 4,
-                   schedule: Literal["gpipe", "1f1b"] = "gpipe") -> TrainPlan:
+                   schedule: Literal["gpipe", "1f1b"] = "gpipe",
+                   checkpoint_every: PositiveInt | None = None,
+                   checkpoint_to: str | None = None) -> TrainPlan:
     """Pipeline-parallel training: the chain cut into stages, each step's batch cut
     into micro-batches scheduled GPipe-style (all forwards, then all backwards)
-    or 1F1B (one forward, one backward in steady state)."""
+    or 1F1B (one forward, one backward in steady state). Every `checkpoint_every`
+    steps each stage sends its weights and optimizer state to `checkpoint_to`; a
+    stage's device lost is then survived (stages re-planned, `sim.recovery`)."""
     if len(devices) < 2:
         raise PlanError("devices", devices, "pipeline training needs at least two devices "
                         "(one device is single_device)")
     distinct("devices", devices, "a pipeline")
     stages = _stages(world, [[d] for d in devices], cuts, microbatches, "devices",
                      batch=world.workload.batch)
+    params: dict[str, Any] = {"devices": list(devices), "cuts": [s.start for s in stages[1:]]}
+    if (checkpoint_every is None) != (checkpoint_to is None):
+        raise PlanError("checkpoint_to" if checkpoint_to is None else "checkpoint_every", None,
+                        "checkpoint_every and checkpoint_to go together")
+    if checkpoint_to is not None:
+        world.known("checkpoint_to", checkpoint_to)
+        params["checkpoint"] = {"every": checkpoint_every, "to": checkpoint_to}
     return TrainPlan("pipeline_train", tuple(devices), Sync("pipeline"), tuple(stages),
-                     microbatches, schedule, params={"devices": list(devices),
-                                                     "cuts": [s.start for s in stages[1:]]})
+                     microbatches, schedule, params=params)
+
+
+def pipeline_stages(world: World, devices: list[str], microbatches: int) -> tuple[Stage, ...]:
+    """Stages over `devices` (one or more), cut where their forward times balance."""
+    return tuple(_stages(world, [[d] for d in devices], "auto", microbatches, "devices",
+                         batch=world.workload.batch))
 
 
 def personalise(world: World, workers: list[str] | None = None,

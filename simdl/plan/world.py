@@ -39,13 +39,17 @@ class RequestClass:
 @dataclass(frozen=True)
 class Inference:
     """A stream of `requests` inference requests of `batch` samples each, whose input
-    lives on (and whose answers go back to) the device `source`."""
+    lives on (and whose answers go back to) the device `source`. An attempt taking
+    longer than `timeout` s (None: no limit), or stopped by a device leaving, is
+    retried at most `retries` times (`sim.serving.Policy`)."""
 
     requests: int
     arrival: Arrival
     batch: int
     source: str
     classes: tuple[RequestClass, ...] = ()
+    timeout: float | None = None
+    retries: int = 2
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,32 @@ class Training:
 
 
 @dataclass(frozen=True)
+class Profile:
+    """A value over time: each (time s, value) holds from its time until the next; before
+    the first, the quantity's usual value. With `period` (> every time) the points repeat
+    every `period` seconds, forever."""
+
+    points: tuple[tuple[float, float], ...]
+    period: float | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """One source of change in the pool during a run. `kind` is what changes: presence
+    (1 here, 0 gone), speed (a factor on `unit`'s rate, None: every unit), bandwidth (a
+    factor) or loss (a share of packets) of the link `target`, following `profile`; or
+    availability: `target` up and down for exponential times of mean `up` and `down` s,
+    drawn from the stream "availability/<target>"."""
+
+    kind: str
+    target: str
+    profile: Profile | None = None
+    unit: str | None = None
+    up: float = 0.0
+    down: float = 0.0
+
+
+@dataclass(frozen=True)
 class World:
     """`models` holds "main" (the scenario's model) and any named extra models
     (ensemble members), trained if the scenario asks; `data` are labelled samples
@@ -85,6 +115,7 @@ class World:
     data: Dataset
     input_stays_on: str | None = None  # the raw input may not leave this device
     train_data: Dataset | None = None  # what a training workload learns from
+    changes: tuple[Change, ...] = ()  # how the pool changes during a run (`sim.changes`)
 
     @property
     def chain(self) -> Chain:

@@ -29,7 +29,7 @@ from matplotlib.patches import Patch
 from simdl.report.store import write_png
 from simdl.report.tables import clean
 
-COLOURS = {"compute": "#4C72B0", "transfer": "#DD8452", "lost": "#C44E52"}
+COLOURS = {"compute": "#4C72B0", "transfer": "#DD8452", "lost": "#C44E52", "join": "#55A868"}
 #: Taller figures stop helping beyond this; rows then get thinner.
 MAX_HEIGHT_IN = 24.0
 #: Up to this many bars, the timeline writes each bar's label inside it.
@@ -140,7 +140,8 @@ def timeline(events: pd.DataFrame, path: str | os.PathLike[str], title: str = ""
 
 def timeline_figure(events: pd.DataFrame, title: str = "") -> Figure:
     """Gantt chart: one row per device unit and per src>dst pair (per sender when there
-    are many pairs); lost work red, a departure a red line across its rows. Past
+    are many pairs); lost work red, a departure a red line across its rows, a return a
+    green one, and the time between them a pale red band. Past
     MAX_ROWS lanes neighbours share a row; past MAX_BARS bars (or with shared rows)
     each row shows its busy share per time bin instead of bars."""
     events = clean(events)
@@ -151,6 +152,7 @@ def timeline_figure(events: pd.DataFrame, title: str = "") -> Figure:
     transfers = events.loc[kind == "transfer", ["device", "resource", "label", "t_start",
                                                 "t_end"]]
     leaves = events.loc[kind == "leave", ["device", "t_start"]]
+    joins = events.loc[kind == "join", ["device", "t_start"]]
     units, unit_lane = _lanes(worked, ["device", "resource"])
     links, link_lane = _lanes(transfers, ["device", "resource"])
     # Past a screenful of pairs, one row per sender keeps the figure readable.
@@ -162,7 +164,8 @@ def timeline_figure(events: pd.DataFrame, title: str = "") -> Figure:
 
     end = max([float(worked["t_end"].max()) if len(worked) else 0.0,
                float(transfers["t_end"].max()) if len(transfers) else 0.0,
-               float(leaves["t_start"].max()) if len(leaves) else 0.0])
+               float(leaves["t_start"].max()) if len(leaves) else 0.0,
+               float(joins["t_start"].max()) if len(joins) else 0.0])
     scale, unit = _time_scale(end)
     size = math.ceil((len(units) + len(links)) / MAX_ROWS) or 1
     binned = size > 1 or len(worked) + len(transfers) > MAX_BARS
@@ -186,6 +189,17 @@ def timeline_figure(events: pd.DataFrame, title: str = "") -> Figure:
         ax.vlines(when * scale, low, high, colors=COLOURS["lost"], linewidth=1.6)
         ax.annotate(f"{device} left", (when * scale, high), xytext=(3, -10),
                     textcoords="offset points", color=COLOURS["lost"], fontsize=8)
+    # Returns: a green line, and a pale band back to the departure before it.
+    for device, when in sorted(set(zip(joins["device"], joins["t_start"]))):
+        own = [row_of_unit[i] for i, (d, _) in enumerate(units) if d == device]
+        low, high = (min(own) - 0.5, max(own) + 0.5) if own else (-0.5, len(labels) - 0.5)
+        left = leaves.loc[(leaves["device"] == device) & (leaves["t_start"] <= when), "t_start"]
+        if len(left):
+            ax.fill_betweenx([low, high], float(left.max()) * scale, when * scale,
+                             color=COLOURS["lost"], alpha=0.12, linewidth=0)
+        ax.vlines(when * scale, low, high, colors=COLOURS["join"], linewidth=1.6)
+        ax.annotate(f"{device} joined", (when * scale, high), xytext=(3, -10),
+                    textcoords="offset points", color=COLOURS["join"], fontsize=8)
 
     if labels:
         ax.set_yticks(range(len(labels)), labels, fontsize=8 if len(labels) > 30 else 9)

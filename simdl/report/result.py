@@ -60,9 +60,11 @@ class Result:
         """Derive every table from `events`; `context` adds summary columns after the seed."""
         made = tables.run_tables(events, specs, energy, link_stats, duration,
                                  scenario=scenario, strategy=strategy, seed=seed, **context)
+        # faults.csv only when a device left: one row per leave (`faults.faults_table`)
+        extra = {"faults": made.faults} if len(made.faults) else {}
         return cls(scenario=scenario, strategy=strategy, seed=seed, events=made.events,
                    requests=made.requests, devices=made.devices, links=made.links,
-                   summary=made.summary, resolved=resolved)
+                   summary=made.summary, resolved=resolved, extra=extra)
 
     @property
     def title(self) -> str:

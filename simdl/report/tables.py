@@ -14,21 +14,22 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import pandas as pd
 
+from simdl.report import faults
 from simdl.sim.recorder import COLUMNS
 
 NAN = float("nan")
-REQUEST_COLUMNS = ["request", "class", "status", "arrival", "start", "finish", "latency",
-                   "memory_wait", "path"]
+REQUEST_COLUMNS = ["request", "class", "status", "cause", "attempts", "arrival", "start",
+                   "finish", "latency", "memory_wait", "plan_wait", "path"]
 LINK_COLUMNS = ["resource", "bytes", "busy_s", "utilisation"]
 #: Rows that are work or its end; their last t_end is the makespan.
-WORK_KINDS = ("compute", "transfer", "request", "dropped", "step")
+WORK_KINDS = ("compute", "transfer", "request", "failed", "step")
 #: Rows that held a unit: a kernel lost mid-run occupied (and powered) its unit too.
 BUSY_KINDS = ("compute", "lost")
 PERCENTILES = (50, 95, 99)
 #: Log columns with few distinct values, which the tables compare and group by.
 CODED = ("kind", "device", "resource")
 #: The summary columns worth a terminal line (pass as `format_table(df, HEADLINE)`).
-HEADLINE = ("scenario", "strategy", "seed", "requests_done", "requests_dropped", "makespan_s",
+HEADLINE = ("scenario", "strategy", "seed", "requests_completed", "requests_failed", "makespan_s",
             "offered_rps", "throughput_rps", "capacity_rps", "latency_p50_ms", "latency_p95_ms",
             "latency_p99_ms", "network_bytes", "energy_used_J", "energy_J", "peak_memory_max_MiB",
             "mean_utilisation")
@@ -95,33 +96,39 @@ def coded(events: pd.DataFrame) -> pd.DataFrame:
 
 
 def requests_table(events: pd.DataFrame) -> pd.DataFrame:
-    """One row per request that finished ("done") or could not be served ("dropped").
+    """One row per request: `completed`, or `failed` with its `cause`; `attempts` is
+    1 + its retries.
 
-    start is the t_start of the request's first completed kernel; a dropped
-    request has no finish and no latency. memory_wait is how long its work waited
-    for memory (`memory_waits`). Times in seconds, sorted by request.
+    start is the t_start of the request's first completed kernel (of any attempt); a
+    failed request has no finish and no latency. memory_wait is how long its work
+    waited for memory (`memory_waits`), plan_wait how long it waited for a plan to
+    serve it (weights moving after a re-plan). Times in seconds, sorted by request.
     """
     return _requests(coded(clean(events)))
 
 
 def _requests(events: pd.DataFrame) -> pd.DataFrame:
     kind = events["kind"]
-    rows = events.loc[kind.isin(("request", "dropped")), ["kind", "resource", "t_start",
-                                                          "t_end", "label", "request"]]
+    rows = events.loc[kind.isin(("request", "failed")), ["kind", "resource", "t_start",
+                                                         "t_end", "label", "request"]]
     compute = events.loc[kind == "compute", ["request", "t_start"]]
     first = compute.groupby("request")["t_start"].min()
     done = rows["kind"] == "request"
     out = pd.DataFrame({
         "request": rows["request"],
         "class": rows["resource"].astype("str"),
-        "status": np.where(done, "done", "dropped").astype(object),
+        "status": np.where(done, "completed", "failed").astype(object),
         "arrival": rows["t_start"],
         "start": rows["request"].map(first).astype("float64"),
         "finish": rows["t_end"].where(done),
-        "path": rows["label"],
+        "path": rows["label"].where(done, ""),
     })
+    fate = faults.fates(events)
+    out["cause"] = out["request"].map(fate["cause"]).astype(object).fillna("")
+    out["attempts"] = out["request"].map(fate["attempts"]).fillna(1).astype("int64")
     out["latency"] = out["finish"] - out["arrival"]
     out["memory_wait"] = out["request"].map(memory_waits(events)).fillna(0.0).astype("float64")
+    out["plan_wait"] = out["request"].map(fate["plan_wait"]).fillna(0.0).astype("float64")
     return out[REQUEST_COLUMNS].sort_values("request", kind="stable").reset_index(drop=True)
 
 
@@ -143,7 +150,8 @@ def devices_table(events: pd.DataFrame, specs: Mapping[str, DeviceLike],
 
     busy_<unit>_s is NaN for a unit the device does not have; utilisation is
     the busiest unit's busy time over `duration`; peak memory is the running
-    sum of alloc rows in log order (0 if none); left_at is NaN if it stayed.
+    sum of alloc rows in log order (0 if none); left_at is NaN if it stayed;
+    availability is the share of `duration` it was in the pool (`faults.away`).
     """
     return _devices(coded(clean(events)), specs, energy, duration)
 
@@ -167,6 +175,7 @@ def _devices(events: pd.DataFrame, specs: Mapping[str, DeviceLike],
     peak = held.groupby(allocs["device"], observed=True).max().clip(lower=0.0).to_dict()
     leaves = events.loc[kind == "leave", ["device", "t_start"]]
     left = leaves.groupby("device", observed=True)["t_start"].min().to_dict()
+    absent = faults.away(events, duration)
     records = []
     for name, spec in specs.items():
         row: dict[str, Any] = {"device": name, "type": spec.type}
@@ -185,12 +194,13 @@ def _devices(events: pd.DataFrame, specs: Mapping[str, DeviceLike],
             energy_radio_J=float(e.radio) if e is not None else NAN,
             peak_memory_bytes=float(peak.get(name, 0.0)),
             left_at=float(left.get(name, NAN)),
+            availability=1.0 - _ratio(absent.get(name, 0.0), duration) if duration > 0 else NAN,
         )
         records.append(row)
     columns = (["device", "type"] + [f"busy_{u}_s" for u in units]
                + ["utilisation", "flops", "bytes_sent", "bytes_received", "energy_J",
                   "energy_idle_J", "energy_compute_J", "energy_radio_J",
-                  "peak_memory_bytes", "left_at"])
+                  "peak_memory_bytes", "left_at", "availability"])
     return pd.DataFrame.from_records(records, columns=columns)
 
 
@@ -214,6 +224,7 @@ class RunTables(NamedTuple):
     devices: pd.DataFrame
     links: pd.DataFrame
     summary: pd.DataFrame
+    faults: pd.DataFrame  # one row per device leave (`faults.faults_table`)
 
 
 def run_tables(events: pd.DataFrame, specs: Mapping[str, DeviceLike],
@@ -227,37 +238,51 @@ def run_tables(events: pd.DataFrame, specs: Mapping[str, DeviceLike],
     devices = _devices(log, specs, energy, duration)
     links = links_table(link_stats, duration)
     return RunTables(events, requests, devices, links,
-                     _summary(log, requests, devices, links, duration, context))
+                     _summary(log, requests, devices, links, duration, context, specs),
+                     faults.faults_table(log))
 
 
 def summary(events: pd.DataFrame, devices_df: pd.DataFrame, links_df: pd.DataFrame,
-            duration: float, **context: Any) -> pd.DataFrame:
+            duration: float, specs: Mapping[str, DeviceLike] | None = None,
+            **context: Any) -> pd.DataFrame:
     """One row: the context (scenario, strategy, seed, ...) then the run's headline numbers.
 
-    makespan_s is the last end of any work row (a drop decision included);
-    throughput_rps = requests done / makespan_s (NaN without requests); latency
-    percentiles (ms) are numpy's "linear" ones over done requests, overall and
-    per priority class when classes exist; memory_wait_s sums the requests' memory_wait.
+    makespan_s is the last end of any work row (a failure decision included);
+    goodput_rps = requests completed / makespan_s; throughput_rps counts every answer
+    the pool produced, a late one of an abandoned attempt too (both NaN without
+    requests); failed_<cause> counts failed requests by cause; retries sums the
+    requests' attempts beyond their first. lost_* (work cut short by a device leaving)
+    and redone_* (finished work whose answer was not used) are FLOPs, unit-seconds and
+    joules (`faults.wasted`; joules need `specs`); recovery_s_max is the longest
+    recovery after a leave (`faults.faults_table`). Latency percentiles (ms) are
+    numpy's "linear" ones over completed requests, overall and per priority class when
+    classes exist; memory_wait_s and plan_wait_s sum the requests' waits.
     energy_J is the whole pool's; energy_used_J only the devices the strategy used (any
     FLOP computed or byte sent or received), so idle bystanders do not count against it.
     """
     events = coded(clean(events))
-    return _summary(events, _requests(events), devices_df, links_df, duration, context)
+    return _summary(events, _requests(events), devices_df, links_df, duration, context, specs)
 
 
 def _summary(events: pd.DataFrame, reqs: pd.DataFrame, devices_df: pd.DataFrame,
-             links_df: pd.DataFrame, duration: float, context: dict[str, Any]) -> pd.DataFrame:
-    done = reqs[reqs["status"] == "done"]
+             links_df: pd.DataFrame, duration: float, context: dict[str, Any],
+             specs: Mapping[str, DeviceLike] | None = None) -> pd.DataFrame:
+    done = reqs[reqs["status"] == "completed"]
+    failed = reqs.loc[reqs["status"] == "failed", "cause"]
     work = events.loc[events["kind"].isin(WORK_KINDS), "t_end"]
     makespan = float(work.max()) if len(work) else 0.0
+    answers = len(done) + int((events["kind"] == "late").sum())
     row: dict[str, Any] = dict(context)
     row.update(
-        requests_done=len(done),
-        requests_dropped=int((reqs["status"] == "dropped").sum()),
+        requests_completed=len(done),
+        requests_failed=len(failed),
         duration_s=float(duration),
         makespan_s=makespan,
-        throughput_rps=_ratio(len(done), makespan) if len(reqs) else NAN,
+        throughput_rps=_ratio(answers, makespan) if len(reqs) else NAN,
+        goodput_rps=_ratio(len(done), makespan) if len(reqs) else NAN,
     )
+    row.update({f"failed_{c}": int((failed == c).sum()) for c in faults.CAUSES})
+    row["retries"] = int(reqs["attempts"].sum() - len(reqs))
     row.update(_latency_percentiles(done["latency"], ""))
     for cls in sorted(set(reqs["class"]) - {""}):
         row.update(_latency_percentiles(done.loc[done["class"] == cls, "latency"], f"_{cls}"))
@@ -270,9 +295,13 @@ def _summary(events: pd.DataFrame, reqs: pd.DataFrame, devices_df: pd.DataFrame,
         peak_memory_max_MiB=(float(devices_df["peak_memory_bytes"].max()) / MIB
                              if len(devices_df) else 0.0),
         memory_wait_s=float(reqs["memory_wait"].sum()),
+        plan_wait_s=float(reqs["plan_wait"].sum()),
         mean_utilisation=float(devices_df["utilisation"].mean()) if len(devices_df) else NAN,
         max_link_utilisation=float(links_df["utilisation"].max()) if len(links_df) else NAN,
     )
+    row.update(faults.wasted(events, specs))
+    recovery = faults.faults_table(events)["recovery_s"]
+    row["recovery_s_max"] = float(recovery.max()) if recovery.notna().any() else NAN
     return pd.DataFrame([row])
 
 

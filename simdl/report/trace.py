@@ -28,11 +28,12 @@ from simdl.report.store import atomic_write
 from simdl.report.tables import clean
 
 #: Kinds drawn on a device's own process.
-DEVICE_KINDS = ("compute", "lost", "leave", "alloc", "step")
+DEVICE_KINDS = ("compute", "lost", "leave", "join", "speed", "alloc", "step")
 #: Kinds drawn as complete ("X") events on a thread of their own track.
 SPAN_KINDS = ("compute", "transfer", "step")
 #: Kinds the trace shows (apply and memwait rows are in the tables only).
-DRAWN_KINDS = SPAN_KINDS + ("lost", "leave", "alloc", "request", "dropped")
+DRAWN_KINDS = SPAN_KINDS + ("lost", "leave", "join", "speed", "link", "alloc", "request",
+                            "failed")
 
 
 def _us(seconds: float) -> float:
@@ -122,7 +123,8 @@ def trace_text(events: pd.DataFrame, title: str = "") -> str:
 
     Complete events ("X", ts/dur in µs) for kernels, transfers and training steps
     (a "training steps" track per device), instant events
-    ("i") for a device leaving and each lost kernel, a memory counter ("C") per
+    ("i") for a device leaving or joining, a unit's speed or a link's bandwidth or
+    loss changing, and each lost kernel, a memory counter ("C") per
     device from alloc rows, async spans ("b"/"e") per request, and metadata ("M")
     naming every track. pids follow sorted device names, then "network", then
     "requests"; tids follow sorted unit names and sorted src>dst pairs. Events
@@ -212,13 +214,27 @@ def trace_pieces(events: pd.DataFrame, title: str = "") -> Iterator[str]:
                     rows.device_names[rows.device[at]].tolist(),
                     rows.resource_names[rows.resource[at]].tolist(), rows.text("t_end", at))]
 
-    def leave(at: np.ndarray) -> list[str]:
-        return [f'{{"args":{{"why":{_string(n)}}},"cat":"leave",'
-                f'"name":{_string(d + " left")},"ph":"i","pid":{pid[d]},"s":"p","tid":0,'
-                f'"ts":{t}}}'
-                for n, d, t in zip(rows.label[at].tolist(),
-                                   rows.device_names[rows.device[at]].tolist(),
-                                   rows.text("t_start", at))]
+    def presence(at: np.ndarray) -> list[str]:
+        return [f'{{"args":{{"why":{_string(n)}}},"cat":"{k}",'
+                f'"name":{_string(d + (" left" if k == "leave" else " joined"))},"ph":"i",'
+                f'"pid":{pid[d]},"s":"p","tid":0,"ts":{t}}}'
+                for n, k, d, t in zip(rows.label[at].tolist(),
+                                      rows.kind_names[rows.kind[at]].tolist(),
+                                      rows.device_names[rows.device[at]].tolist(),
+                                      rows.text("t_start", at))]
+
+    def change(at: np.ndarray) -> list[str]:
+        """A unit's speed (on its device) or a link's bandwidth or loss (on the network,
+        for the whole trace) set from then on."""
+        return [f'{{"args":{{"set":{_string(n)}}},"cat":"{k}",'
+                f'"name":{_string(f"{r} {n}" if k == "speed" else f"link {r}: {n}")},"ph":"i",'
+                f'"pid":{pid[d] if k == "speed" else network_pid},'
+                f'"s":"{"p" if k == "speed" else "g"}","tid":0,"ts":{t}}}'
+                for n, k, d, r, t in zip(rows.label[at].tolist(),
+                                         rows.kind_names[rows.kind[at]].tolist(),
+                                         rows.device_names[rows.device[at]].tolist(),
+                                         rows.resource_names[rows.resource[at]].tolist(),
+                                         rows.text("t_start", at))]
 
     def memory(at: np.ndarray) -> list[str]:
         mib = _each(running[at], lambda v: _number(round(v / 2**20, 6)))
@@ -229,7 +245,7 @@ def trace_pieces(events: pd.DataFrame, title: str = "") -> Iterator[str]:
 
     def request(at: np.ndarray) -> list[str]:
         return [f'{{"args":{{"class":{_string(c)},"device":{_string(d)},"path":{_string(n)},'
-                f'"status":"{"done" if k == "request" else "dropped"}"}},"cat":"request",'
+                f'"status":"{"completed" if k == "request" else "failed"}"}},"cat":"request",'
                 f'"id":{r},"name":"request {r}","ph":"b","pid":{requests_pid},"tid":0,'
                 f'"ts":{t}}},{{"cat":"request","id":{r},"name":"request {r}","ph":"e",'
                 f'"pid":{requests_pid},"tid":0,"ts":{e}}}'
@@ -239,7 +255,7 @@ def trace_pieces(events: pd.DataFrame, title: str = "") -> Iterator[str]:
                     rows.kind_names[rows.kind[at]].tolist(), rows.request[at].tolist(),
                     rows.text("t_start", at), rows.text("t_end", at))]
 
-    served = rows.of("request", "dropped")
+    served = rows.of("request", "failed")
     meta: list[str] = []
     for d in devices:
         meta.append(_meta("process_name", pid[d], 0, {"name": d}))
@@ -258,7 +274,8 @@ def trace_pieces(events: pd.DataFrame, title: str = "") -> Iterator[str]:
     made = bool(meta)
     drawn = np.flatnonzero(rows.of(*DRAWN_KINDS))
     kinds = [(rows.of(*SPAN_KINDS), complete), (rows.of("lost"), lost),
-             (rows.of("leave"), leave), (held, memory), (served, request)]
+             (rows.of("leave", "join"), presence), (rows.of("speed", "link"), change),
+             (held, memory), (served, request)]
     for first in range(0, len(drawn), PIECE):
         at = drawn[first:first + PIECE]
         body = np.empty(len(at), dtype=object)

@@ -15,9 +15,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+from simdl.errors import DeviceGone
+from simdl.nn.data import Dataset
 from simdl.nn.distill import DistillationLoss
 from simdl.nn.fit import evaluate
-from simdl.nn.data import Dataset
 from simdl.plan.training import TrainPlan
 from simdl.plan.world import World
 from simdl.sim.batches import owner_shares
@@ -52,11 +53,16 @@ def personalise(plan: TrainPlan, world: World, sim: Simulator,
 
 
 def _alone(job: Job, w: Worker) -> Gen:
+    """w's steps; a worker whose device leaves stops, and the others go on."""
     for step in range(job.load.steps):
         if job.stop:
             return
         tally = Tally(job.sim.now)
-        yield from job.step_alone(w, step, tally)
+        try:
+            yield from job.step_alone(w, step, tally)
+        except DeviceGone:
+            job.absent(w, step)
+            return
         job.report(step, w, tally)
 
 

@@ -22,94 +22,15 @@ from simdl.hw.devices import (DeviceSpec, background_at, best_unit, device_power
                               unit_rates)
 from simdl.hw.network import Network
 from simdl.sim.flows import Flows
+from simdl.sim.kernel import AllOf, Job, Unit, finished, new
 from simdl.sim.memory import Memory
+from simdl.sim.pool import PoolChanges
 from simdl.sim.recorder import EventLog
 
 #: A battery counts as empty below this fraction of its capacity (float guard).
 _EMPTY = 1e-12
 #: Tickets per priority class: more than any run hands out.
 _TICKETS = 2**48
-
-
-class _Job(simpy.Event):
-    """One kernel waiting for, or running on, a unit; itself the event its caller waits
-    on, scheduled for the kernel's end when it starts (one object, one event per kernel).
-    Made by `Simulator.compute` without an __init__ call (it is the hot path)."""
-
-    __slots__ = ("env", "callbacks", "_ok", "_value", "sim", "unit", "flops", "nbytes",
-                 "dtype", "fn", "args", "label", "request", "step", "t_start", "priority",
-                 "keep")
-
-
-_new = object.__new__  # makes a _Job without calling an __init__
-
-
-class _Unit:
-    """A compute unit: one kernel at a time, the rest wait by (priority, arrival)."""
-
-    __slots__ = ("device", "name", "spec", "queue", "running", "held", "busy", "seq", "rates",
-                 "load")
-
-    def __init__(self, device: str, name: str, spec: DeviceSpec):
-        self.device, self.name, self.spec = device, name, spec
-        self.queue: list[tuple[int, int, _Job]] = []
-        self.running: _Job | None = None
-        self.held: int | None = None  # kept idle for the next kernel of this priority
-        self.busy = 0.0  # seconds of finished kernels
-        self.seq = 0
-        self.rates: dict[str, tuple[float, float, float]] = {}  # dtype -> roofline constants
-        # A fixed background load is read once; a schedule is looked up per kernel.
-        self.load = spec.background if isinstance(spec.background, (int, float)) else None
-
-
-def _finished(job: _Job) -> None:
-    """A started kernel's first callback, at its end: only now do its numerics run (a
-    kernel lost with its device never runs them), and their value is the one its caller
-    resumes with. One module-level function for every kernel: no bound method per job.
-    (A kernel lost with its device never gets here: `_fail` takes it off its event.)"""
-    u, sim = job.unit, job.sim
-    if job.fn is not None and not sim.timing_only:
-        job._value = job.fn(*job.args)
-    now = job.env._now
-    u.running, u.busy = None, u.busy + (now - job.t_start)
-    sim._running -= 1
-    sim.log.rows.append((job.t_start, now, "compute", u.device, u.name, job.label,
-                         job.flops, job.nbytes, job.request, job.step))
-    if job.keep:  # its caller resumes next and asks for the unit again
-        u.held = job.priority
-    elif u.queue:
-        nxt = heapq.heappop(u.queue)[2]
-        nxt.callbacks.insert(0, _finished)  # before its waiters' resumes
-        sim._start(nxt)
-
-
-class _AllOf(simpy.Event):
-    """Succeeds, with its events' values in order, once every one has been processed; fails
-    with the first failure. simpy's AllOf, scheduled at the same instant and place, without
-    the ConditionValue it builds and takes apart."""
-
-    __slots__ = ("env", "callbacks", "_ok", "_value", "_events", "_left")
-
-    def __init__(self, env: simpy.Environment, events: list[simpy.Event]):
-        self.env, self.callbacks, self._value = env, [], PENDING
-        self._events, self._left = events, len(events)
-        if not events:
-            self.succeed([])
-        for event in events:
-            if event.callbacks is None:  # processed already
-                self._check(event)
-            else:
-                event.callbacks.append(self._check)
-
-    def _check(self, event: simpy.Event) -> None:
-        if self._value is not PENDING:
-            return
-        self._left -= 1
-        if not event._ok:
-            event._defused = True
-            self.fail(event._value)
-        elif not self._left:
-            self.succeed([e._value for e in self._events])
 
 
 @dataclass(frozen=True)
@@ -125,7 +46,7 @@ class Energy:
         return self.idle + self.compute + self.radio
 
 
-class Simulator:
+class Simulator(PoolChanges):
     """A device pool and its network on a simpy clock.
 
     `compute` and `transfer` return simpy events whose value is the kernel's
@@ -140,24 +61,25 @@ class Simulator:
         self.network = network
         self.timing_only = timing_only
         self.log = EventLog()
-        self.units: dict[tuple[str, str], _Unit] = {
-            (d, u): _Unit(d, u, spec) for d, spec in self.devices.items() for u in spec.units}
+        self.units: dict[tuple[str, str], Unit] = {
+            (d, u): Unit(d, u, spec) for d, spec in self.devices.items() for u in spec.units}
         self.gone: dict[str, tuple[float, str]] = {}
         self.memory = Memory(self.env, self.devices, self.log, self.gone)
         self.memory_used, self.memory_peak = self.memory.used, self.memory.peak
         # The memory calls, bound once (no wrapper on the path of every block).
         self.allocate, self.free = self.memory.allocate, self.memory.free
         self.reserve, self.release = self.memory.reserve, self.memory.release
-        self._lanes: dict[tuple[str, str | None, str], _Unit] = {}  # see `_lane`
-        self._departures = {d: self.env.event() for d in self.devices}
-        for departure in self._departures.values():  # a departed device holds nobody back
-            departure.callbacks.append(self.memory.regrant)
+        self._lanes: dict[tuple[str, str | None, str], Unit] = {}  # see `_lane`
+        self._departures = {d: self._departure() for d in self.devices}
+        self._arrivals = {d: self.env.event() for d in self.devices}
+        self._away = dict.fromkeys(self.devices, 0.0)  # seconds out of the pool before its last join
         self._running = 0  # kernels on units right now, over the whole pool
         self._tickets = 0  # handed out by `ticket`
         self._batteries = [d for d, spec in self.devices.items() if spec.battery is not None]
         self._version = dict.fromkeys(self._batteries, 0)
         self._watching = False
-        self._daemons = 0  # battery checks scheduled; they alone do not keep a run going
+        self._daemons = 0  # battery checks and changes scheduled; alone they do not keep a run going
+        self._revivals: dict[str, int] = {}  # see `at`
         self.flows = Flows(self.env, network) if network is not None else None
         if self.flows is not None:
             self.flows.on_change = lambda _device: self._wake()
@@ -184,15 +106,15 @@ class Simulator:
                 event.fail(DeviceGone(device, *self.gone[device]))
                 return event
             u = self._lane(device, unit, dtype)
-        job = _new(_Job)  # every field set here (or in _start), as an __init__ would
+        job = new(Job)  # every field set here (or in _start), as an __init__ would
         job.env, job.sim, job.unit, job.flops, job.nbytes = self.env, self, u, flops, nbytes
         job.dtype, job.fn, job.args, job.label = dtype, fn, args, label
         job.request, job.step, job.priority, job.keep = request, step, priority, keep
         if u.running is None and (u.held is None or u.held == priority):  # a free unit
             u.held = None
-            job.callbacks = [_finished]
+            job.callbacks = [finished]
             self._start(job)
-        else:  # pending until `_finished` of the kernel before it starts it
+        else:  # pending until `finished` of the kernel before it starts it
             job.callbacks, job._value, job.t_start = [], PENDING, -1.0
             u.seq += 1
             heapq.heappush(u.queue, (priority, u.seq, job))
@@ -205,7 +127,7 @@ class Simulator:
         self._tickets += 1
         return priority * _TICKETS + self._tickets
 
-    def _lane(self, device: str, unit: str | None, dtype: str) -> _Unit:
+    def _lane(self, device: str, unit: str | None, dtype: str) -> Unit:
         """The unit a kernel of `dtype` asking for `unit` (None: the fastest) runs on,
         found once per (device, unit, dtype) and then read from `_lanes`."""
         if device not in self.devices:
@@ -224,9 +146,9 @@ class Simulator:
         return PlanError(f"devices.{device}.units", unit,
                          f"choose one of: {', '.join(self.devices[device].units)}")
 
-    def _start(self, job: _Job) -> None:
+    def _start(self, job: Job) -> None:
         """Put `job` on its (free) unit and schedule it, as simpy schedules a Timeout, for
-        its end, when its first callback is `_finished`."""
+        its end, when its first callback is `finished`."""
         u, env = job.unit, self.env
         now = env._now
         u.running, job.t_start = job, now
@@ -234,6 +156,8 @@ class Simulator:
         rate, bandwidth, overhead = u.rates[job.dtype]  # filled by `_lane`
         load = u.load if u.load is not None else background_at(u.spec, now)
         duration = roofline(rate, bandwidth, overhead, load, job.flops, job.nbytes)
+        if u.speed != 1.0:
+            duration /= u.speed
         job._ok, job._value = True, None
         heapq.heappush(env._queue, (now + duration, NORMAL, next(env._eid), job))  # schedule()
         if not self._watching:
@@ -283,7 +207,7 @@ class Simulator:
         if self.flows is not None:
             tx, rx = self.flows.radio_time(device, now)
             radio = spec.radio_tx_power * tx + spec.radio_rx_power * rx
-        return Energy(spec.idle_power * now, compute, radio)
+        return Energy(spec.idle_power * (now - self._away[device]), compute, radio)
 
     def _wake(self) -> None:
         """Something started: watch every battery until the whole pool is idle again.
@@ -325,43 +249,6 @@ class Simulator:
     def _active(self) -> bool:
         return self._running > 0 or (self.flows is not None and self.flows.active > 0)
 
-    # -- the pool changes --------------------------------------------------------
-
-    def departure(self, device: str) -> simpy.Event:
-        """An event that succeeds (value: the reason) when `device` leaves the pool."""
-        return self._departures[device]
-
-    def leave(self, device: str, why: str, at: float | None = None) -> None:
-        """Take `device` out of the pool now; its running and queued kernels fail.
-
-        Every lost kernel is logged as `lost` and its event fails with DeviceGone,
-        so the process that waited for it decides whether to redo or report it.
-        `at` back-dates the record when the instant fell inside an idle gap.
-        """
-        if device in self.gone:
-            return
-        now = self.env.now
-        when = now if at is None else at
-        self.gone[device] = (when, why)
-        self._lanes = {k: u for k, u in self._lanes.items() if k[0] != device}
-        self.log.add(when, when, "leave", device, "", why)
-        error = DeviceGone(device, when, why)
-        for (d, _), u in self.units.items():
-            if d != device:
-                continue
-            jobs = ([u.running] if u.running else []) + [j for _, _, j in sorted(u.queue)]
-            if u.running is not None:
-                u.busy += now - u.running.t_start
-                self._running -= 1
-            u.running, u.queue, u.held = None, [], None
-            for job in jobs:
-                self.log.add(job.t_start if job.t_start >= 0 else now, now, "lost", device, u.name,
-                             job.label, job.flops, job.nbytes, job.request, job.step)
-                _fail(self.env, job, error)
-        if self.flows is not None:
-            self.flows.abort(device, error)  # their `lost` rows are written as they fail
-        self._departures[device].succeed(why)
-
     # -- running -----------------------------------------------------------------
 
     @property
@@ -371,14 +258,16 @@ class Simulator:
     def all_of(self, events: list[simpy.Event]) -> simpy.Event:
         """An event that succeeds with the list of `events`' values (in their order) when
         all of them have happened, as `env.all_of` would at the same point."""
-        return _AllOf(self.env, events)
+        return AllOf(self.env, events)
 
     def process(self, generator: Any) -> simpy.Process:
         """Start a plain generator function's process on the clock."""
         return self.env.process(generator)
 
     def run(self, until: float | simpy.Event | None = None) -> None:
-        """Advance the clock until `until`, or until only battery checks are left.
+        """Advance the clock until `until` (a time, or an event: until it has happened), or
+        until only daemons are left (`at`): then an event not yet happened is a
+        RuntimeError, as simpy raises when nothing is left to run.
 
         Everything alive when the run starts (the world, the interpreter's modules)
         outlives it: frozen, the garbage collector does not walk it again while the
@@ -390,31 +279,21 @@ class Simulator:
         if freeze:
             gc.freeze()
         try:
-            if until is not None or not self._batteries:
+            waits = isinstance(until, simpy.Event)
+            if (until is not None and not (waits and self._daemons)
+                    or not (self._batteries or self._daemons)):
                 self.env.run(until=until)
                 return
-            # simpy has no public queue length; battery checks must not extend a run.
-            while len(self.env._queue) > self._daemons:
+            # simpy has no public queue length; daemons must not extend a run.
+            queue = self.env._queue
+            while ((not waits or until.callbacks is not None)
+                   and (len(queue) > self._daemons or self._revived())):
                 self.env.step()
+            if waits and until.callbacks is not None:
+                raise RuntimeError(f'No scheduled events left but "until" event was not '
+                                   f'triggered: {until}')
         finally:
             if freeze:
                 gc.unfreeze()
 
 
-def _fail(env: simpy.Environment, job: _Job, error: DeviceGone) -> None:
-    """Fail a lost kernel's event now, so whoever waits on it hears at once.
-
-    A running kernel is already scheduled for its end, and simpy cannot cancel it:
-    its waiters move to a new event failed now, and the scheduled one is turned into
-    a (defused) failure so a late `yield` sees the loss too.
-    """
-    event: simpy.Event = job
-    if job.t_start >= 0:  # started: scheduled for its end
-        event = env.event()
-        event.callbacks = [c for c in job.callbacks if c is not _finished]
-        job.callbacks = []
-        job._ok, job._value = False, error  # simpy has no public way to cancel
-        job.defused = True
-    event.fail(error)
-    if not event.callbacks:
-        event.defused = True  # nobody waits: the log's `lost` row is the record

@@ -73,6 +73,8 @@ class Flows:
         self.recomputes = 0
         self._index = {name: i for i, name in enumerate(network.capacity)}
         self._capacity = np.fromiter(network.capacity.values(), dtype=np.float64)
+        self._nominal = self._capacity.copy()               # before `set_link`'s factors
+        self._link: dict[int, tuple[float, float]] = {}    # resource -> (factor, loss) set
         n_res = len(self._index)
         self._bytes, self._busy, self._since = [0.0] * n_res, [0.0] * n_res, [0.0] * n_res
         self._on: list[dict[int, None]] = [{} for _ in range(n_res)]  # resource -> its flows' slots
@@ -99,6 +101,7 @@ class Flows:
         self._t = env.now                                   # remaining bytes are as of _t
         self._version = 0                                   # of the one valid wake-up
         self._pending = False                               # a recompute is queued for now
+        self.stalled = False    # flows are live, all at rate 0 (a link at bandwidth 0)
 
     def transfer(self, src: str, dst: str, nbytes: float, label: str = "",
                  **tags: Any) -> simpy.Event:
@@ -207,6 +210,7 @@ class Flows:
         now = self.env.now
         self._advance(now)
         self._version += 1
+        self.stalled = False
         live = np.flatnonzero(self._live[:self._high])
         if live.size:
             # Done: less than DONE_RTOL of its bytes left, or less than one clock tick away.
@@ -227,7 +231,14 @@ class Flows:
             self._rate[group] = max_min_few([self._info[s][7].crossings for s in group],
                                             self._capacity)
         self.recomputes += 1
-        wait = float((left / self._rate[live]).min())
+        rate = self._rate[live]
+        if not rate.all():  # a link at bandwidth 0 stalls its flows until it changes again
+            moving = rate > 0
+            self.stalled = not moving.any()
+            if self.stalled:
+                return
+            left, rate = left[moving], rate[moving]
+        wait = float((left / rate).min())
         self.env.timeout(wait, self._version).callbacks.append(self._wake)
 
     def _group(self) -> list[int] | None:
@@ -260,6 +271,29 @@ class Flows:
                     group[slot] = None
                     todo.extend(self._info[slot][7].unique)
         return sorted(group)
+
+    def set_link(self, link: str, bandwidth: float | None = None,
+                 loss: float | None = None) -> tuple[str, ...]:
+        """From now on `link`'s resources (`Network.resources`) carry `bandwidth` (a
+        factor, >= 0; None: as before) times their capacity, times 1 - `loss` (the share
+        of packets lost, in [0, 1), each resent until it arrives; None: as before).
+        Flows crossing them are re-solved at this instant. Returns the resources."""
+        if bandwidth is not None and not 0 <= bandwidth < float("inf"):
+            raise PlanError(f"link {link}.bandwidth", bandwidth, "a finite factor >= 0")
+        if loss is not None and not 0 <= loss < 1:
+            raise PlanError(f"link {link}.loss", loss, "a share of packets lost in [0, 1)")
+        names = self.network.resources(link)
+        for name in names:
+            r = self._index[name]
+            factor, lost = self._link.get(r, (1.0, 0.0))
+            factor = factor if bandwidth is None else bandwidth
+            lost = lost if loss is None else loss
+            self._link[r] = (factor, lost)
+            self._capacity[r] = self._nominal[r] * factor * (1.0 - lost)
+            if self._on[r]:
+                self._changed[r] = None
+                self._touch()
+        return names
 
     def _end(self, slot: int, now: float, moved: float | None = None) -> Flow:
         """Free the slot and count its bytes; moved=None means all of them arrived."""

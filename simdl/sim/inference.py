@@ -1,9 +1,11 @@
 """Executes inference plans: requests arrive, reach replicas, stream through stages.
 
 Requests are dispatched to one replica, split over all, or sent to all and
-fused (an ensemble). A request whose device leaves mid-flight is recorded as
-dropped, never lost silently. How a micro-batch crosses one replica's stages
-is `sim.stages`; this module owns arrivals, dispatch, fusion and the record.
+fused (an ensemble). A request whose device leaves mid-flight is retried on what
+still serves, within a budget, and ends completed or failed with its cause, never
+lost silently nor counted twice. Which replicas serve is `sim.serving`; how a
+micro-batch crosses one replica's stages is `sim.stages`; this module owns
+arrivals, attempts, fusion and the record.
 """
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ from typing import Any
 import numpy as np
 
 from simdl.nn.dense import softmax
-from simdl.plan.plan import Plan, replica_batches
-from simdl.plan.queueing import arrival_gaps, dispatcher
+from simdl.plan.plan import Plan
+from simdl.plan.queueing import arrival_gaps
 from simdl.plan.world import World
 from simdl.rng import stream
 from simdl.sim.engine import Simulator
+from simdl.sim.serving import Policy, Pool
 from simdl.sim.stages import ReplicaRunner, first_gone
 
 
@@ -32,54 +35,70 @@ class Outputs:
 
 
 def execute(plan: Plan, world: World, sim: Simulator, runners: list[ReplicaRunner],
-            progress: Callable[[int], None] | None = None) -> Outputs:
+            progress: Callable[[int], None] | None = None, policy: Policy = Policy()) -> Outputs:
     """Run the workload under `plan` to its last request; return what it computed.
 
     `runners` (one per replica, from `sim.stages.prepare`) hold the deployed
     weights and the shard programs. `progress(1)` is called as each request ends.
+    A request's attempt stopped by a device leaving, or older than `policy.timeout`,
+    is retried on the replicas that serve (`sim.serving.Pool`) at most
+    `policy.retries` times; the request then ends `request` (completed) or `failed`
+    (label: the cause) in the log, once. A `retry` row records each abandoned attempt
+    (label: why); a late answer from an abandoned attempt is discarded.
     """
     load, out = world.workload, Outputs()
     classes = _classes(world)
-    busy = [0] * len(plan.replicas)
-    pick, moved = dispatcher(plan.dispatch, [rep.share for rep in plan.replicas], busy)
-    for runner in runners:
-        runner.place_weights(sim)
+    pool = Pool(plan, world, sim, runners)
 
     def request(r: int) -> Generator[Any, Any, None]:
         arrival, (cls, priority) = sim.now, classes[r]
         x = None if sim.timing_only else inputs(world, r)
-        if plan.dispatch == "all":
-            chosen = list(range(len(runners)))
-            parts = [(x, load.batch)] * len(runners)
-        elif plan.dispatch == "split":
-            split = replica_batches(plan, load.batch)
-            chosen = [i for i, n in enumerate(split) if n > 0]
-            sizes = [n for n in split if n > 0]
-            cuts = np.cumsum(sizes)[:-1]
-            parts = list(zip(np.split(x, cuts) if x is not None else [None] * len(sizes), sizes))
-        else:
-            chosen = [pick(busy)]
-            parts = [(x, load.batch)]
-        for i in chosen:
-            busy[i] += 1
-            moved(i)
-        procs = [sim.process(runners[i].run(sim, r, px, n, priority))
-                 for i, (px, n) in zip(chosen, parts)]
-        values = yield sim.all_of(procs)
-        for i in chosen:
-            busy[i] -= 1
-            moved(i)
-        gone = first_gone(values)
-        if gone is not None:
-            sim.log.add(arrival, sim.now, "dropped", plan.source, cls, str(gone), request=r)
-        else:
-            if x is not None:
-                out.final[r] = _combine(plan, values)
-                if plan.dispatch == "all":
-                    out.members[r] = dict(zip(chosen, values))
-            path = (runners[chosen[0]].path if len(chosen) == 1
-                    else " | ".join([runners[i].path for i in chosen]))
-            sim.log.add(arrival, sim.now, "request", plan.source, cls, path, request=r)
+        attempt = 0
+        while True:
+            asked = sim.now
+            view = yield from pool.acquire()
+            if sim.now > asked:
+                sim.log.add(asked, sim.now, "planwait", plan.source, cls, "", request=r)
+            if view is None:
+                sim.log.add(arrival, sim.now, "failed", plan.source, cls, pool.why_not(),
+                            request=r)
+                break
+            routed = view.route(x, load.batch)
+            chosen = [i for i, _, _ in routed]
+            view.started(chosen)
+            began = sim.now
+            procs = [sim.process(view.runners[i].run(sim, r, px, n, priority, attempt))
+                     for i, px, n in routed]
+            answered = sim.all_of(procs)
+            answered.callbacks.append(lambda _e, view=view, chosen=chosen: view.ended(chosen))
+            if policy.timeout is None:
+                yield answered
+            else:
+                yield sim.env.any_of([answered, sim.env.timeout(policy.timeout)])
+            if answered.triggered:
+                values = answered.value
+                gone = first_gone(values)
+                cause = None if gone is None else "device_left"
+            else:  # abandoned: its answer, if one comes, is discarded (a `late` row)
+                cause = "timeout"
+                answered.callbacks.append(
+                    lambda e, began=began: _late(sim, e.value, began, plan.source, cls, r))
+            if cause is None:
+                if x is not None:
+                    out.final[r] = _combine(view.plan, values)
+                    if view.plan.dispatch == "all" and view.whole:
+                        out.members[r] = dict(zip(chosen, values))
+                path = (view.runners[chosen[0]].path if len(chosen) == 1
+                        else " | ".join([view.runners[i].path for i in chosen]))
+                sim.log.add(arrival, sim.now, "request", plan.source, cls, path, request=r)
+                break
+            if plan.source in sim.gone:  # nobody left to ask again or to answer
+                cause = "source_left"
+            if attempt == policy.retries or cause == "source_left":
+                sim.log.add(arrival, sim.now, "failed", plan.source, cls, cause, request=r)
+                break
+            sim.log.add(began, sim.now, "retry", plan.source, cls, cause, request=r)
+            attempt += 1
         if progress is not None:
             progress(1)
         finished.append(r)
@@ -92,6 +111,13 @@ def execute(plan: Plan, world: World, sim: Simulator, runners: list[ReplicaRunne
     sim.process(_arrivals(world, sim, request))
     sim.run(until=done)
     return out
+
+
+def _late(sim: Simulator, values: list[Any], began: float, source: str, cls: str,
+          r: int) -> None:
+    """An abandoned attempt's answer came after all: recorded, not used."""
+    if first_gone(values) is None:
+        sim.log.add(began, sim.now, "late", source, cls, "", request=r)
 
 
 def _combine(plan: Plan, values: list[np.ndarray]) -> np.ndarray:

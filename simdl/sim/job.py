@@ -138,6 +138,7 @@ class Job:
         self.expected: dict[int, int] = {}      # step -> reports that close it (default: all)
         self.reports: dict[int, list[tuple[Worker, Tally, float]]] = {}
         self.staleness: dict[int, list[float]] = {}
+        self.retired: dict[int, int] = {}        # rank gone for good -> the first step it missed
         self.model: Callable[[], Chain] = lambda: self.workers[0].chain  # what is evaluated
         self.evaluated: Callable[[], tuple[float, float]] = (
             lambda: evaluate(self.model(), world.data))  # (held-out loss, accuracy)
@@ -310,10 +311,11 @@ class Job:
             return arrays
         return {n: w.comp.roundtrip(n, a)[0] for n, a in arrays.items()}
 
-    def scaled_grads(self, w: Worker) -> Arrays:
-        """w's gradient times its share of the global batch: summed over workers it is the
-        gradient of the mean loss over the global batch."""
-        scale = np.float32(w.samples / self.load.batch)
+    def scaled_grads(self, w: Worker, samples: int | None = None) -> Arrays:
+        """w's gradient times its share of `samples` (default: the global batch): summed
+        over the workers whose samples make `samples`, it is the gradient of their mean
+        loss (fewer when a worker's gradient is dropped from the step)."""
+        scale = np.float32(w.samples / (self.load.batch if samples is None else samples))
         return {n: g * scale for n, g in w.grads.items()}
 
     # -- the network -------------------------------------------------------------------
@@ -327,7 +329,9 @@ class Job:
             return event
         if tally is not None:
             tally.sent += nbytes
-        return self.sim.transfer(src, dst, nbytes, label=label, step=step)
+        flow = self.sim.transfer(src, dst, nbytes, label=label, step=step)
+        flow.callbacks.append(_heard)
+        return flow
 
     def wait(self, events: Sequence[simpy.Event], tally: Tally) -> Generator[Any, Any, list[Any]]:
         """Wait for transfers; the part of each flow after the wait began counts as comm.
@@ -348,9 +352,18 @@ class Job:
         return self._boxes[key]
 
     def deliver(self, transfer: simpy.Event, key: Any, payload: Any) -> None:
-        """When `transfer` arrives, its mailbox gets (Flow, payload)."""
+        """When `transfer` arrives, its mailbox gets (Flow, payload); a transfer lost with
+        a device fails the mailbox (DeviceGone), so its payload is never used."""
         box = self.box(key)
-        transfer.callbacks.append(lambda ev: box.succeed((ev.value, payload)))
+
+        def arrived(ev: simpy.Event) -> None:
+            if ev.ok:
+                box.succeed((ev.value, payload))
+            else:
+                ev.defused = box.defused = True  # whoever waits on the box hears it
+                box.fail(ev.value)
+
+        transfer.callbacks.append(arrived)
 
     # -- the record --------------------------------------------------------------------
     def report(self, step: int, w: Worker, tally: Tally) -> None:
@@ -361,8 +374,25 @@ class Job:
                     nbytes=tally.sent, step=step)
         rows = self.reports.setdefault(step, [])
         rows.append((w, tally, sim.now))
-        if len(rows) == self.expected.get(step, len(self.workers)):
+        if len(rows) == self._expected(step):
             self._close(step)
+
+    def absent(self, w: Worker, step: int) -> None:
+        """w reports no step from `step` on (it left): the steps it leaves open close on
+        the others' reports; with nobody left the job is done."""
+        self.retired[w.rank] = step
+        for k in sorted(self.reports):
+            if k >= step and len(self.reports[k]) >= self._expected(k):
+                self._close(k)
+        if len(self.retired) == len(self.workers) and not self.done.triggered:
+            self.metrics.extra["outcome"] = f"no workers left at step {max(self.retired.values())}"
+            self.done.succeed()
+
+    def _expected(self, step: int) -> int:
+        """Reports that close `step`: `expected[step]`, else every worker not retired."""
+        if step in self.expected:
+            return self.expected[step]
+        return len(self.workers) - sum(1 for k in self.retired.values() if k <= step)
 
     def _close(self, step: int) -> None:
         rows = self.reports.pop(step)
@@ -419,6 +449,14 @@ def buffers_into(dst: Chain, sources: Sequence[Chain], weights: Sequence[float])
 def stepper(opt: Optimizer, params: Arrays, grads: Arrays | None) -> Callable[[], None] | None:
     """The update as a kernel's function; None (no numerics) without gradients."""
     return None if grads is None else (lambda: opt.step(params, grads))
+
+
+def _heard(event: simpy.Event) -> None:
+    """A transfer lost with a device fails whoever waits on it; one that fails after its
+    waiter already gave up (a sibling failed first) crashes nothing: its `lost` row is
+    the record."""
+    if not event.ok:
+        event.defused = True
 
 
 def _forward_block(chain: Chain, x: np.ndarray, b: int, train: bool) -> tuple[np.ndarray, Any]:

@@ -104,7 +104,7 @@ class Memory:
         """
         res = Reservation(dict(shares), label, request, step)
         for device, nbytes in res.shares.items():
-            plain = self.used[device] - self._drawn[device]
+            plain = self.plain(device)
             capacity = self.devices[device].memory
             if device not in self.gone and plain + nbytes > capacity:
                 raise CapacityError(device, nbytes, capacity - plain, capacity, label)
@@ -133,9 +133,13 @@ class Memory:
         if self._waiting:
             self._grant()
 
+    def plain(self, device: str) -> float:
+        """Bytes held on `device` outside reservations (weights, state)."""
+        return self.used[device] - self._drawn[device]
+
     def _committed(self, device: str) -> float:
         """Bytes held outside reservations plus bytes promised to them."""
-        return self.used[device] - self._drawn[device] + self._reserved[device]
+        return self.plain(device) + self._reserved[device]
 
     def _short(self, res: Reservation, blocked: Container[str]) -> str | None:
         """The first device on which `res` cannot be granted now: one an earlier

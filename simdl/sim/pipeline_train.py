@@ -15,15 +15,17 @@ from typing import Any
 import numpy as np
 import simpy
 
-from simdl.errors import PlanError
+from simdl.errors import DeviceGone, PlanError
 from simdl.nn.chain import Chain
 from simdl.nn.core import ITEMSIZE
 from simdl.nn.optim import Optimizer
+from simdl.plan.plan import Stage
 from simdl.plan.schedules import SCHEDULES
 from simdl.plan.training import TrainPlan
 from simdl.plan.world import World
 from simdl.sim.engine import Simulator
 from simdl.sim.job import Job, Tally, stepper
+from simdl.sim.recovery import Recovery
 
 
 def pipeline(plan: TrainPlan, world: World, sim: Simulator,
@@ -75,7 +77,16 @@ class _Pipeline:
         self.sizes = [len(a) for a in np.array_split(np.arange(batch), self.m)]
         y = job.world.train_data.y
         self.label_bytes = batch * int(np.prod(y.shape[1:], dtype=np.int64)) * y.itemsize
-        self.ops = [SCHEDULES[plan.schedule](s, self.p, self.m) for s in range(self.p)]
+        self.broken: DeviceGone | None = None  # the loss that ends the step under way
+        self.lay_out(plan.stages)
+        self.recovery = Recovery(self)
+
+    def lay_out(self, stages: tuple[Stage, ...]) -> None:
+        """Run `stages` from now on: each stage's schedule, fresh optimizer, parameter
+        names and labels; its weights, gradients and optimizer state held on its device."""
+        job, sim, base = self.job, self.sim, self.job.chain
+        self.stages, self.p = stages, len(stages)
+        self.ops = [SCHEDULES[job.plan.schedule](s, self.p, self.m) for s in range(self.p)]
         self.opts: list[Optimizer] = []
         self.names: list[list[str]] = []  # each stage's parameter names
         blocks = base.names
@@ -87,9 +98,8 @@ class _Pipeline:
             self.opts.append(opt)
             self.names.append([f"{b.name}.{p}" for b in base.blocks[st.start:st.stop]
                                for p in b.layer.params])
-            n = base.n_params(st.start, st.stop)
             sim.allocate(st.device, base.param_bytes(st.start, st.stop), f"weights s{s}")
-            sim.allocate(st.device, n * ITEMSIZE * (1 + opt.slots), f"grads and optimizer s{s}")
+            sim.allocate(st.device, self.state_bytes(st), f"grads and optimizer s{s}")
             for b in range(st.start, st.stop):
                 for j in range(self.m):
                     self.stage_of[f"fwd {blocks[b]} mb{j}"] = s
@@ -97,11 +107,25 @@ class _Pipeline:
             self.stage_of[self.update_labels[s]] = s
         self._reset()
 
+    def state_bytes(self, st: Stage) -> float:
+        """A stage's gradients and optimizer state."""
+        slots = self.opts[0].slots if self.opts else self.job.optimizer().slots
+        return self.job.chain.n_params(st.start, st.stop) * ITEMSIZE * (1 + slots)
+
     def driver(self) -> Generator[Any, Any, None]:
-        for i in range(self.job.load.steps):
+        """Steps in order; a step lost with a stage's device is redone from the last
+        checkpoint on the stages re-planned over the devices left (`sim.recovery`)."""
+        i = 0
+        while i < self.job.load.steps:
             if self.job.stop:
                 return
-            self.job.record((yield from self.step(i)))
+            try:
+                row = yield from self.step(i)
+                self.job.record(row)
+                yield from self.recovery.checkpoint(i)
+                i += 1
+            except DeviceGone as gone:
+                i = yield from self.recovery.recover(i, gone)
 
     # -- one step ----------------------------------------------------------------
 
@@ -122,6 +146,8 @@ class _Pipeline:
         self._send(0, self.p - 1, ("labels",), self.ys, self.label_bytes, f"labels step {i}", i)
         procs = [sim.process(self._stage(s, i)) for s in range(self.p)]
         yield sim.env.all_of(procs)
+        if self.broken is not None:  # every stage has wound down: the step is lost
+            raise self.broken
         job.drop(self.owners, first, i)
         if last != first:
             sim.free(last, self.label_bytes, f"labels step {i}", step=i)
@@ -149,8 +175,23 @@ class _Pipeline:
         self.caches: list[dict[int, list[Any]]] = [{} for _ in range(self.p)]
         self.dlogits: dict[int, Any] = {}
         self.losses: dict[int, float] = {}
+        self.broken = None
 
     def _stage(self, s: int, i: int) -> Generator[Any, Any, None]:
+        """Stage s's ops of step i; a stage that hears of a loss fails every message
+        still awaited, so each other stage winds down as soon as its kernel ends."""
+        try:
+            yield from self._ops(s, i)
+        except DeviceGone as gone:
+            if self.broken is None:
+                self.broken = gone
+                for boxes in self.boxes:
+                    for box in boxes.values():
+                        if not box.triggered:
+                            box.defused = True
+                            box.fail(gone)
+
+    def _ops(self, s: int, i: int) -> Generator[Any, Any, None]:
         """Stage s's ops of step i in schedule order, then its optimizer update."""
         for op, j in self.ops[s]:
             if op == "F":
@@ -204,6 +245,9 @@ class _Pipeline:
         box = self.boxes[s].get(key)
         if box is None:
             box = self.boxes[s][key] = self.sim.env.event()
+            if self.broken is not None:  # nothing more comes this step
+                box.defused = True
+                box.fail(self.broken)
         return box
 
     def _send(self, s: int, to: int, key: tuple[Any, ...], payload: Any, nbytes: float,
@@ -212,6 +256,8 @@ class _Pipeline:
         sender computes on while the bytes travel."""
         src, dst = self.stages[s].device, self.stages[to].device
         box, now = self._box(to, key), self.sim.now
+        if box.triggered:  # failed: the step is lost
+            return
         if src == dst:  # same device: nothing moves
             box.succeed((payload, now))
             return
@@ -219,10 +265,13 @@ class _Pipeline:
         flow = self.sim.transfer(src, dst, nbytes, label=label, step=i)
 
         def deliver(ev: simpy.Event) -> None:
+            ev.defused = True
+            if box.triggered:  # failed: the step is lost
+                return
             if ev.ok:
                 box.succeed((payload, now))
-            else:  # a device left: the receiver hears it (faults end the run)
-                ev.defused = True
+            else:  # a device left: the receiver hears it
+                box.defused = True
                 box.fail(ev.value)
 
         flow.callbacks.append(deliver)

@@ -1,5 +1,17 @@
 """Parameter servers: workers push (compressed) gradients to the servers owning each
-parameter and pull the parameters back, in bsp, asp or ssp mode.
+parameter and pull the parameters back, in bsp, asp or ssp mode, while workers may
+leave or straggle.
+
+bsp: each server waits for the step's pushes (`sim.churn.Quorum`) until all have
+arrived, a pusher's device has left (the server hears the connection close), or
+`worker_timeout` seconds have passed since the step's first push reached it; it
+applies the sum of the pushes it got, weighted by their share of those pushes'
+samples. The step closes when every server has applied and the workers whose pushes
+every server took have pulled; a worker dropped (late) finishes its push, pulls the
+current shard and joins the first step that opens after that. Shards are judged
+apart: a worker late at one server and on time at another counts in the second's
+sum only. asp carries on without a worker that left; ssp keeps its staleness bound
+over the workers still present.
 
 Owns the sharding of parameters over servers, the servers' model and optimizer state,
 and the staleness clock; knows nothing of gossip, local SGD or the SYNCS registry
@@ -14,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from simdl.errors import PlanError
+from simdl.errors import DeviceGone, PlanError
 from simdl.nn.chain import Chain
 from simdl.nn.optim import Optimizer
 from simdl.plan.training import TrainPlan, shard_params
 from simdl.plan.world import World
+from simdl.sim.churn import Quorum, Roster, lost, survive, together
 from simdl.sim.engine import Simulator
 from simdl.sim.job import Arrays, Gen, Job, Tally, Worker, buffers_into, stepper, sum_in_order
 
@@ -40,10 +53,11 @@ class Server:
 def parameter_server(plan: TrainPlan, world: World, sim: Simulator,
                      progress: Callable[[int], None] | None = None) -> Job:
     """Workers push (compressed) gradients to the servers owning each parameter and pull
-    the parameters back. bsp: a server applies the sum of all pushes once per step. asp:
-    it applies each push on arrival; staleness = its version at the apply minus the version
-    the pushing worker last pulled. ssp: asp, but a worker starts step t only once
-    t - (the slowest worker's step) <= `staleness`. The server's model is evaluated."""
+    the parameters back. bsp: a server applies the sum of the step's pushes once per
+    step (see the module). asp: it applies each push on arrival; staleness = its version
+    at the apply minus the version the pushing worker last pulled. ssp: asp, but a worker
+    starts step t only once t - (the slowest present worker's step) <= `staleness`. The
+    server's model is evaluated."""
     job = Job(plan, world, sim, progress)
     sync = plan.sync
     if not sync.servers:
@@ -72,26 +86,126 @@ def parameter_server(plan: TrainPlan, world: World, sim: Simulator,
 
     job.model = evaluated
     if sync.mode == "bsp":
-        sim.process(_bsp_steps(job, servers))
+        sim.process(_bsp_steps(job, servers, Roster(job)))
         return job
     clock = _Clock(job, None if sync.mode == "asp" else sync.staleness)
+    gone: set[int] = set()
     for w in job.workers:
-        sim.process(_async_worker(job, w, servers, clock))
+        sim.process(_async(job, w, servers, clock, gone))
+        sim.departure(w.device).callbacks.append(lambda _ev, w=w: _retire(job, w, clock, gone))
     return job
 
 
-def _bsp_steps(job: Job, servers: list[Server]) -> Gen:
-    sim = job.sim
+def _async(job: Job, w: Worker, servers: list[Server], clock: _Clock, gone: set[int]) -> Gen:
+    """The asynchronous worker (`sim.servers`' exchange with each server); one that
+    loses its device retires, and the others go on."""
+    read = [0] * len(servers)  # the version of each server's shard this worker holds
+    for step in range(job.load.steps):
+        if job.stop or w.rank in gone:
+            return
+        tally = Tally(job.sim.now)
+        try:
+            yield from clock.gate(step)
+            yield from job.local_step(w, step, tally)
+            packed = job.pack(w, job.scaled_grads(w)) if job.real else None
+            yield from together(job.sim, [_exchange(job, w, s, step, tally, packed, read)
+                                       for s in servers])
+        except DeviceGone:
+            _retire(job, w, clock, gone)
+            return
+        clock.tick(w)
+        job.report(step, w, tally)
+
+
+def _retire(job: Job, w: Worker, clock: _Clock, gone: set[int]) -> None:
+    """w is gone: it holds no step open and no worker back (its count leaves the clock)."""
+    if w.rank in gone or job.done.triggered:
+        return
+    gone.add(w.rank)
+    k = clock.finished[w.rank]
+    clock.at[k] -= 1
+    if not clock.at[k]:
+        del clock.at[k]
+    clock.slowest = min(clock.at, default=k)
+    moved, clock.moved = clock.moved, job.sim.env.event()
+    moved.succeed()
+    job.absent(w, k)
+
+
+def _bsp_steps(job: Job, servers: list[Server], roster: Roster) -> Gen:
+    sim, extra = job.sim, job.metrics.extra
+    late: set[int] = set()  # dropped from a step and still finishing it
     for step in range(job.load.steps):
         if job.stop:
             return
-        for s in servers:
-            sim.process(_bsp_server(job, s, step))
-        tallies = [Tally(sim.now) for _ in job.workers]
-        yield sim.env.all_of([sim.process(_bsp_worker(job, w, servers, step, t))
-                              for w, t in zip(job.workers, tallies)])
-        for w, tally in zip(job.workers, tallies):
-            job.report(step, w, tally)
+        yield from roster.admit(step, state=False)  # a returned worker's copy is stale
+        ws = [w for w in roster.members() if w.rank not in late]
+        if not ws:
+            extra["outcome"] = f"no workers left at step {step}"
+            job.done.succeed()
+            return
+        took = [sim.process(_bsp_server(job, s, step, ws)) for s in servers]
+        tallies = {w.rank: Tally(sim.now) for w in ws}
+        procs = {w.rank: sim.process(survive(_bsp_worker(job, w, servers, step,
+                                                          tallies[w.rank])))
+                 for w in ws}
+        if job.plan.sync.worker_timeout is not None or sim.gone:
+            yield sim.env.all_of(took)
+            on_time = set.intersection(*(set(p.value) for p in took))
+        else:  # nobody can be dropped: the barrier as it always was
+            on_time = set(procs)
+        yield sim.env.all_of([procs[w.rank] for w in ws if w.rank in on_time])
+        done = [w for w in ws if w.rank in on_time and not lost(procs[w.rank].value)]
+        for w in ws:
+            if w.rank not in on_time and procs[w.rank].callbacks is not None:  # still at it
+                late.add(w.rank)
+                procs[w.rank].callbacks.append(lambda _ev, r=w.rank: late.discard(r))
+        if len(done) != len(job.workers):
+            job.expected[step] = len(done)
+        if len(ws) != len(done):
+            extra["worker_steps_dropped"] = extra.get("worker_steps_dropped", 0) + len(ws) - len(done)
+        if not done:
+            extra["steps_lost"] = extra.get("steps_lost", 0) + 1
+        for w in done:
+            job.report(step, w, tallies[w.rank])
+    if not job.done.triggered:  # the last steps lost every worker
+        job.done.succeed()
+
+
+def _bsp_worker(job: Job, w: Worker, servers: list[Server], step: int, tally: Tally) -> Gen:
+    """Step, push, pull; a worker that loses its step (its device or its data's left)
+    fails the pushes it still owes, so no server waits for them."""
+    keys = [("push", step, s.rank, w.rank) for s in servers]
+    try:
+        yield from job.local_step(w, step, tally)
+    except DeviceGone as gone:
+        for key in keys:
+            job.box(key).defused = True
+            job.box(key).fail(gone)
+        raise
+    packed = job.pack(w, job.scaled_grads(w)) if job.real else None
+    pushes = [_push(job, w, s, step, tally, packed, key) for s, key in zip(servers, keys)]
+    yield from job.wait(pushes, tally)
+    yield from together(job.sim, [_bsp_pull(job, w, s, step, tally) for s in servers])
+
+
+def _bsp_server(job: Job, s: Server, step: int, ws: list[Worker]) -> Gen:
+    """Apply the step's pushes that arrived in time; value: the ranks they came from."""
+    boxes = {w.rank: job.box(("push", step, s.rank, w.rank)) for w in ws}
+    got = yield Quorum(job.sim, boxes, {w.rank: w.device for w in ws},
+                       job.plan.sync.worker_timeout)
+    total = None
+    if job.real and got:
+        total = sum_in_order([got[r][1] for r in sorted(got)])
+        samples = sum(w.samples for w in ws if w.rank in got)
+        if samples != job.load.batch:  # the mean over the samples that count
+            for a in total.values():
+                a *= np.float32(job.load.batch / samples)
+    yield from job.update(s.device, s.opt, step, stepper(s.opt, s.params, total),
+                          names=s.names, label=f"optimizer shard {s.rank}")
+    s.version += 1
+    job.box(("applied", step, s.rank)).succeed()
+    return sorted(got)
 
 
 def _push(job: Job, w: Worker, s: Server, step: int, tally: Tally, packed: Arrays | None,
@@ -99,26 +213,6 @@ def _push(job: Job, w: Worker, s: Server, step: int, tally: Tally, packed: Array
     ev = job.send(w.device, s.device, s.wire, "push", step, tally)
     job.deliver(ev, key, None if packed is None else {n: packed[n] for n in s.names})
     return job.box(key)
-
-
-def _bsp_worker(job: Job, w: Worker, servers: list[Server], step: int, tally: Tally) -> Gen:
-    yield from job.local_step(w, step, tally)
-    packed = job.pack(w, job.scaled_grads(w)) if job.real else None
-    pushes = [_push(job, w, s, step, tally, packed, ("push", step, s.rank, w.rank))
-              for s in servers]
-    yield from job.wait(pushes, tally)
-    yield job.sim.env.all_of([job.sim.process(_bsp_pull(job, w, s, step, tally))
-                              for s in servers])
-
-
-def _bsp_server(job: Job, s: Server, step: int) -> Gen:
-    boxes = [job.box(("push", step, s.rank, w.rank)) for w in job.workers]
-    yield job.sim.env.all_of(boxes)
-    total = sum_in_order([b.value[1] for b in boxes]) if job.real else None
-    yield from job.update(s.device, s.opt, step, stepper(s.opt, s.params, total),
-                          names=s.names, label=f"optimizer shard {s.rank}")
-    s.version += 1
-    job.box(("applied", step, s.rank)).succeed()
 
 
 def _bsp_pull(job: Job, w: Worker, s: Server, step: int, tally: Tally) -> Gen:
@@ -159,21 +253,6 @@ class _Clock:
             self.slowest = k + 1
         moved, self.moved = self.moved, self.job.sim.env.event()
         moved.succeed()
-
-
-def _async_worker(job: Job, w: Worker, servers: list[Server], clock: _Clock) -> Gen:
-    read = [0] * len(servers)  # the version of each server's shard this worker holds
-    for step in range(job.load.steps):
-        if job.stop:
-            return
-        tally = Tally(job.sim.now)
-        yield from clock.gate(step)
-        yield from job.local_step(w, step, tally)
-        packed = job.pack(w, job.scaled_grads(w)) if job.real else None
-        yield job.sim.env.all_of([job.sim.process(_exchange(job, w, s, step, tally, packed, read))
-                                  for s in servers])
-        clock.tick(w)
-        job.report(step, w, tally)
 
 
 def _exchange(job: Job, w: Worker, s: Server, step: int, tally: Tally, packed: Arrays | None,

@@ -13,14 +13,15 @@ from collections.abc import Callable
 
 import numpy as np
 
+from simdl.errors import DeviceGone
 from simdl.nn.chain import Chain
 from simdl.nn.gradcomp import make
 from simdl.plan.training import TrainPlan
 from simdl.plan.world import World
 from simdl.rng import stream
+from simdl.sim.churn import Quorum, lost, survive
 from simdl.sim.engine import Simulator
 from simdl.sim.job import Arrays, Gen, Job, Tally, Worker, buffers_into
-
 
 # -- gossip ----------------------------------------------------------------------------------
 
@@ -64,10 +65,11 @@ def gossip(plan: TrainPlan, world: World, sim: Simulator,
                          for u in [w.rank, *nbrs[w.rank]]})
 
     def average() -> Chain:
-        out = copy.deepcopy(ws[0].chain)
+        here = [w for w in ws if w.device not in sim.gone and w.rank not in job.retired] or ws
+        out = copy.deepcopy(here[0].chain)
         for n, p in out.params().items():
-            p[...] = np.mean([w.chain.params()[n] for w in ws], axis=0)
-        buffers_into(out, [w.chain for w in ws], [1.0 / len(ws)] * len(ws))
+            p[...] = np.mean([w.chain.params()[n] for w in here], axis=0)
+        buffers_into(out, [w.chain for w in here], [1.0 / len(here)] * len(here))
         return out
 
     job.model = average
@@ -80,13 +82,32 @@ def gossip(plan: TrainPlan, world: World, sim: Simulator,
 
 def _gossip_worker(job: Job, w: Worker, nbrs: list[int], held: dict[int, Arrays],
                    spread: _Spread) -> Gen:
+    """A gossip worker until the last step; one whose device leaves stops, and its
+    neighbours go on with the rest of the ring (`_gossip_steps`)."""
+    at = [0]  # the step w is in
+    gone = yield from survive(_gossip_steps(job, w, nbrs, held, spread, at))
+    if lost(gone):
+        for u in nbrs:  # what it owes its neighbours will not come
+            box = job.box(("gossip", at[0], w.rank, u))
+            if not box.triggered:
+                box.defused = True
+                box.fail(gone)
+        job.absent(w, at[0])
+
+
+def _gossip_steps(job: Job, w: Worker, every: list[int], held: dict[int, Arrays],
+                  spread: _Spread, at: list[int]) -> Gen:
+    """Each step: the local step, then the exchange with the ring neighbours still
+    present (the graph that remains: a neighbour that left is not waited for, nor
+    mixed in). `at[0]` follows the step w is in."""
     sim, ws = job.sim, job.workers
-    gamma = consensus(job.plan.sync.compression, job.plan.sync.ratio) / (len(nbrs) + 1)
+    gamma = consensus(job.plan.sync.compression, job.plan.sync.ratio) / (len(every) + 1)
     wire = float(sum(job.wire.values()))
     for step in range(job.load.steps):
         if job.stop:
             return
-        tally = Tally(sim.now)
+        tally, at[0] = Tally(sim.now), step
+        nbrs = [u for u in every if ws[u].device not in sim.gone and u not in job.retired]
         yield from job.step_alone(w, step, tally)
         q = None
         if job.real:
@@ -100,21 +121,31 @@ def _gossip_worker(job: Job, w: Worker, nbrs: list[int], held: dict[int, Arrays]
             ev = job.send(w.device, ws[u].device, wire, "gossip", step, tally)
             job.deliver(ev, ("gossip", step, w.rank, u), q)
             sends.append(ev)
-        got = yield from job.wait(sends + [job.box(("gossip", step, u, w.rank)) for u in nbrs],
-                                  tally)
+        events = {("send", u): e for u, e in zip(nbrs, sends)}
+        events |= {u: job.box(("gossip", step, u, w.rank)) for u in nbrs}
+        t = sim.now
+        arrived = yield Quorum(sim, events, {k: ws[k[1] if isinstance(k, tuple) else k].device
+                                             for k in events})
+        for flow in (v[0] if isinstance(v, tuple) else v for v in arrived.values()):
+            if flow is not None and flow.t_end > t:
+                tally.spans.append((max(t, flow.t_request), flow.t_end))
+        if w.device in sim.gone:
+            raise DeviceGone(w.device, *sim.gone[w.device])
+        heard = [u for u in nbrs if u in arrived]
 
         def mix() -> None:
             own = held[w.rank]
-            for u, (_, qu) in zip(nbrs, got[len(nbrs):]):
+            for u in heard:
                 for n in job.names:
-                    held[u][n] += qu[n]
+                    held[u][n] += arrived[u][1][n]
             for n in job.names:
-                w.params[n] += gamma * sum(held[u][n] - own[n] for u in nbrs)
+                w.params[n] += gamma * sum(held[u][n] - own[n] for u in heard)
 
         t = sim.now
         count = sum(job.size.values())
-        yield sim.compute(w.device, 3.0 * len(nbrs) * count, (2 * len(nbrs) + 2) * job.trainable,
-                          mix if job.real and nbrs else None, label="mix", step=step)
+        yield sim.compute(w.device, 3.0 * len(heard) * count,
+                          (2 * len(heard) + 2) * job.trainable,
+                          mix if job.real and heard else None, label="mix", step=step)
         tally.compute += sim.now - t
         if job.real:
             spread.add("after", step, w)
@@ -133,7 +164,7 @@ class _Spread:
     def add(self, when: str, step: int, w: Worker) -> None:
         got = self.seen.setdefault((when, step), {})
         got[w.rank] = np.concatenate([w.params[n].ravel() for n in self.job.names])
-        if len(got) == len(self.job.workers):
+        if len(got) == len(self.job.workers) - len(self.job.retired):
             flat = np.stack([got[r] for r in sorted(got)])
             value = float(np.sqrt(np.mean((flat - flat.mean(axis=0)) ** 2) * flat.shape[1]))
             self.job.series.setdefault(f"spread_{when}", []).append(value)
@@ -164,6 +195,9 @@ def local_sgd(plan: TrainPlan, world: World, sim: Simulator,
 
 
 def _rounds(job: Job, glob: Arrays, model: Chain | None) -> Gen:
+    """Rounds; clients are sampled among those online (FedScale's selection); one
+    whose device leaves before its model change has arrived does not count: the round
+    averages the clients that reported, and a round none reported to changes nothing."""
     sim, ws, sync = job.sim, job.workers, job.plan.sync
     n = len(ws)
     m = sync.clients if 0 < sync.clients < n else n
@@ -172,26 +206,42 @@ def _rounds(job: Job, glob: Arrays, model: Chain | None) -> Gen:
     for r in range(job.load.steps):
         if job.stop:
             return
-        picked = sorted(int(i) for i in rng.choice(n, size=m, replace=False)) if m < n \
-            else list(range(n))
-        job.expected[r] = m
+        here = [i for i in range(n) if ws[i].device not in sim.gone]  # those online
+        if len(here) == n:
+            picked = sorted(int(i) for i in rng.choice(n, size=m, replace=False)) if m < n \
+                else list(range(n))
+        else:  # as FedScale selects: among the clients online
+            k = min(m, len(here))
+            picked = sorted(here[int(j)] for j in rng.choice(len(here), size=k, replace=False)) \
+                if k < len(here) else here
         tallies = [Tally(sim.now) for _ in picked]
-        procs = [sim.process(_client(job, ws[i], r, t, glob, model))
+        procs = [sim.process(survive(_client(job, ws[i], r, t, glob, model)))
                  for i, t in zip(picked, tallies)]
         yield sim.env.all_of(procs)
-        total = sum(ws[i].samples for i in picked)
-        weights = [ws[i].samples / total for i in picked]
+        came = [k for k, p in enumerate(procs) if not lost(p.value)]  # the clients that reported
+        job.expected[r] = len(came)
+        extra = job.metrics.extra
+        if len(came) < len(picked):
+            extra["clients_dropped"] = extra.get("clients_dropped", 0) + len(picked) - len(came)
+        if not came:
+            extra["steps_lost"] = extra.get("steps_lost", 0) + 1
+            continue
+        total = sum(ws[picked[k]].samples for k in came)
+        weights = [ws[picked[k]].samples / total for k in came]
 
         def average() -> None:
             for name in job.names:
-                glob[name] += sum(np.float32(wt) * p.value[name] for wt, p in zip(weights, procs))
-            buffers_into(model, [ws[i].chain for i in picked], weights)
+                glob[name] += sum(np.float32(wt) * procs[k].value[name]
+                                  for wt, k in zip(weights, came))
+            buffers_into(model, [ws[picked[k]].chain for k in came], weights)
 
-        yield sim.compute(server.device, 2.0 * m * sum(job.size.values()),
-                          (m + 2) * job.trainable, average if job.real else None,
+        yield sim.compute(server.device, 2.0 * len(came) * sum(job.size.values()),
+                          (len(came) + 2) * job.trainable, average if job.real else None,
                           label="average", step=r)
-        for i, tally in zip(picked, tallies):
-            job.report(r, ws[i], tally)
+        for k in came:
+            job.report(r, ws[picked[k]], tallies[k])
+    if not job.done.triggered:  # the last rounds lost every client
+        job.done.succeed()
 
 
 def _client(job: Job, w: Worker, r: int, tally: Tally, glob: Arrays,

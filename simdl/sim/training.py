@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from simdl.errors import PlanError
+from simdl.errors import DeviceGone, PlanError
 from simdl.plan.training import TrainPlan
 from simdl.plan.world import World
 from simdl.sim.adapt import distill, personalise
+from simdl.sim.churn import lost_work
 from simdl.sim.allreduce import data_parallel
 from simdl.sim.engine import Simulator
 from simdl.sim.job import Job
@@ -55,7 +56,14 @@ def execute(plan: TrainPlan, world: World, sim: Simulator,
         raise PlanError("sync.kind", plan.sync.kind,
                         f"choose one of: {', '.join(sorted(PROTOCOLS))}")
     job = PROTOCOLS[plan.sync.kind](plan, world, sim, progress)
-    sim.run(until=job.finished)
+    try:
+        sim.run(until=job.finished)
+    except DeviceGone as gone:  # a loss the protocol cannot work around: the run ends here
+        job.metrics.extra["outcome"] = (f"stopped at t={gone.at:.6g} s: {gone.device} left "
+                                        f"({gone.why})")
+    lost = lost_work(sim)
+    if lost["departures"]:  # only runs in which a device left report what it cost
+        job.metrics.extra.update(lost)
     return job
 
 

@@ -3,7 +3,7 @@
   r0 has three micro-batches that wait 0.5-1.5, 0-1 and 0.25-0.75 (logged in that order):
      together 0-1.5, so 1.5 s, not the 2.5 s their sum would say.
   r1 never waits.
-  r2 waits 2-2.5 and 3-3.25 (0.75 s), then is dropped.
+  r2 waits 2-2.5 and 3-3.25 (0.75 s), then fails (its device left).
   The summary's total: 1.5 + 0 + 0.75 = 2.25 s.
 """
 import pandas as pd
@@ -19,7 +19,7 @@ ROWS = [
     (0.0, 2.0, "request", "phone", "", "phone>tv", 0.0, 0.0, 0, -1),
     (3.0, 3.25, "memwait", "phone", "memory", "r2.1", 0.0, 64.0, 2, -1),
     (2.0, 2.5, "memwait", "phone", "memory", "r2.0", 0.0, 64.0, 2, -1),
-    (2.0, 3.5, "dropped", "phone", "", "phone", 0.0, 0.0, 2, -1),
+    (2.0, 3.5, "failed", "phone", "", "device_left", 0.0, 0.0, 2, -1),
 ]
 
 

@@ -20,7 +20,7 @@ ROWS = [
     (0.5, 0.75, "transfer", "phone", "tv", "act r0", 0.0, 4000.0, 0, -1),
     (0.75, 1.0, "compute", "tv", "gpu", "r0", 1e9, 0.0, 0, -1),
     (0.0, 1.0, "request", "phone", "", "phone>tv", 0.0, 0.0, 0, -1),
-    (0.5, 1.5, "dropped", "tv", "", "tv", 0.0, 0.0, 1, -1),
+    (0.5, 1.5, "failed", "tv", "", "device_left", 0.0, 0.0, 1, -1),
 ]
 
 
@@ -111,12 +111,31 @@ def test_a_run_folder_holds_every_view(tmp_path):
     folder = result().write(tmp_path / "run")
     assert sorted(p.name for p in folder.iterdir()) == sorted(RUN_FILES)
     assert (folder / "requests.csv").read_text().split("\n") == [
-        "request,class,status,arrival,start,finish,latency,memory_wait,path",
-        "0,,done,0,0,1,1,0,phone>tv",
-        "1,,dropped,0.5,,,,0,tv",  # a dropped request's finish is empty
+        "request,class,status,cause,attempts,arrival,start,finish,latency,memory_wait,"
+        "plan_wait,path",
+        "0,,completed,,1,0,0,1,1,0,0,phone>tv",
+        "1,,failed,device_left,1,0.5,,,,0,0,",  # a failed request: no finish, no path
         ""]
     events = pd.read_csv(folder / "events.csv")
     assert list(events.columns) == list(COLUMNS) and len(events) == len(ROWS)
+
+
+def test_faults_csv_is_written_only_when_a_device_left(tmp_path):
+    """The tv leaves at 1.25 and never returns; no request completes after that, so none
+    recovered from the leave."""
+    plain = result().write(tmp_path / "plain")
+    assert not (plain / "faults.csv").exists()
+    left = Result.from_log(
+        scenario="home", strategy="pipeline", seed=3,
+        events=pd.DataFrame.from_records(
+            ROWS + [(1.25, 1.25, "leave", "tv", "", "battery empty", 0.0, 0.0, -1, -1)],
+            columns=list(COLUMNS)),
+        specs={"phone": Spec("phone", ["cpu"]), "tv": Spec("tv", ["gpu"])},
+        energy={}, link_stats=[], duration=1.5, resolved={"name": "home"})
+    folder = left.write(tmp_path / "left")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(RUN_FILES + ("faults.csv",))
+    assert (folder / "faults.csv").read_text() == (
+        "device,left_at,why,back_at,recovery_s\ntv,1.25,battery empty,,\n")
 
 
 def test_the_resolved_scenario_gets_version_and_run_seed_first(tmp_path):

@@ -7,7 +7,7 @@ The log (times are quarters of a second, so sums are exact in binary):
   r1 (batch)       arrives 0.25, phone npu 0.50-1.00, done 1.00 -> latency 0.75, start 0.50
   r3 (interactive) arrives 0.25, tv cpu 0.25-0.50, done 0.50    -> latency 0.25, start 0.25
   r2 (batch)       arrives 0.75, phone cpu 1.00-1.25 lost when the phone leaves at 1.25,
-     dropped at 1.25
+     failed at 1.25 (cause device_left: no retries left)
   memory: phone 100, +50 at 0.5, -50 at 1.0 (peak 150); tv 300 (peak 300)
 """
 import math
@@ -37,7 +37,7 @@ ROWS = [
     (0.25, 1.0, "request", "phone", "batch", "phone", 0.0, 0.0, 1, -1),
     (1.0, 1.25, "lost", "phone", "cpu", "r2", 1e8, 0.0, 2, -1),
     (1.25, 1.25, "leave", "phone", "", "battery empty", 0.0, 0.0, -1, -1),
-    (0.75, 1.25, "dropped", "phone", "batch", "phone", 0.0, 0.0, 2, -1),
+    (0.75, 1.25, "failed", "phone", "batch", "device_left", 0.0, 0.0, 2, -1),
 ]
 SPECS = {"phone": Spec("phone", ["cpu", "npu"]), "tv": Spec("tv", ["cpu", "gpu"])}
 ENERGY = {"phone": Joules(1.0, 2.0, 0.5), "tv": Joules(2.0, 1.0, 0.0)}
@@ -60,24 +60,27 @@ def tables(events):
 
 def test_requests_table_has_arrival_start_finish_latency_and_status(events):
     r = requests_table(events)
-    assert list(r.columns) == ["request", "class", "status", "arrival", "start", "finish",
-                               "latency", "memory_wait", "path"]
+    assert list(r.columns) == ["request", "class", "status", "cause", "attempts", "arrival",
+                               "start", "finish", "latency", "memory_wait", "plan_wait",
+                               "path"]
     assert r["request"].tolist() == [0, 1, 2, 3]
     assert r["class"].tolist() == ["interactive", "batch", "batch", "interactive"]
-    assert r["status"].tolist() == ["done", "done", "dropped", "done"]
+    assert r["status"].tolist() == ["completed", "completed", "failed", "completed"]
+    assert r["cause"].tolist() == ["", "", "device_left", ""]
+    assert r["attempts"].tolist() == [1, 1, 1, 1] and r["plan_wait"].tolist() == [0.0] * 4
     assert r["arrival"].tolist() == [0.0, 0.25, 0.75, 0.25]
-    assert r["path"].tolist() == ["phone>tv", "phone", "phone", "tv"]
-    done = r[r["status"] == "done"]
+    assert r["path"].tolist() == ["phone>tv", "phone", "", "tv"]  # a failed one has none
+    done = r[r["status"] == "completed"]
     assert done["start"].tolist() == [0.0, 0.5, 0.25]
     assert done["finish"].tolist() == [1.0, 1.0, 0.5]
     assert done["latency"].tolist() == [1.0, 0.75, 0.25]
 
 
-def test_a_dropped_request_has_no_start_finish_or_latency(events):
+def test_a_failed_request_has_no_start_finish_or_latency(events):
     """r2's only kernel was lost, so it never started a kernel that completed."""
-    dropped = requests_table(events).set_index("request").loc[2]
-    assert math.isnan(dropped["start"]) and math.isnan(dropped["finish"])
-    assert math.isnan(dropped["latency"])
+    failed = requests_table(events).set_index("request").loc[2]
+    assert math.isnan(failed["start"]) and math.isnan(failed["finish"])
+    assert math.isnan(failed["latency"])
 
 
 def test_devices_table_counts_busy_flops_bytes_memory_and_departure(tables):
@@ -85,7 +88,7 @@ def test_devices_table_counts_busy_flops_bytes_memory_and_departure(tables):
     assert list(devices.columns) == [
         "device", "type", "busy_cpu_s", "busy_gpu_s", "busy_npu_s", "utilisation", "flops",
         "bytes_sent", "bytes_received", "energy_J", "energy_idle_J", "energy_compute_J",
-        "energy_radio_J", "peak_memory_bytes", "left_at"]
+        "energy_radio_J", "peak_memory_bytes", "left_at", "availability"]
     phone, tv = devices.set_index("device").loc["phone"], devices.set_index("device").loc["tv"]
     # phone: npu 0.5 + 0.5 s; cpu 0.25 s of lost work (it held the unit); no gpu.
     assert (phone["busy_cpu_s"], phone["busy_npu_s"]) == (0.25, 1.0)
@@ -98,9 +101,24 @@ def test_devices_table_counts_busy_flops_bytes_memory_and_departure(tables):
     assert (tv["bytes_sent"], tv["bytes_received"]) == (0.0, 4000.0)
     assert (phone["peak_memory_bytes"], tv["peak_memory_bytes"]) == (150.0, 300.0)
     assert phone["left_at"] == 1.25 and math.isnan(tv["left_at"])
+    # the phone left at the last instant of the run: it was there all of it
+    assert (phone["availability"], tv["availability"]) == (1.0, 1.0)
     assert (phone["energy_J"], phone["energy_idle_J"], phone["energy_compute_J"],
             phone["energy_radio_J"]) == (3.5, 1.0, 2.0, 0.5)
     assert tv["type"] == "tv"
+
+
+def test_availability_is_the_share_of_the_run_a_device_was_in_the_pool():
+    """Duration 2 s: the phone is away 0.25-0.75 and 1.5-2 (1 s): 0.5; the tv leaves at
+    1.0 and never returns: 0.5; a second leave while away changes nothing."""
+    rows = [(0.25, 0.25, "leave", "phone", "", "test", 0.0, 0.0, -1, -1),
+            (0.75, 0.75, "join", "phone", "", "", 0.0, 0.0, -1, -1),
+            (1.5, 1.5, "leave", "phone", "", "test", 0.0, 0.0, -1, -1),
+            (1.0, 1.0, "leave", "tv", "", "test", 0.0, 0.0, -1, -1),
+            (1.25, 1.25, "leave", "tv", "", "battery empty", 0.0, 0.0, -1, -1)]
+    devices = devices_table(pd.DataFrame.from_records(rows, columns=list(COLUMNS)), SPECS, {},
+                            2.0)
+    assert devices.set_index("device")["availability"].to_dict() == {"phone": 0.5, "tv": 0.5}
 
 
 def test_devices_follow_the_specs_order_and_include_idle_devices(events):
@@ -125,9 +143,16 @@ def test_summary_headline_numbers(events, tables):
     row = s.iloc[0]
     assert list(s.columns[:3]) == ["scenario", "strategy", "seed"]
     assert (row["scenario"], row["strategy"], row["seed"]) == ("home", "pipeline", 7)
-    assert (row["requests_done"], row["requests_dropped"]) == (3, 1)
-    assert row["makespan_s"] == 1.25  # the drop decision is the last thing that ended
-    assert row["throughput_rps"] == 3 / 1.25
+    assert (row["requests_completed"], row["requests_failed"]) == (3, 1)
+    assert (row["failed_device_left"], row["failed_timeout"], row["failed_no_plan"],
+            row["failed_source_left"], row["retries"]) == (1, 0, 0, 0, 0)
+    assert row["makespan_s"] == 1.25  # the failure decision is the last thing that ended
+    assert row["throughput_rps"] == row["goodput_rps"] == 3 / 1.25  # no late answers
+    # r2's kernel lost with the phone: 1e8 FLOPs over 0.25 s (joules need specs); nothing
+    # finished was thrown away; no request completed without the phone after it left
+    assert (row["lost_flops"], row["lost_s"]) == (1e8, 0.25) and math.isnan(row["lost_J"])
+    assert (row["redone_flops"], row["redone_s"]) == (0.0, 0.0)
+    assert math.isnan(row["recovery_s_max"]) and row["plan_wait_s"] == 0.0
     assert row["network_bytes"] == 4000.0
     assert row["energy_J"] == 6.5
     assert row["peak_memory_max_MiB"] == 300 / 2**20
@@ -146,7 +171,7 @@ def test_latency_percentiles_are_numpys_linear_ones(events, tables):
 
 
 def test_latency_percentiles_per_priority_class(events, tables):
-    """interactive: 1000 and 250 ms -> p50 625; batch: only 750 ms done (r2 was dropped)."""
+    """interactive: 1000 and 250 ms -> p50 625; batch: only 750 ms done (r2 failed)."""
     s = summary(events, *tables, DURATION).iloc[0]
     assert s["latency_p50_ms_interactive"] == pytest.approx(625.0)
     assert s["latency_p95_ms_interactive"] == pytest.approx(250 + 0.95 * 750)
@@ -155,7 +180,7 @@ def test_latency_percentiles_per_priority_class(events, tables):
 
 def test_no_class_columns_without_classes(events, tables):
     events = events.assign(resource=events["resource"].where(
-        ~events["kind"].isin(["request", "dropped"]), ""))
+        ~events["kind"].isin(["request", "failed"]), ""))
     s = summary(events, *tables, DURATION)
     assert not [c for c in s.columns if c.startswith("latency_") and c.count("_") > 2]
 
@@ -166,8 +191,10 @@ def test_an_empty_log_gives_empty_tables_and_nan_rates():
     devices = devices_table(empty, SPECS, ENERGY, 0.0)
     assert devices["utilisation"].isna().all()
     s = summary(empty, devices, links_table([], 0.0), 0.0).iloc[0]
-    assert (s["requests_done"], s["makespan_s"]) == (0, 0.0)
-    assert math.isnan(s["throughput_rps"]) and math.isnan(s["latency_p95_ms"])
+    assert (s["requests_completed"], s["requests_failed"], s["makespan_s"]) == (0, 0, 0.0)
+    assert (s["retries"], s["lost_flops"], s["redone_flops"]) == (0, 0.0, 0.0)
+    assert math.isnan(s["throughput_rps"]) and math.isnan(s["goodput_rps"])
+    assert math.isnan(s["latency_p95_ms"]) and math.isnan(s["recovery_s_max"])
 
 
 def test_compare_stacks_rows_and_fills_missing_columns_with_nan():
@@ -182,11 +209,11 @@ def test_compare_stacks_rows_and_fills_missing_columns_with_nan():
 def test_format_table_aligns_columns_in_human_units():
     df = pd.DataFrame({"strategy": ["single", "pipeline"], "latency_p95_ms": [975.0, float("nan")],
                        "network_bytes": [4e6, 1.5e5], "mean_utilisation": [0.5, 0.125],
-                       "requests_done": [3, 12]})
+                       "requests_completed": [3, 12]})
     text = format_table(df)
     lines = text.split("\n")
     assert lines[0].split() == ["strategy", "latency_p95_ms", "network_MB",
-                                "mean_utilisation_%", "requests_done"]
+                                "mean_utilisation_%", "requests_completed"]
     assert lines[2].split() == ["single", "975", "4", "50", "3"]
     assert lines[3].split() == ["pipeline", "-", "0.15", "12.5", "12"]
     assert set(lines[1]) <= {"-", " "}

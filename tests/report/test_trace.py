@@ -96,7 +96,15 @@ def test_memory_is_a_counter_of_the_running_sum(trace):
 def test_requests_are_async_spans(trace):
     begin, end = by(trace, ph="b")[0], by(trace, ph="e")[0]
     assert (begin["pid"], begin["id"], begin["ts"], end["id"], end["ts"]) == (4, 0, 0.0, 0, 1e6)
-    assert begin["args"]["status"] == "done" and begin["args"]["path"] == "phone>tv"
+    assert begin["args"]["status"] == "completed" and begin["args"]["path"] == "phone>tv"
+
+
+def test_a_failed_request_is_a_span_to_its_end_with_status_failed():
+    row = (0.5, 2.0, "failed", "phone", "", "device_left", 0.0, 0.0, 7, -1)
+    t = chrome_trace(pd.DataFrame([row], columns=list(COLUMNS)))
+    (begin,), (end,) = by(t, ph="b"), by(t, ph="e")
+    assert (begin["id"], begin["ts"], end["ts"]) == (7, 500000.0, 2000000.0)
+    assert begin["args"]["status"] == "failed" and begin["args"]["path"] == "device_left"
 
 
 def test_timestamps_are_rounded_to_nanoseconds():
@@ -127,7 +135,7 @@ def test_overlapping_spans_take_lanes_in_order_of_first_use():
     trace = chrome_trace(events)
     spans = events[events.kind.isin(["compute", "transfer", "step"])].sort_values(
         ["t_start", "t_end"], kind="stable")
-    devices = sorted(set(events[events.kind.isin(["compute", "lost", "leave", "alloc", "step"])]
+    devices = sorted(set(events[events.kind.isin(trace_module.DEVICE_KINDS)]
                          .device))
     tracks = {}  # process -> [track, ...] in order of numbering
     worked = events[events.kind.isin(["compute", "lost"])]

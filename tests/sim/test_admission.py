@@ -24,6 +24,7 @@ from simdl.plan.world import Arrival, Inference, World
 from simdl.report.tables import devices_table, requests_table
 from simdl.sim.engine import Simulator
 from simdl.sim.inference import execute
+from simdl.sim.serving import Policy
 from simdl.sim.stages import prepare
 
 K = 0.25        # s per kernel
@@ -55,13 +56,14 @@ def replica(*stages):
     return Replica(tuple(Stage(tuple(d.split("+")), lo, hi) for d, lo, hi in stages))
 
 
-def run(plan, w, before=None):
-    """Check, then execute in real mode; `before(sim)` may start processes first."""
+def run(plan, w, before=None, policy=Policy()):
+    """Check, then execute in real mode under `policy`; `before(sim)` may start processes
+    first."""
     check(plan, w)
     sim = Simulator(w.devices, w.network)
     if before is not None:
         before(sim)
-    execute(plan, w, sim, prepare(plan, w))
+    execute(plan, w, sim, prepare(plan, w), policy=policy)
     return sim
 
 
@@ -83,7 +85,7 @@ def test_requests_beyond_what_fits_wait_in_order_until_one_leaves():
     sim = run(Plan("single", (replica(("dev", 0, 3)),), "dev"),
               world({"dev": capacity}, 4, "dev"))
     reqs = requests_table(sim.log.frame())
-    assert reqs.status.tolist() == ["done"] * 4
+    assert reqs.status.tolist() == ["completed"] * 4
     assert reqs.memory_wait.tolist() == [0.0, 0.0, 3 * K, 6 * K]
     assert reqs.latency.tolist() == [3 * K, 6 * K, 9 * K, 12 * K]
     assert memwaits(sim) == [(0.0, 3 * K, "memwait", "dev", "memory", "r2.0", 0.0, 256.0, 2, -1),
@@ -118,7 +120,7 @@ def test_replicas_crossing_two_devices_in_opposite_orders_do_not_deadlock():
                 "hub", dispatch="round_robin")
     sim = run(plan, w)
     reqs = requests_table(sim.log.frame())
-    assert reqs.status.tolist() == ["done", "done"]
+    assert reqs.status.tolist() == ["completed", "completed"]
     assert reqs.path.tolist() == ["a>b", "b>a"]
     assert reqs.latency.tolist() == [1.625, 3.25]
     assert memwaits(sim) == [(0.0, 1.625, "memwait", "b", "memory", "r1.0", 0.0, 256.0, 1, -1)]
@@ -138,24 +140,29 @@ def leave_at(t, device):
 
 def test_a_departed_device_holds_nobody_back():
     """hub > a > b; b fits one micro-batch (160 B) and r1 waits for it. b leaves at 0.375 s
-    while r0 computes on a: r1 goes at once (not when r0 fails reaching b at 0.75 s), and
-    both are dropped when they reach b."""
+    while r0 computes on a: r1 goes at once (not when r0 fails reaching b at 0.75 s), and,
+    with no retries, both fail when they reach b."""
     w = world({"hub": AMPLE, "a": AMPLE, "b": HEAD + 160}, 2, "hub")
     sim = run(Plan("pipeline", (replica(("a", 0, 2), ("b", 2, 3)),), "hub"), w,
-              before=leave_at(0.375, "b"))
+              before=leave_at(0.375, "b"), policy=Policy(retries=0))
     assert memwaits(sim) == [(0.0, 0.375, "memwait", "b", "memory", "r1.0", 0.0, 160.0, 1, -1)]
-    assert requests_table(sim.log.frame()).status.tolist() == ["dropped", "dropped"]
+    reqs = requests_table(sim.log.frame())
+    assert reqs.status.tolist() == ["failed", "failed"]
+    assert reqs.cause.tolist() == ["device_left", "device_left"]
 
 
 def test_work_that_fails_gives_back_all_it_held():
     """hub > a > b; a fits one micro-batch and r1 waits for it. b leaves at 0.375 s; r0
     fails at 0.75 s reaching b, holding fc2's output on a: that and its shares are given
-    back then, so r1 goes at 0.75 s (and is dropped in turn). a ends holding its weights."""
+    back then, so r1 goes at 0.75 s (and, with no retries, fails in turn). a ends holding
+    its weights."""
     w = world({"hub": AMPLE, "a": FC1 + FC2 + 256, "b": AMPLE}, 2, "hub")
     sim = run(Plan("pipeline", (replica(("a", 0, 2), ("b", 2, 3)),), "hub"), w,
-              before=leave_at(0.375, "b"))
+              before=leave_at(0.375, "b"), policy=Policy(retries=0))
     assert memwaits(sim) == [(0.0, 0.75, "memwait", "a", "memory", "r1.0", 0.0, 256.0, 1, -1)]
-    assert requests_table(sim.log.frame()).status.tolist() == ["dropped", "dropped"]
+    reqs = requests_table(sim.log.frame())
+    assert reqs.status.tolist() == ["failed", "failed"]
+    assert reqs.cause.tolist() == ["device_left", "device_left"]
     assert (sim.memory_used["a"], sim.memory_used["hub"]) == (FC1 + FC2, 0.0)
 
 
@@ -251,12 +258,12 @@ def test_plain_allocations_cannot_take_what_is_promised():
 def test_a_long_line_of_waiters_is_served_in_order_none_lost():
     """Six requests at once where two fit: each holds the unit for 3K, so r_k (k >= 2) is
     admitted when r_(k-2) ends, at (k - 1) x 3K, and ends at (k + 1) x 3K. Several wait at
-    every release, so none may be dropped from the line while the others are looked at."""
+    every release, so none may be skipped in the line while the others are looked at."""
     capacity = WEIGHTS + 2 * 256
     sim = run(Plan("single", (replica(("dev", 0, 3)),), "dev"),
               world({"dev": capacity}, 6, "dev"))
     reqs = requests_table(sim.log.frame())
-    assert reqs.status.tolist() == ["done"] * 6
+    assert reqs.status.tolist() == ["completed"] * 6
     assert reqs.memory_wait.tolist() == pytest.approx([0, 0, 3 * K, 6 * K, 9 * K, 12 * K])
     assert reqs.latency.tolist() == pytest.approx([3 * K * (k + 1) for k in range(6)])
 

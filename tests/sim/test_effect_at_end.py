@@ -1,19 +1,14 @@
 """Work takes effect when its simulated time is done: a kernel's numerics run at its end,
-a kernel lost with its device changes nothing, and a collective cut short by a lost
-device updates no worker."""
-from dataclasses import replace
+and a kernel lost with its device changes nothing. (A collective cut short by a lost
+device: tests/sim/test_training_churn.py.)"""
 
 import numpy as np
 import pytest
 
 from simdl.errors import DeviceGone
-from simdl.plan import training as T
-from simdl.sim.allreduce import data_parallel
 from simdl.sim.engine import Simulator
-from simdl.sim.training import execute
 
 from test_engine import device
-from test_training_sync import world
 
 
 def test_a_kernels_numerics_run_at_its_end_not_its_start():
@@ -62,26 +57,3 @@ def _leave(sim, d, at):
     sim.leave(d, "walked away")
 
 
-def test_an_allreduce_cut_short_by_a_lost_device_updates_no_worker():
-    """Three workers, ring all-reduce. The phone leaves halfway through step 1's gradient
-    all-reduce: the run stops with DeviceGone and every replica holds exactly the
-    weights after step 0 (a 1-step run's), not a sum of what had not all arrived."""
-    w = world(steps=2)
-    probe = Simulator(w.devices, w.network, timing_only=True)
-    execute(T.allreduce(w), w, probe)
-    log = probe.log.frame()
-    grads = log[(log.kind == "transfer") & log.label.str.startswith("gradients step 1")]
-    halfway = (grads.t_start.min() + grads.t_end.max()) / 2
-    assert grads.t_end.min() < halfway < grads.t_end.max()  # some, not all, have arrived
-
-    one = replace(w, workload=replace(w.workload, steps=1))
-    reference = execute(T.allreduce(one), one, Simulator(one.devices, one.network))
-    sim = Simulator(w.devices, w.network)
-    job = data_parallel(T.allreduce(w), w, sim)
-    sim.process(_leave(sim, "phone", halfway))
-    with pytest.raises(DeviceGone):
-        sim.run(until=job.finished)
-    assert not job.finished.triggered
-    for mine, ref in zip(job.workers, reference.workers):
-        for n, p in ref.chain.params().items():
-            np.testing.assert_array_equal(mine.chain.params()[n], p, err_msg=n)
