@@ -110,6 +110,10 @@ class _Split:
 
     def install(self) -> None:
         from simdl.report import plots, result
+        try:
+            from simdl.report import timeline_plot
+        except ImportError:  # an older tree: the timeline was in plots
+            timeline_plot = plots
 
         def file_of(args: tuple, kwargs: dict) -> str:
             path = kwargs.get("path", args[1] if len(args) > 1 else args[0])
@@ -120,7 +124,8 @@ class _Split:
         for writer in ("write_csv", "atomic_write", "write_trace", "write_json"):
             self.wrap(result, writer, file_of)
         self.wrap(result, "chrome_trace", lambda args, kwargs: "trace.json")  # an older tree
-        for figure in ("timeline", "utilisation", "comparison", "training"):
+        self.wrap(timeline_plot, "timeline", file_of)
+        for figure in ("utilisation", "comparison", "training"):
             self.wrap(plots, figure, file_of)
 
 

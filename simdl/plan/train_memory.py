@@ -106,6 +106,14 @@ def _pipeline(plan: TrainPlan, world: World, chain: Chain, slots: int,
             held[st.device] += sum(c.saved_bytes for c in costs[st.start:st.stop])
             if s == p - 1:
                 held[st.device] += loss.cost(costs[-1].out_shape).saved_bytes
+    spec = plan.params.get("checkpoint")
+    if spec:  # the checkpoint device holds the whole model's state, each stage a copy of its own
+        state = [chain.param_bytes(st.start, st.stop) + 4 * slots * chain.n_params(st.start, st.stop)
+                 for st in plan.stages]
+        held[spec["to"]] += sum(state)
+        for st, nbytes in zip(plan.stages, state):
+            if st.device != spec["to"]:
+                held[st.device] += nbytes
     first, last = plan.stages[0].device, plan.stages[-1].device
     held[first] += _batch_bytes(world, chain, batch)
     if last != first:

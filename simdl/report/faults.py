@@ -21,21 +21,37 @@ _ATTEMPT = re.compile(r"/(\d+)$")
 _PATH = re.compile(r" \| |>|\+")
 
 
-def away(events: pd.DataFrame, duration: float) -> dict[str, float]:
-    """Seconds each device that ever left spent out of the pool by `duration`: from each
-    `leave` to the `join` after it, or to the end."""
+def absences(events: pd.DataFrame, duration: float) -> list[tuple[str, float, float]]:
+    """(device, from, to) for each time a device was out of the pool: from a `leave` to
+    the `join` after it, or to `duration`."""
     rows = events.loc[events["kind"].isin(("leave", "join")), ["kind", "device", "t_start"]]
-    out: dict[str, float] = {}
-    left: dict[str, float] = {}
+    out, left = [], {}
     for kind, device, t in rows.itertuples(index=False):
         device = str(device)
         if kind == "leave":
             left.setdefault(device, float(t))
         elif device in left:
-            out[device] = out.get(device, 0.0) + float(t) - left.pop(device)
-    for device, t in left.items():
-        out[device] = out.get(device, 0.0) + max(duration - t, 0.0)
+            out.append((device, left.pop(device), float(t)))
+    return out + [(d, t, max(duration, t)) for d, t in left.items()]
+
+
+def away(events: pd.DataFrame, duration: float) -> dict[str, float]:
+    """Seconds each device that ever left spent out of the pool by `duration`."""
+    out: dict[str, float] = {}
+    for device, start, end in absences(events, duration):
+        out[device] = out.get(device, 0.0) + end - start
     return out
+
+
+def degraded(events: pd.DataFrame, devices: set[str], duration: float) -> float:
+    """Seconds during which at least one of `devices` was out of the pool (the union of
+    their absences)."""
+    total, reach = 0.0, -np.inf
+    for start, end in sorted((s, e) for d, s, e in absences(events, duration) if d in devices):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 def fates(events: pd.DataFrame) -> pd.DataFrame:

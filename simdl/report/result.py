@@ -16,7 +16,7 @@ import yaml
 
 from simdl import __version__
 from simdl.errors import ScenarioError
-from simdl.report import plots, tables
+from simdl.report import plots, tables, timeline_plot
 from simdl.report.store import (
     MAX_FOLDER,
     atomic_write,
@@ -96,11 +96,12 @@ class Result:
         for name, table in sorted(self.extra.items()):
             write_csv(table, directory / f"{name}.csv")
         write_trace(self.events, directory / "trace.json", title=self.title)
-        plots.timeline(self.events, directory / "timeline.png", title=f"Timeline: {self.title}")
+        timeline_plot.timeline(self.events, directory / "timeline.png",
+                               title=f"Timeline: {self.title}")
         plots.utilisation(self.devices, directory / "utilisation.png", title=self.title)
         if "training" in self.extra:
             plots.training({self.strategy: self.extra["training"]}, directory / "training.png",
-                           title=self.title)
+                           title=self.title, faults={self.strategy: fault_events(self.events)})
         return directory
 
 
@@ -154,7 +155,14 @@ def write_comparison(results: Sequence[Result], directory: str | Path) -> Path:
     table = tables.compare([r.summary for r in results])
     write_csv(table, directory / "summary.csv")
     plots.comparison(table, directory / "comparison.png", title=results[0].scenario)
-    curves = {r.strategy: r.extra["training"] for r in results if "training" in r.extra}
-    if curves:
-        plots.training(curves, directory / "training.png", title=results[0].scenario)
+    trained = [r for r in results if "training" in r.extra]
+    if trained:
+        plots.training({r.strategy: r.extra["training"] for r in trained},
+                       directory / "training.png", title=results[0].scenario,
+                       faults={r.strategy: fault_events(r.events) for r in trained})
     return directory
+
+
+def fault_events(events: pd.DataFrame) -> pd.DataFrame:
+    """The log's departures and returns, which the training figure marks."""
+    return events[events["kind"].isin(["leave", "join"])]

@@ -254,7 +254,8 @@ def summary(events: pd.DataFrame, devices_df: pd.DataFrame, links_df: pd.DataFra
     requests' attempts beyond their first. lost_* (work cut short by a device leaving)
     and redone_* (finished work whose answer was not used) are FLOPs, unit-seconds and
     joules (`faults.wasted`; joules need `specs`); recovery_s_max is the longest
-    recovery after a leave (`faults.faults_table`). Latency percentiles (ms) are
+    recovery after a leave (`faults.faults_table`); degraded_s the time some device the
+    run used was out of the pool. Latency percentiles (ms) are
     numpy's "linear" ones over completed requests, overall and per priority class when
     classes exist; memory_wait_s and plan_wait_s sum the requests' waits.
     energy_J is the whole pool's; energy_used_J only the devices the strategy used (any
@@ -302,6 +303,8 @@ def _summary(events: pd.DataFrame, reqs: pd.DataFrame, devices_df: pd.DataFrame,
     row.update(faults.wasted(events, specs))
     recovery = faults.faults_table(events)["recovery_s"]
     row["recovery_s_max"] = float(recovery.max()) if recovery.notna().any() else NAN
+    busy = set(devices_df.loc[used(devices_df), "device"]) if len(devices_df) else set()
+    row["degraded_s"] = faults.degraded(events, {str(d) for d in busy}, duration)
     return pd.DataFrame([row])
 
 

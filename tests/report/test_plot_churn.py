@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import to_rgba
 
-from simdl.report import plots
+from simdl.report import plots, timeline_plot
 from simdl.sim.recorder import COLUMNS
 
 ROWS = [
@@ -17,7 +17,7 @@ ROWS = [
 
 def test_a_return_is_a_green_line_and_the_time_away_a_band_over_the_device_s_rows():
     events = pd.DataFrame.from_records(ROWS, columns=list(COLUMNS))
-    (ax,) = plots.timeline_figure(events).axes
+    (ax,) = timeline_plot.timeline_figure(events).axes
     notes = sorted(t.get_text() for t in ax.texts if t.get_text().endswith(("left", "joined")))
     assert notes == ["phone joined", "phone left", "tv left"]
     green = [c for c in ax.collections

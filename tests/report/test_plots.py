@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from simdl.report import plots, result, store
+from simdl.errors import SimdlError
+from simdl.report import plots, result, store, timeline_plot
 from simdl.sim.recorder import COLUMNS
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -38,11 +39,11 @@ def assert_png(path):
 
 def test_timeline_draws_units_links_and_lost_work(tmp_path):
     events = pd.DataFrame.from_records(ROWS, columns=list(COLUMNS))
-    assert_png(plots.timeline(events, tmp_path / "timeline.png", title="demo"))
+    assert_png(timeline_plot.timeline(events, tmp_path / "timeline.png", title="demo"))
 
 
 def test_timeline_of_an_empty_log_still_renders(tmp_path):
-    assert_png(plots.timeline(pd.DataFrame(columns=list(COLUMNS)), tmp_path / "empty.png"))
+    assert_png(timeline_plot.timeline(pd.DataFrame(columns=list(COLUMNS)), tmp_path / "empty.png"))
 
 
 def test_utilisation_draws_one_bar_per_device(tmp_path):
@@ -53,7 +54,7 @@ def test_comparison_draws_four_small_multiples(tmp_path):
     assert_png(plots.comparison(COMPARE, tmp_path / "comparison.png"))
 
 
-@pytest.mark.parametrize("module", [plots, store, result])
+@pytest.mark.parametrize("module", [plots, timeline_plot, store, result])
 def test_report_never_imports_pyplot_nor_sets_the_global_backend(module):
     tree = ast.parse(inspect.getsource(module))
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
@@ -96,7 +97,7 @@ def test_busy_share_is_the_union_of_each_lane_s_spans_in_each_bin():
     spans = eighths(rng, 300, 5, 16)
     edges = np.linspace(0.0, 16.0, 65)  # bins of 1/4 s
     lane, start, end = (np.array(c) for c in zip(*spans))
-    got = plots.busy_share(lane, start.astype(float), end.astype(float), 5, edges)
+    got = timeline_plot.busy_share(lane, start.astype(float), end.astype(float), 5, edges)
     assert got.tolist() == [[float(x) for x in row] for row in brute_busy_share(spans, 5, edges)]
 
 
@@ -111,10 +112,10 @@ def lanes_log(lanes, spans_per_lane=6, end=100.0, seed=0):
 def test_past_max_rows_lanes_neighbours_share_a_row_shaded_by_their_mean_busy_share():
     lanes = plots.MAX_ROWS + 1  # 41 lanes: rows of 2, the last alone
     spans, events = lanes_log(lanes)
-    fig = plots.timeline_figure(events)
+    fig = timeline_plot.timeline_figure(events)
     (ax,) = fig.axes
     (image,) = ax.images
-    edges = np.linspace(0.0, 100.0, plots.BINS + 1)  # the run's end is 100 s: 1/4 s bins
+    edges = np.linspace(0.0, 100.0, timeline_plot.BINS + 1)  # the run's end is 100 s: 1/4 s bins
     share = brute_busy_share(spans, lanes, edges)
     expected = [[float((a + b) / 2) for a, b in zip(share[i], share[i + 1])]
                 for i in range(0, lanes - 1, 2)] + [[float(x) for x in share[-1]]]
@@ -126,7 +127,7 @@ def test_past_max_rows_lanes_neighbours_share_a_row_shaded_by_their_mean_busy_sh
 
 def test_up_to_max_rows_lanes_each_kernel_is_a_bar_in_one_collection():
     spans, events = lanes_log(plots.MAX_ROWS)
-    (ax,) = plots.timeline_figure(events).axes
+    (ax,) = timeline_plot.timeline_figure(events).axes
     assert not ax.images
     (bars,) = ax.collections
     corners = bars.get_paths()
@@ -138,8 +139,8 @@ def test_up_to_max_rows_lanes_each_kernel_is_a_bar_in_one_collection():
 
 
 def test_many_bars_on_few_lanes_are_shaded_per_bin_too():
-    _, events = lanes_log(3, spans_per_lane=plots.MAX_BARS // 3 + 1)
-    (ax,) = plots.timeline_figure(events).axes
+    _, events = lanes_log(3, spans_per_lane=timeline_plot.MAX_BARS // 3 + 1)
+    (ax,) = timeline_plot.timeline_figure(events).axes
     assert len(ax.images) == 1 and "lanes averaged" not in ax.get_xlabel()
 
 
@@ -164,7 +165,7 @@ def test_few_devices_keep_a_row_each():
 
 
 def test_lanes_sort_naturally_and_groups_name_first_and_last():
-    assert sorted(["pc10", "pc2", "pc1"], key=plots.natural) == ["pc1", "pc2", "pc10"]
+    assert sorted(["pc10", "pc2", "pc1"], key=timeline_plot.natural) == ["pc1", "pc2", "pc10"]
     assert plots.grouped(["a gpu", "b gpu", "c cpu"], 2) == [("a … b gpu (2)", slice(0, 2)),
                                                               ("c cpu", slice(2, 3))]
     assert plots.grouped(["a gpu", "b cpu"], 2)[0][0] == "a gpu … b cpu (2)"
@@ -173,8 +174,8 @@ def test_lanes_sort_naturally_and_groups_name_first_and_last():
 def test_a_png_is_drawn_once_yet_the_same_as_savefig_draws_it(tmp_path):
     """savefig lays a figure out in a dry run, then draws; write_png draws once."""
     events = pd.DataFrame.from_records(ROWS, columns=list(COLUMNS))
-    written = plots.timeline(events, tmp_path / "t.png", title="demo").read_bytes()
-    fig = plots.timeline_figure(events, title="demo")
+    written = timeline_plot.timeline(events, tmp_path / "t.png", title="demo").read_bytes()
+    fig = timeline_plot.timeline_figure(events, title="demo")
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
@@ -184,6 +185,48 @@ def test_a_png_is_drawn_once_yet_the_same_as_savefig_draws_it(tmp_path):
 def test_timeline_rows_follow_devices_in_natural_order_then_units():
     rows = [(0.0, 1.0, "compute", d, u, "k", 0.0, 0.0, -1, -1)
             for d, u in [("pc10", "cpu"), ("pc2", "gpu"), ("pc", "npu"), ("pc2", "cpu")]]
-    (ax,) = plots.timeline_figure(pd.DataFrame.from_records(rows, columns=list(COLUMNS))).axes
+    events = pd.DataFrame.from_records(rows, columns=list(COLUMNS))
+    (ax,) = timeline_plot.timeline_figure(events).axes
     assert [t.get_text() for t in ax.get_yticklabels()] == ["pc npu", "pc2 cpu", "pc2 gpu",
                                                            "pc10 cpu"]
+
+
+CURVE = pd.DataFrame({"t": [0.0, 1.0, 2.0, 4.0], "loss": [2.0, 1.5, 1.8, 1.0],
+                      "accuracy": [0.1, float("nan"), 0.3, 0.6]})
+FAULTS = pd.DataFrame.from_records([(1.5, 1.5, "leave", "phone", "", "absent", 0.0, 0.0, -1, -1),
+                                    (3.0, 3.0, "join", "phone", "", "present", 0.0, 0.0, -1, -1)],
+                                   columns=list(COLUMNS))
+
+
+def vertical_lines(ax):
+    """(x, linestyle, colour) of each vertical line: both ends at one x, across the axis."""
+    return sorted((float(line.get_xdata()[0]), line.get_linestyle(), line.get_color())
+                  for line in ax.get_lines()
+                  if len(line.get_xdata()) == 2 and line.get_xdata()[0] == line.get_xdata()[1])
+
+
+def test_training_marks_a_leave_dashed_and_a_join_dotted_on_both_panels_in_the_run_s_colour():
+    fig = plots.training_figure({"ring": CURVE, "ps": CURVE}, faults={"ps": FAULTS})
+    loss_ax, acc_ax = fig.axes
+    colour = {line.get_label(): line.get_color() for line in loss_ax.get_lines()}
+    for ax in (loss_ax, acc_ax):
+        assert vertical_lines(ax) == [(1.5, "--", colour["ps"]), (3.0, ":", colour["ps"])]
+        assert [t.get_text() for t in ax.texts] == ["phone", "phone"]
+    legend = [t.get_text() for t in acc_ax.get_legend().get_texts()]
+    assert legend == ["ring", "ps", "device left", "device rejoined"]
+
+
+def test_training_without_faults_draws_no_vertical_line_and_the_same_png(tmp_path):
+    for faults in (None, {"ring": FAULTS.iloc[:0]}):
+        fig = plots.training_figure({"ring": CURVE}, faults=faults)
+        assert all(vertical_lines(ax) == [] and not ax.texts for ax in fig.axes)
+        assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["ring"]
+    plain = plots.training({"ring": CURVE}, tmp_path / "a.png").read_bytes()
+    empty = plots.training({"ring": CURVE}, tmp_path / "b.png",
+                           faults={"ring": FAULTS.iloc[:0]}).read_bytes()
+    assert plain == empty
+
+
+def test_training_refuses_faults_of_a_strategy_without_a_curve():
+    with pytest.raises(SimdlError, match="faults: 'gossip'"):
+        plots.training_figure({"ring": CURVE}, faults={"gossip": FAULTS})

@@ -110,3 +110,17 @@ def test_a_plan_that_can_never_fit_is_refused_with_the_numbers():
                               f"valid; the plan must fit in {(need - 1) / 2**20:.1f} MiB")
     small["phone"] = replace(small["phone"], memory=need)
     train_memory.check(plan, replace(w, devices=small))  # exactly enough is enough
+
+
+def test_the_rule_counts_checkpoints_where_the_run_holds_them():
+    """Pipeline checkpoints: the checkpoint device holds the whole model's weights and
+    optimizer state, each stage device a copy of its own stage's beside its running state."""
+    w = teaching_world()
+    plan = T.pipeline_train(w, ["phone", "laptop"], microbatches=2, checkpoint_every=1,
+                            checkpoint_to="pc")
+    bare = train_memory.need(T.pipeline_train(w, ["phone", "laptop"], microbatches=2), w)
+    sim = Simulator(w.devices, w.network, timing_only=True)
+    execute(plan, w, sim)
+    rule = train_memory.need(plan, w)
+    assert {d: sim.memory_peak[d] for d in rule} == rule
+    assert rule["pc"] > 0 and all(rule[d] > bare[d] for d in ("phone", "laptop"))
