@@ -7,7 +7,10 @@ whose Linear, Conv2d and attention weights are *stored* as a device would hold t
 that is smaller, pruned 2:4 in NVIDIA's compressed format) and computed from those
 arrays, so accuracy changes are measured, and `param_bytes()` / `cost()` see the
 stored bytes (`stored_bytes` is the one storage rule). Biases, norms and embeddings
-stay float32. Deployed layers are inference-only.
+stay float32. Deployed layers are inference-only. `dtype` may also be a storage-only
+format of `nn.formats.ENCODED` (bf16, llama.cpp's Q8_0, Q4_0, Q4_K): the weights are
+encoded for real and decoded to compute in fp32 (the copy's `dtype` is then "fp32"
+and its `weights` the format).
 Knows layers and chains; knows nothing of devices or time (the simulator reads
 `chain.dtype` for the kernel rate and `Cost.sparse_flops` for what a sparse unit speeds up).
 """
@@ -28,10 +31,11 @@ from simdl.nn.core import Cache, Cost, Layer, Shape
 from simdl.nn.data import Dataset
 from simdl.nn.dense import Linear, numel
 from simdl.nn.fit import predict, scores
-from simdl.nn.formats import (ACT_FLOPS, DTYPES, PATTERNS, STORED, _affine, _mask_2_4,
-                              _pack_positions, _rows, _unpack_positions, _unrows,
-                              dequantize_int8, fake_quant, magnitude_prune, prune_2_4,
-                              quantize_int8, stored_bytes)
+from simdl.nn.formats import (ACT_FLOPS, DTYPES, ENCODED, PATTERNS, STORED, WEIGHT_FORMATS,
+                              _affine, _mask_2_4, _pack_positions, _rows, _unpack_positions,
+                              _unrows, decode, dequantize_int8, encode, fake_quant,
+                              magnitude_prune, prune_2_4, quantize_int8, stored_bytes)
+from simdl.nn.llm import GQAttention, SwiGLU
 
 __all__ = ["DTYPES", "PATTERNS", "Compressed", "quantize", "prune", "deploy", "density",
            "accuracy_change", "stored_bytes", "quantize_int8", "dequantize_int8",
@@ -54,8 +58,10 @@ def _targets(layer: Layer) -> tuple[tuple[str, ...], int] | None:
         return ("W",), 0                              # (C_out, C_in/g, k, k)
     if isinstance(layer, Linear):
         return ("W",), 1                              # (n_in, n_out): y = x @ W
-    if isinstance(layer, SelfAttention):
-        return ("Wq", "Wk", "Wv", "Wo"), 1            # (d, d) each, used as x @ W
+    if isinstance(layer, (SelfAttention, GQAttention)):
+        return ("Wq", "Wk", "Wv", "Wo"), 1            # (d, width) each, used as x @ W
+    if isinstance(layer, SwiGLU):
+        return ("W1", "W3", "W2"), 1
     return None
 
 
@@ -93,6 +99,12 @@ class Compressed(Layer):
     def _store(self, name: str, w: np.ndarray) -> None:
         w = np.asarray(w, np.float32)
         m = _rows(w, self.axis)                                   # (C, K)
+        if self.dtype in ENCODED:                   # blocks along K, the reduction axis
+            if self.sparsity:
+                raise SimdlError("deploy.prune", self.sparsity,
+                                 f"{self.dtype} weights are stored dense: prune 0 only")
+            self.params[name] = encode(self.dtype, m)
+            return
         empty: Any = 0
         if self.dtype == "int8":
             m, scale, zero = _affine(m)
@@ -123,6 +135,9 @@ class Compressed(Layer):
     def weight(self, name: str) -> np.ndarray:
         """Weight `name` as the kernel computes with it: float32, its layer's shape."""
         v, shape, layout = self.params[name], self.shapes[name], self.layout(name)
+        if self.dtype in ENCODED:
+            k = numel(shape) // shape[self.axis]
+            return _unrows(decode(self.dtype, v, k), shape, self.axis)
         if layout == "dense":
             if self.dtype == "fp32":
                 return v                                          # stored as computed
@@ -162,13 +177,17 @@ class Compressed(Layer):
         """Activation ranges: one per sample for a conv, one per GEMM row otherwise."""
         return x.shape[0] if isinstance(self.kernel, Conv2d) else numel(x.shape[:-1])
 
-    def forward(self, x: np.ndarray, train: bool = False) -> tuple[np.ndarray, Cache]:
+    def unpacked(self) -> Layer:
+        """The wrapped kernel computing with the weights as stored, decoded to float32."""
         shadow = copy.copy(self.kernel)   # a fresh params dict: nothing shared is mutated
         shadow.params = {k: self.weight(k) if k in self.weights else v
                          for k, v in self.params.items()}
+        return shadow
+
+    def forward(self, x: np.ndarray, train: bool = False) -> tuple[np.ndarray, Cache]:
         if self.activations:
             x = fake_quant(x, self.dtype, self._groups(x))
-        y, _ = shadow.forward(x, train)
+        y, _ = self.unpacked().forward(x, train)
         return y, None
 
     def backward(self, dy: np.ndarray, cache: Cache) -> np.ndarray:
@@ -190,7 +209,7 @@ class Compressed(Layer):
                            for k, v in self.params.items()}
         c = stand_in.cost(in_shape)
         stored = self.param_bytes()
-        act = ACT_FLOPS[self.dtype] * numel(in_shape) if self.activations else 0
+        act = ACT_FLOPS.get(self.dtype, 0) * numel(in_shape) if self.activations else 0
         sparse = self.weight_flops(c.out_shape) if self.sparsity else 0.0  # pruned products
         return replace(c, fwd_flops=c.fwd_flops + act, param_bytes=stored,
                        fwd_bytes=c.fwd_bytes - c.param_bytes + stored, sparse_flops=sparse)
@@ -259,15 +278,16 @@ def _leaves(layer: Layer) -> Iterator[Layer]:
 def _transform(chain: Chain, fn: Callable[[Layer], Layer], dtype: str) -> Chain:
     out = copy.deepcopy(chain)                                # the original is never touched
     out.blocks = [Block(b.name, _replace(b.layer, fn)) for b in out.blocks]
-    out.dtype = dtype            # type: ignore[attr-defined]
+    out.dtype = "fp32" if dtype in ENCODED else dtype        # type: ignore[attr-defined]
+    out.weights = dtype          # type: ignore[attr-defined]
     out.density = density(out)   # type: ignore[attr-defined]
     return out
 
 
 # -- the public API --------------------------------------------------------------
 def _check_dtype(where: str, dtype: str) -> None:
-    if dtype not in DTYPES:
-        raise SimdlError(where, dtype, f"choose one of: {', '.join(DTYPES)}")
+    if dtype not in WEIGHT_FORMATS:
+        raise SimdlError(where, dtype, f"choose one of: {', '.join(WEIGHT_FORMATS)}")
 
 
 def quantize(chain: Chain, dtype: str, activations: bool = False) -> Chain:
@@ -299,7 +319,7 @@ def prune(chain: Chain, fraction: float, sparsity: str = "unstructured") -> Chai
     if sparsity == "2:4" and fraction != 0.5:
         raise SimdlError("prune.fraction", fraction,
                          "2:4 keeps 2 of every 4 weights, so the fraction is 0.5")
-    dtype = getattr(chain, "dtype", "fp32")
+    dtype = getattr(chain, "weights", getattr(chain, "dtype", "fp32"))
     return _transform(chain, lambda layer: _compress(layer, fraction=fraction,
                                                      sparsity=sparsity), dtype)
 

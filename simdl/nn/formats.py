@@ -1,7 +1,9 @@
 """How compressed weights are stored and computed, as plain arrays: int8 affine
 quantization per output channel, float16, magnitude pruning (stored as CSR when that is
 smaller) and 2:4 pruning (NVIDIA's compressed format: the kept half and 2 bits of
-position each). `stored_bytes` is the one storage rule. Knows arrays only.
+position each), and the formats LLM runtimes store weights in (bf16 and llama.cpp's
+Q8_0, Q4_0 and Q4_K blocks, `encode` / `decode`). `stored_bytes` is the one storage
+rule. Knows arrays only.
 """
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ from simdl.nn.core import Shape
 from simdl.nn.dense import numel
 
 DTYPES = ("fp32", "fp16", "int8")
+#: Storage formats of weights, beside the compute dtypes: bf16 and llama.cpp's blocks.
+ENCODED = ("bf16", "q8_0", "q4_0", "q4_k")
+WEIGHT_FORMATS = DTYPES + ENCODED
 #: unstructured: the smallest |w| of each tensor; 2:4: 2 of every 4 along the input axis.
 PATTERNS = ("unstructured", "2:4")
 STORED = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}
@@ -20,6 +25,13 @@ WIDTH = {dtype: np.dtype(t).itemsize for dtype, t in STORED.items()}   # bytes p
 INDEX_BYTES = 4          # CSR column indices and row pointers are int32
 META_BITS = 2            # 2:4 metadata: a kept value's position in its group of 4
 QMIN, QMAX = -128, 127   # int8
+# Weights per block and bytes per block as stored (ggml/src/ggml-common.h of llama.cpp:
+# block_q8_0 = fp16 d + 32 int8; block_q4_0 = fp16 d + 16 bytes of nibbles; block_q4_K =
+# fp16 d + fp16 dmin + 12 bytes of 6-bit sub-block scales and mins + 128 bytes of nibbles).
+BLOCK = {"bf16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18), "q4_k": (256, 144)}
+#: Bits a weight takes as stored: the closed forms (8.5, 4.5 and 4.5 for the blocks).
+BITS_PER_WEIGHT = {"fp32": 32.0, "fp16": 16.0, "int8": 8.0,
+                   **{f: 8.0 * b / n for f, (n, b) in BLOCK.items()}}
 # FLOPs per input value to quantize a layer's input on the fly: the range (min and
 # max, 2) and scale-and-round (2) for int8; one conversion for fp16.
 ACT_FLOPS = {"fp32": 0, "fp16": 1, "int8": 4}
@@ -105,7 +117,14 @@ def stored_bytes(dtype: str, sparsity: str, size: float, kept: float,
       (META_BITS) per kept value for its position in the group, rounded up to a byte.
     rows=None leaves out the per-matrix terms (row pointers, rounding): the rate of a
     large matrix, which is what a plan estimates with (`simdl.plan.plan.stored_fraction`).
+    An `ENCODED` format is stored dense (kept = size): BITS_PER_WEIGHT each, or with `rows`
+    whole blocks per row (a short row's last block padded, as `encode` stores it).
     """
+    if dtype in ENCODED:
+        if rows is None:
+            return size * BITS_PER_WEIGHT[dtype] / 8
+        n, block = BLOCK[dtype]
+        return rows * math.ceil(size / rows / n) * block
     width = WIDTH[dtype]
     if sparsity == "2:4":
         meta = kept * META_BITS / 8
@@ -162,3 +181,109 @@ def _unpack_positions(meta: np.ndarray, shape: Shape, axis: int) -> np.ndarray:
     return np.moveaxis(keep.reshape(moved), -1, axis)
 
 
+
+
+# -- LLM runtime formats: bf16 and llama.cpp's blocks ----------------------------------
+# Layouts from llama.cpp's ggml/src/ggml-common.h (block_q8_0, block_q4_0, block_q4_K) and
+# the nibble and 6-bit scale order of its ggml-quants.c dequantizers (get_scale_min_k4);
+# the quantizers are ours: Q8_0 and Q4_0 follow the reference rule (Q4_0: d = the value of
+# largest |x| over -8), Q4_K takes each sub-block's range in one pass (llama.cpp searches
+# for a better scale and min). Blocks run along each row, the reduction axis of the
+# product; a row whose length is not a multiple of the block is padded with zeros.
+_F16 = np.dtype("<f2")
+
+
+def _half_bytes(x: np.ndarray) -> np.ndarray:
+    """float16 values as their 2 little-endian bytes each: (..., 2) uint8."""
+    return x.astype(_F16)[..., None].view(np.uint8)
+
+
+def _half(b: np.ndarray) -> np.ndarray:
+    """Inverse of `_half_bytes`, as float32."""
+    return np.ascontiguousarray(b).view(_F16)[..., 0].astype(np.float32)
+
+
+def _nibbles(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return (lo.astype(np.uint8) | (hi.astype(np.uint8) << 4)).astype(np.uint8)
+
+
+def _q8_0(x: np.ndarray) -> np.ndarray:
+    d = (np.abs(x).max(axis=-1) / 127.0).astype(_F16)
+    inv = np.divide(1.0, d.astype(np.float32), out=np.zeros(d.shape, np.float32), where=d != 0)
+    q = np.clip(np.round(x * inv[..., None]), -128, 127).astype(np.int8)
+    return np.concatenate([_half_bytes(d), q.view(np.uint8)], axis=-1)
+
+
+def _q4_0(x: np.ndarray) -> np.ndarray:
+    at = np.abs(x).argmax(axis=-1)[..., None]
+    d = (np.take_along_axis(x, at, axis=-1)[..., 0] / -8.0).astype(_F16)
+    inv = np.divide(1.0, d.astype(np.float32), out=np.zeros(d.shape, np.float32), where=d != 0)
+    q = np.clip(np.floor(x * inv[..., None] + 8.5), 0, 15)
+    return np.concatenate([_half_bytes(d), _nibbles(q[..., :16], q[..., 16:])], axis=-1)
+
+
+def _q4_k(x: np.ndarray) -> np.ndarray:
+    sub = x.reshape(*x.shape[:-1], 8, 32)
+    lo = np.minimum(sub.min(axis=-1), 0.0)
+    scale, low = (sub.max(axis=-1) - lo) / 15.0, -lo          # per sub-block, both >= 0
+    d = (scale.max(axis=-1) / 63.0).astype(_F16)
+    dmin = (low.max(axis=-1) / 63.0).astype(_F16)
+    df, dminf = d.astype(np.float32)[..., None], dmin.astype(np.float32)[..., None]
+    sc = np.clip(np.round(np.divide(scale, df, out=np.zeros_like(scale), where=df != 0)), 0, 63)
+    mn = np.clip(np.round(np.divide(low, dminf, out=np.zeros_like(low), where=dminf != 0)), 0, 63)
+    step, offset = (df * sc)[..., None], (dminf * mn)[..., None]
+    q = np.clip(np.round(np.divide(sub + offset, step, out=np.zeros_like(sub),
+                                   where=step != 0)), 0, 15).reshape(x.shape)
+    sc, mn = sc.astype(np.uint8), mn.astype(np.uint8)
+    packed = np.concatenate([sc[..., :4] | ((sc[..., 4:] >> 4) << 6),
+                             mn[..., :4] | ((mn[..., 4:] >> 4) << 6),
+                             (sc[..., 4:] & 0xF) | ((mn[..., 4:] & 0xF) << 4)], axis=-1)
+    chunks = q.reshape(*x.shape[:-1], 4, 2, 32)        # 64 weights: low nibbles, then high
+    qs = _nibbles(chunks[..., 0, :], chunks[..., 1, :]).reshape(*x.shape[:-1], 128)
+    return np.concatenate([_half_bytes(d), _half_bytes(dmin), packed, qs], axis=-1)
+
+
+def _scales_q4_k(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 8 six-bit scales and mins of each super-block from its 12 bytes."""
+    a, b, c = packed[..., 0:4], packed[..., 4:8], packed[..., 8:12]
+    sc = np.concatenate([a & 63, (c & 0xF) | ((a >> 6) << 4)], axis=-1)
+    mn = np.concatenate([b & 63, (c >> 4) | ((b >> 6) << 4)], axis=-1)
+    return sc.astype(np.float32), mn.astype(np.float32)
+
+
+def encode(fmt: str, rows: np.ndarray) -> np.ndarray:
+    """rows (R, K) float32 stored as `fmt`: uint8 (R, blocks x bytes per block)."""
+    n, nbytes_ = BLOCK[fmt]
+    rows = np.asarray(rows, np.float32)
+    r, k = rows.shape
+    if fmt == "bf16":                            # round to nearest even on the top 16 bits
+        u = rows.view(np.uint32).astype(np.uint64)
+        top = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype("<u2")
+        return np.ascontiguousarray(top).view(np.uint8).reshape(r, 2 * k)
+    pad = -k % n
+    blocks = np.pad(rows, ((0, 0), (0, pad))).reshape(r, -1, n)
+    coded = {"q8_0": _q8_0, "q4_0": _q4_0, "q4_k": _q4_k}[fmt](blocks)
+    assert coded.shape[-1] == nbytes_, (fmt, coded.shape)
+    return coded.reshape(r, -1)
+
+
+def decode(fmt: str, packed: np.ndarray, k: int) -> np.ndarray:
+    """Inverse of `encode`: float32 (R, k) as a runtime computes with them."""
+    n, nbytes_ = BLOCK[fmt]
+    r = packed.shape[0]
+    if fmt == "bf16":
+        top = np.ascontiguousarray(packed).view("<u2").astype(np.uint32)
+        return (top << 16).view(np.float32).reshape(r, k)
+    b = packed.reshape(r, -1, nbytes_)
+    if fmt == "q8_0":
+        w = _half(b[..., :2])[..., None] * b[..., 2:].view(np.int8).astype(np.float32)
+    elif fmt == "q4_0":
+        q = np.concatenate([b[..., 2:] & 0xF, b[..., 2:] >> 4], axis=-1).astype(np.float32)
+        w = _half(b[..., :2])[..., None] * (q - 8.0)
+    else:
+        d, dmin = _half(b[..., 0:2])[..., None], _half(b[..., 2:4])[..., None]
+        sc, mn = _scales_q4_k(b[..., 4:16])
+        qs = b[..., 16:].reshape(r, -1, 4, 32)
+        q = np.stack([qs & 0xF, qs >> 4], axis=-2).reshape(r, -1, 8, 32).astype(np.float32)
+        w = (d * sc)[..., None] * q - (dmin * mn)[..., None]
+    return w.reshape(r, -1)[:, :k].astype(np.float32)

@@ -18,10 +18,12 @@ from simdl.nn.chain import Block, Chain
 from simdl.nn.layers import (BatchNorm, Conv2d, Embedding, Flatten, GELU,
                              GlobalAvgPool, LayerNorm, Linear, MaxPool, ReLU, ReLU6,
                              Residual, SelfAttention, Sequential)
+from simdl.nn.llm import GQAttention, RMSNorm, SwiGLU, TiedHead
+from simdl.nn.llm_shapes import LMShape
 from simdl.rng import stream
 
 __all__ = ["MODELS", "SIZES", "Size", "build", "mlp", "lenet", "resnet_small",
-           "mobilenet_small", "tiny_transformer"]
+           "mobilenet_small", "tiny_transformer", "decoder_lm", "decoder_lm_from"]
 
 
 def _positive(model: str, **sizes: int) -> None:
@@ -150,6 +152,39 @@ def tiny_transformer(vocab: int = 32, d_model: int = 64, n_heads: int = 4, n_lay
     return Chain(blocks, (seq_len,), np.int64, vocab, "tiny_transformer")
 
 
+def decoder_lm_from(shape: LMShape, seq_len: int, seed: int = 0) -> Chain:
+    """The real decoder of `shape` (Llama layout; see `decoder_lm`), inputs of seq_len tokens."""
+    _positive("decoder_lm", seq_len=seq_len)
+    rng = stream(seed, "decoder_lm")
+    s, d = shape, shape.dim
+    embed = Embedding(s.vocab, d, rng)
+    blocks = [Block("embed", embed)]
+    for i in range(s.n_layers):
+        attn = GQAttention(d, s.n_heads, s.n_kv_heads, s.head_dim, rng, s.rope_theta, s.qkv_bias)
+        blocks.append(Block(f"layer{i + 1}", Sequential([
+            Residual(Sequential([RMSNorm(d, s.norm_eps), attn])),
+            Residual(Sequential([RMSNorm(d, s.norm_eps), SwiGLU(d, s.ffn_hidden, rng)]))])))
+    proj = TiedHead(embed) if s.tied else Linear(d, s.vocab, rng, bias=False)
+    blocks.append(Block("head", Sequential([RMSNorm(d, s.norm_eps), proj])))
+    return Chain(blocks, (seq_len,), np.int64, s.vocab, "decoder_lm")
+
+
+def decoder_lm(vocab: int = 32, dim: int = 16, n_layers: int = 2, n_heads: int = 4,
+               n_kv_heads: int = 2, ffn_hidden: int = 24, tied: bool = True,
+               rope_theta: float = 10000.0, qkv_bias: bool = False, seq_len: int = 8,
+               seed: int = 0) -> Chain:
+    """A Llama-style decoder: tokens (N, seq_len) int64 -> logits (N, seq_len, vocab).
+
+    Blocks: embed (no learned positions: rotary ones in attention), one block per layer
+    (pre-RMSNorm grouped-query attention with RoPE, residual; pre-RMSNorm SwiGLU MLP,
+    residual), head (final RMSNorm, then the tied embedding or its own matrix).
+    The shape is an `nn.llm_shapes.LMShape`; `nn.kv` runs it with a KV cache.
+    """
+    shape = LMShape(vocab, dim, n_layers, n_heads, n_kv_heads, ffn_hidden, tied=tied,
+                    rope_theta=rope_theta, context=seq_len, qkv_bias=qkv_bias)
+    return decoder_lm_from(shape, seq_len, seed)
+
+
 class Size(NamedTuple):
     """A zoo model's trainable scalars and one sample's input shape, known before it is built."""
 
@@ -218,6 +253,17 @@ def tiny_transformer_size(vocab: int = 32, d_model: int = 64, n_heads: int = 4,
     return Size(params, (seq_len,))
 
 
+def decoder_lm_size(vocab: int = 32, dim: int = 16, n_layers: int = 2, n_heads: int = 4,
+                    n_kv_heads: int = 2, ffn_hidden: int = 24, tied: bool = True,
+                    rope_theta: float = 10000.0, qkv_bias: bool = False, seq_len: int = 8,
+                    seed: int = 0) -> Size:
+    """`decoder_lm`'s size from its arguments, with nothing allocated."""
+    _positive("decoder_lm", seq_len=seq_len)
+    shape = LMShape(vocab, dim, n_layers, n_heads, n_kv_heads, ffn_hidden, tied=tied,
+                    rope_theta=rope_theta, context=seq_len, qkv_bias=qkv_bias)
+    return Size(shape.n_params(), (seq_len,))
+
+
 #: Model name -> its size function: the builder's own signature, nothing allocated.
 SIZES: dict[str, Callable[..., Size]] = {
     "mlp": mlp_size,
@@ -225,6 +271,7 @@ SIZES: dict[str, Callable[..., Size]] = {
     "resnet_small": resnet_small_size,
     "mobilenet_small": mobilenet_small_size,
     "tiny_transformer": tiny_transformer_size,
+    "decoder_lm": decoder_lm_size,
 }
 
 
@@ -234,6 +281,7 @@ MODELS: dict[str, Callable[..., Chain]] = {
     "resnet_small": resnet_small,
     "mobilenet_small": mobilenet_small,
     "tiny_transformer": tiny_transformer,
+    "decoder_lm": decoder_lm,
 }
 
 
