@@ -21,7 +21,7 @@ from simdl.errors import DeviceGone
 from simdl.plan.training import TrainPlan
 from simdl.plan.world import World
 from simdl.sim import collectives
-from simdl.sim.churn import Roster, lost, survive
+from simdl.sim.churn import Roster, close_step, lost, survive
 from simdl.sim.engine import Simulator
 from simdl.sim.job import Gen, Job, Tally, stepper, sum_in_order
 
@@ -82,15 +82,7 @@ def _steps(job: Job, roster: Roster) -> Gen:
                    for w in ok]
         yield sim.env.all_of(updates)
         done = [w for w, p in zip(ok, updates) if not lost(p.value) and roster.present(w)]
-        if len(done) != len(job.workers):
-            job.expected[step] = len(done)
-        dropped = len(ws) - len(done)
-        if dropped:
-            extra["worker_steps_dropped"] = extra.get("worker_steps_dropped", 0) + dropped
-        if not done:
-            extra["steps_lost"] = extra.get("steps_lost", 0) + 1
-        for w in done:
-            job.report(step, w, tallies[w.rank])
+        close_step(job, step, len(ws), done, tallies)
     if not job.done.triggered:  # the last steps lost every worker
         job.done.succeed()
 

@@ -22,6 +22,22 @@ from simdl.sim.engine import Simulator
 
 Gen = Generator[Any, Any, Any]
 
+def close_step(job: Any, step: int, tried: int, done: list[Any], tallies: Mapping[int, Any]
+               ) -> None:
+    """Record a synchronous step that `tried` workers began and the workers `done`
+    finished: how many reports close it, the workers dropped, a step lost by all, and
+    each finisher's report."""
+    extra = job.metrics.extra
+    if len(done) != len(job.workers):
+        job.expected[step] = len(done)
+    if tried != len(done):
+        extra["worker_steps_dropped"] = extra.get("worker_steps_dropped", 0) + tried - len(done)
+    if not done:
+        extra["steps_lost"] = extra.get("steps_lost", 0) + 1
+    for w in done:
+        job.report(step, w, tallies[w.rank])
+
+
 def survive(work: Gen) -> Gen:
     """Run `work` inline (no extra event); its value, or the DeviceGone that ended it."""
     try:

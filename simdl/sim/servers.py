@@ -31,7 +31,7 @@ from simdl.nn.chain import Chain
 from simdl.nn.optim import Optimizer
 from simdl.plan.training import TrainPlan, shard_params
 from simdl.plan.world import World
-from simdl.sim.churn import Quorum, Roster, lost, survive, together
+from simdl.sim.churn import Quorum, Roster, close_step, lost, survive, together
 from simdl.sim.engine import Simulator
 from simdl.sim.job import Arrays, Gen, Job, Tally, Worker, buffers_into, stepper, sum_in_order
 
@@ -160,14 +160,7 @@ def _bsp_steps(job: Job, servers: list[Server], roster: Roster) -> Gen:
             if w.rank not in on_time and procs[w.rank].callbacks is not None:  # still at it
                 late.add(w.rank)
                 procs[w.rank].callbacks.append(lambda _ev, r=w.rank: late.discard(r))
-        if len(done) != len(job.workers):
-            job.expected[step] = len(done)
-        if len(ws) != len(done):
-            extra["worker_steps_dropped"] = extra.get("worker_steps_dropped", 0) + len(ws) - len(done)
-        if not done:
-            extra["steps_lost"] = extra.get("steps_lost", 0) + 1
-        for w in done:
-            job.report(step, w, tallies[w.rank])
+        close_step(job, step, len(ws), done, tallies)
     if not job.done.triggered:  # the last steps lost every worker
         job.done.succeed()
 
