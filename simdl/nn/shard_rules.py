@@ -22,6 +22,7 @@ from simdl.nn.pool import AvgPool, GlobalAvgPool, MaxPool
 from simdl.nn.core import Cache, Cost, Layer, Shape, nbytes
 from simdl.nn.dense import GELU, Flatten, Linear, ReLU, ReLU6, kernel_cost, numel
 from simdl.nn.layers import LAYERS
+from simdl.nn.llm import GQAttention, RMSNorm, SwiGLU, TiedHead
 from simdl.nn.norm import BatchNorm
 
 
@@ -123,6 +124,36 @@ class HeadShard(SelfAttention):
         self.params["Wo"] = whole.params["Wo"][cols].copy()
         if with_bo:
             self.params["bo"] = whole.params["bo"].copy()
+        self._init_grads()
+
+
+class KVGroupShard(GQAttention):
+    """A member's query heads [q0, q1) of a GQAttention and the kv heads they read.
+
+    Wq (bq) columns and Wo rows of its query heads; Wk, Wv (bk, bv) columns of its kv
+    heads, in the layer's order (query head j reads kv head j // r, r = n_heads /
+    n_kv_heads). When its query heads are whole groups, or part of one group, it holds
+    each kv head once; when they straddle groups unevenly, one kv head per query head
+    (plain multi-head attention on repeated kv heads). Its output is a summand of the
+    whole layer's (Wo has no bias); GQAttention's arithmetic, cache and cost serve it.
+    """
+
+    def __init__(self, whole: GQAttention, q0: int, q1: int):
+        Layer.__init__(self)
+        r, dh = whole.h // whole.kv, whole.dh
+        self.d, self.dh, self.theta = whole.d, dh, whole.theta
+        reads = [j // r for j in range(q0, q1)]
+        kvs = sorted(set(reads))
+        if any(reads.count(v) != reads.count(kvs[0]) for v in kvs):
+            kvs = reads                    # uneven groups: a kv head per query head
+        self.h, self.kv = q1 - q0, len(kvs)
+        q = slice(q0 * dh, q1 * dh)
+        kv = np.concatenate([np.arange(v * dh, (v + 1) * dh) for v in kvs])
+        for name, cols in (("q", q), ("k", kv), ("v", kv)):
+            self.params["W" + name] = whole.params["W" + name][:, cols].copy()
+            if "b" + name in whole.params:
+                self.params["b" + name] = whole.params["b" + name][cols].copy()
+        self.params["Wo"] = whole.params["Wo"][q].copy()
         self._init_grads()
 
 
@@ -270,6 +301,46 @@ def attention(layer: SelfAttention, state: State, k: int, mode: str, where: str)
     return Leaf(FULL, shards, f"heads {spans(b)}", PARTIAL)
 
 
+def gq_attention(layer: GQAttention, state: State, k: int, mode: str, where: str) -> Leaf:
+    """Whole kv heads per member with the query heads that read them (q/k/v columns, o
+    rows) -> partial; uneven shares as `attention`'s. A group larger than n_kv_heads
+    splits the query heads instead and repeats a kv head on every member that reads it,
+    as vLLM does (distributed-llama refuses: at most as many nodes as KV heads)."""
+    if k > layer.h:
+        raise SimdlError(f"shard.{where or 'layer'} (gqattention).k", k,
+                         f"members get whole heads: k must be <= n_heads={layer.h}")
+    r = layer.h // layer.kv
+    b = tuple(v * r for v in even(layer.kv, k)) if k <= layer.kv else even(layer.h, k)
+    shards = tuple(KVGroupShard(layer, lo, hi) for lo, hi in zip(b, b[1:]))
+    what = (f"kv heads {spans(even(layer.kv, k))}" if k <= layer.kv
+            else f"heads {spans(b)}, kv heads repeated")
+    return Leaf(FULL, shards, what, PARTIAL)
+
+
+def swiglu(layer: SwiGLU, state: State, k: int, mode: str, where: str) -> Leaf:
+    """Hidden units per member: gate W1 and up W3 columns, down W2 rows -> partial
+    (Megatron's column-then-row pairing inside one layer)."""
+    if layer.f < k:
+        return replicate(layer, state, k, mode, where)
+    b, p = even(layer.f, k), layer.params
+    shards = tuple(_clone(layer, {"W1": p["W1"][:, lo:hi], "W3": p["W3"][:, lo:hi],
+                                  "W2": p["W2"][lo:hi]}, f=hi - lo)
+                   for lo, hi in zip(b, b[1:]))
+    return Leaf(FULL, shards, f"hidden {spans(b)}", PARTIAL)
+
+
+def tied_head(layer: TiedHead, state: State, k: int, mode: str, where: str) -> Leaf:
+    """Vocabulary rows of the table per member, as a Linear's columns -> split(-1).
+    Each shard owns its rows (a copy): the embedding block keeps the whole table."""
+    vocab = layer.table.shape[0]
+    if vocab < k:
+        return replicate(layer, state, k, mode, where)
+    b = even(vocab, k)
+    shards = tuple(TiedHead(_clone(layer.embedding, {"E": layer.table[lo:hi]}, vocab=hi - lo))
+                   for lo, hi in zip(b, b[1:]))
+    return Leaf(FULL, shards, f"vocab {spans(b)}", split(-1, b))
+
+
 Rule = Callable[[Layer, State, int, str, str], Leaf]
 
 RULES: dict[type, Rule] = {
@@ -284,6 +355,10 @@ RULES: dict[type, Rule] = {
     GlobalAvgPool: pool,
     Flatten: pool,
     SelfAttention: attention,
+    GQAttention: gq_attention,
+    SwiGLU: swiglu,
+    TiedHead: tied_head,
+    RMSNorm: replicate,   # needs the whole row (its mean square): full in, full out
 }
 
 

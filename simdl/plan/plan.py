@@ -18,6 +18,8 @@ from simdl.nn.formats import WIDTH, stored_bytes
 from simdl.nn.core import Cost, nbytes
 from simdl.plan.world import World
 
+#: How a tensor-parallel group all-reduces and all-gathers (`sim.collectives` algorithms).
+COLLECTIVES = ("ring", "star")
 #: How a request finds replicas: one replica, one chosen per request, its batch split
 #: over all of them, or all of them with their outputs fused (an ensemble).
 DISPATCH = ("one", "round_robin", "least_loaded", "weighted", "split", "all")
@@ -55,6 +57,7 @@ class Stage:
     prune: float = 0.0
     sparsity: str = "unstructured"
     split: str = "auto"  # how a group splits layers: auto (Megatron), column or row
+    collective: str = "ring"  # a group's all-reduce and all-gather: ring, or star (via devices[0])
     units: tuple[str, ...] = ()  # several units of the one device sharing each micro-batch
     unit_shares: tuple[float, ...] = ()  # their shares of its samples (default: by speed)
 
@@ -184,6 +187,9 @@ def _check_replica(world: World, plan: Plan, rep: Replica, where: str,
                             f"stages must cover blocks 0..{n - 1} in order, each at least one block")
         if s.dtype not in DTYPES:
             raise PlanError(f"{where}.stages[{i}].dtype", s.dtype, f"choose one of: {', '.join(DTYPES)}")
+        if s.collective not in COLLECTIVES:
+            raise PlanError(f"{where}.stages[{i}].collective", s.collective,
+                            f"choose one of: {', '.join(COLLECTIVES)}")
         if not 0.0 <= s.prune < 1.0:
             raise PlanError(f"{where}.stages[{i}].prune", s.prune, "a fraction in [0, 1)")
         if s.units or s.unit_shares:

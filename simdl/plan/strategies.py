@@ -76,22 +76,26 @@ def data_parallel(world: World, devices: list[str],
 
 
 def tensor_parallel(world: World, devices: list[str], microbatches: PositiveInt = 1,
-                    split: Literal["auto", "column", "row"] = "auto") -> Plan:
+                    split: Literal["auto", "column", "row"] = "auto",
+                    collective: Literal["ring", "star"] = "ring") -> Plan:
     """Every block split over the group `devices`, joined by all-gathers and all-reduces.
 
     `auto` is Megatron's pairing (a column split feeding a row split: one all-reduce
-    per pair; conv output channels; attention heads); `column` splits every layer
-    by its outputs and all-gathers after each; `row` splits Linear and conv layers
-    by their inputs and all-reduces after each.
+    per pair; conv output channels; attention heads, or kv-head groups; SwiGLU hidden
+    units); `column` splits every layer by its outputs and all-gathers after each;
+    `row` splits Linear and conv layers by their inputs and all-reduces after each.
+    `collective` runs them as rings, or as a star through the first device (every
+    member sends its part there and gets the result back, as distributed-llama does).
     """
     if len(devices) < 2:
         raise PlanError("devices", devices, "tensor parallelism needs at least two devices")
     for d in devices:
         world.known("devices", d)
     distinct("devices", devices, "a tensor-parallel group")
-    stage = Stage(tuple(devices), 0, len(world.chain), split=split)
+    stage = Stage(tuple(devices), 0, len(world.chain), split=split, collective=collective)
+    star = {"collective": collective} if collective != "ring" else {}  # ring: as before
     return single_path("tensor_parallel", world, [stage], microbatches, devices=list(devices),
-                       split=split)
+                       split=split, **star)
 
 
 def hybrid(world: World, pipelines: list[list[list[str]]], cuts: Cuts = "auto",
@@ -227,9 +231,9 @@ def entry(plan: Plan) -> dict[str, Any]:
         return {"name": "pipeline", "devices": [s.device for s in first.stages],
                 "cuts": [s.start for s in first.stages[1:]], "microbatches": plan.microbatches}
     for s in (s for r in plan.replicas for s in r.stages):
-        if s.prune or s.split != "auto" or plan.dispatch == "all":
-            raise PlanError("plan", plan.describe(), "stages without pruning or a split "
-                            "and no fused answers (what `explicit` writes)")
+        if s.prune or s.split != "auto" or s.collective != "ring" or plan.dispatch == "all":
+            raise PlanError("plan", plan.describe(), "stages without pruning, a split or a "
+                            "star collective and no fused answers (what `explicit` writes)")
     if any(r.model != "main" for r in plan.replicas):
         raise PlanError("plan", plan.describe(), "replicas of the main model")
 

@@ -169,6 +169,23 @@ def flat_gather(s: Schedule, devices: Sequence[str], nbytes: float) -> None:
     s.round("flat gather", ((d, devices[0], nbytes / len(devices)) for d in devices[1:]))
 
 
+# -- star: every member talks to the root only (distributed-llama, github.com/b4rtaz) ---------
+
+def star_all_reduce(s: Schedule, devices: Sequence[str], nbytes: float) -> None:
+    """Each member sends S to the root, which sums and sends S back: two syncs per member
+    (distributed-llama's root is also a worker). Each member sends S and receives S, the
+    root (n-1) S each way. On dedicated links T = 2(alpha + S/B)."""
+    flat_reduce(s.sub("star"), devices, nbytes)
+    flat_broadcast(s.sub("star"), devices, nbytes)
+
+
+def star_all_gather(s: Schedule, devices: Sequence[str], nbytes: float) -> None:
+    """Each member sends its S/n to the root, which sends back the (n-1)/n S it lacks."""
+    flat_gather(s.sub("star"), devices, nbytes)
+    back = nbytes * (len(devices) - 1) / len(devices)
+    s.round("star back", ((devices[0], d, back) for d in devices[1:]))
+
+
 # -- recursive halving and doubling (Rabenseifner; Thakur et al. 2005) ------------------------
 
 def halving_doubling_all_reduce(s: Schedule, devices: Sequence[str], nbytes: float) -> None:
@@ -251,8 +268,8 @@ Algorithm = Callable[..., None]  # (schedule, devices, nbytes, **params); rooted
 ALGORITHMS: dict[str, dict[str, Algorithm]] = {
     "all_reduce": {"ring": ring_all_reduce, "tree": tree_all_reduce,
                    "halving_doubling": halving_doubling_all_reduce,
-                   "hierarchical": hierarchical_all_reduce},
-    "all_gather": {"ring": ring_all_gather},
+                   "hierarchical": hierarchical_all_reduce, "star": star_all_reduce},
+    "all_gather": {"ring": ring_all_gather, "star": star_all_gather},
     "reduce_scatter": {"ring": ring_reduce_scatter},
     "broadcast": {"flat": flat_broadcast, "tree": tree_broadcast},
     "reduce": {"flat": flat_reduce, "tree": tree_reduce},

@@ -298,7 +298,8 @@ class ReplicaRunner:
                     xs = yield sim.all_of(events)
                 elif isinstance(op, (tp.Gather, tp.Reduce)):
                     move = collectives.all_gather if isinstance(op, tp.Gather) else collectives.all_reduce
-                    yield move(sim, members, cost.nbytes, label=f"{name} {tag}", request=r)
+                    yield move(sim, members, cost.nbytes, s.collective, label=f"{name} {tag}",
+                               request=r)
                     if not sim.timing_only:
                         xs = [tp.combine(op, xs)] * len(members)
                 elif not sim.timing_only:  # Save / Swap / AddSaved: local, no simulated time

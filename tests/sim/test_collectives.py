@@ -236,7 +236,9 @@ TOTAL = {
     ("all_reduce", "tree"): lambda n: 2 * (n - 1) * S,
     ("all_reduce", "halving_doubling"): lambda n: 2 * (n - 1) * S,
     ("all_reduce", "hierarchical"): lambda n: 2 * (n - 1) * S,
+    ("all_reduce", "star"): lambda n: 2 * (n - 1) * S,
     ("all_gather", "ring"): lambda n: (n - 1) * S,
+    ("all_gather", "star"): lambda n: (n - 1) * S,  # (n-1) parts of S/n up, (n-1)/n S down
     ("reduce_scatter", "ring"): lambda n: (n - 1) * S,
     ("broadcast", "flat"): lambda n: (n - 1) * S,
     ("broadcast", "tree"): lambda n: (n - 1) * S,
@@ -306,7 +308,7 @@ def test_a_member_leaving_fails_the_collective_once_with_device_gone():
 def test_bad_calls_name_the_field_the_value_and_the_choices():
     sim = mesh_sim(3)
     with pytest.raises(PlanError, match=r"^all_reduce\.algorithm: 'rign' is not valid; "
-                       r"choose one of: halving_doubling, hierarchical, ring, tree$"):
+                       r"choose one of: halving_doubling, hierarchical, ring, star, tree$"):
         C.all_reduce(sim, names(3), S, "rign")
     with pytest.raises(PlanError, match=r"^broadcast\.root: 'd9'"):
         C.broadcast(sim, "d9", names(3), S)
