@@ -24,7 +24,8 @@ from simdl.plan.plan import Plan, Stage, check
 from simdl.plan.space import Space
 from simdl.plan.strategies import STRATEGIES, PositiveInt
 from simdl.plan.training import TRAIN_STRATEGIES, Compression, TrainPlan
-from simdl.plan.world import World
+from simdl.plan.lm_model import is_shape_only
+from simdl.plan.world import Generation, World
 from simdl.report.result import Result, write_run
 from simdl.report.tables import compare as compare_summaries
 from simdl.scenario import (
@@ -37,6 +38,8 @@ from simdl.scenario import (
     load,
     parse,
 )
+from simdl.report import generation as gen_metrics
+from simdl.sim import generation
 from simdl.sim.changes import start_changes
 from simdl.sim.engine import Simulator
 from simdl.sim.inference import Outputs, execute, fuse, inputs, labels
@@ -100,7 +103,14 @@ def run(scenario: Scenario | str | Path, strategy: str | None = None, *,
         for i, entry in selected(sc, strategy):
             sim = Simulator(world.devices, world.network, timing_only=timing_only)
             start_changes(world, sim)  # the scenario's `changes:`, played on the clock
-            if sc.workload.kind == "training":
+            if sc.workload.kind == "generation":
+                p = plan(world, entry, i)
+                if is_shape_only(world.chain):  # nothing to compute: its numbers only
+                    sim = Simulator(world.devices, world.network, timing_only=True)
+                    start_changes(world, sim)
+                made = generation.execute(p, world, sim)
+                results.append(_result(sc, world, entry, p, sim, Outputs(), generated=made))
+            elif sc.workload.kind == "training":
                 tp = train_plan(world, entry, i)
                 metrics = train(tp, world, sim, progress)
                 if skipped:
@@ -201,7 +211,10 @@ def plan(world: World, entry: StrategyEntry, i: int) -> Plan:
     try:
         p = call(make, entry.params, where, world)
         p = deployed(p, entry.deploy)
-        check(p, world)
+        if isinstance(world.workload, Generation):
+            generation.check_plan(p, world)
+        else:
+            check(p, world)
     except PlanError as err:
         raise type(err)(f"{where}.{err.where}", err.value, err.allowed) from None
     return p
@@ -233,9 +246,12 @@ def deployed(p: Plan, deploy: dict[str, DeployEntry]) -> Plan:
 
 
 def _result(sc: Scenario, world: World, entry: StrategyEntry, p: Plan | TrainPlan,
-            sim: Simulator, outputs: Outputs, metrics: TrainingMetrics | None = None) -> Result:
+            sim: Simulator, outputs: Outputs, metrics: TrainingMetrics | None = None,
+            generated: generation.Generated | None = None) -> Result:
     context: dict[str, Any] = {"plan": p.describe()}
-    if metrics is None:
+    if generated is not None:
+        context |= gen_metrics.context(world, generated)
+    elif metrics is None:
         context |= deployment_cost(p, world, sim) | accuracy(p, world, outputs)
     else:
         context |= training_summary(metrics.frame(), world) | metrics.extra
@@ -249,6 +265,8 @@ def _result(sc: Scenario, world: World, entry: StrategyEntry, p: Plan | TrainPla
     result.members = outputs.members
     if metrics is not None:
         result.extra["training"] = metrics.frame()
+    if generated is not None:
+        gen_metrics.finish(result, world, generated)
     return result
 
 
@@ -282,6 +300,10 @@ HEADLINES = {
                   "offered_rps", "throughput_rps", "goodput_rps", "capacity_rps", "latency_p50_ms", "latency_p95_ms",
                   "latency_p99_ms", "network_bytes", "energy_used_J", "energy_J",
                   "peak_memory_max_MiB", "mean_utilisation"),
+    "generation": ("strategy", "outcome", "requests_completed", "requests_failed", "makespan_s",
+                   "tokens_per_s", "ttft_p50_ms", "ttft_p95_ms", "tpot_p50_ms", "tpot_p95_ms",
+                   "network_bytes_per_token", "energy_per_token_J", "weights_paged",
+                   "kv_peak_MiB_max"),
     "training": ("strategy", "steps", "makespan_s", "final_loss", "final_accuracy",
                  "time_to_target_s", "step_time_s", "comm_s_per_step", "wait_s_per_step",
                  "bytes_per_worker_step", "energy_used_J", "energy_J", "peak_memory_max_MiB"),

@@ -74,7 +74,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _print_comparison(result: api.Run) -> None:
     load = result.scenario.workload
-    amount = f"{load.requests} requests" if load.kind == "inference" else f"{load.steps} steps"
+    amount = f"{load.steps} steps" if load.kind == "training" else f"{load.requests} requests"
     print(f"{result.scenario.name} (seed {result.scenario.seed}), {amount} per strategy\n")
     columns = [c for c in api.HEADLINES[result.scenario.workload.kind] if c in result.comparison]
     print(format_table(result.comparison, columns))
@@ -100,8 +100,8 @@ def _chosen(args: argparse.Namespace) -> tuple[Scenario, list[tuple[int, Strateg
 def _execute(args: argparse.Namespace, scenario: Scenario,
              chosen: list[tuple[int, StrategyEntry]]) -> api.Run:
     load = scenario.workload
-    total = (load.requests if load.kind == "inference" else load.steps) * len(chosen)
-    unit = "req" if load.kind == "inference" else "step"
+    total = (load.steps if load.kind == "training" else load.requests) * len(chosen)
+    unit = "step" if load.kind == "training" else "req"
     with tqdm(total=total, unit=unit, delay=0.5, leave=False, file=sys.stderr,
               desc=scenario.name, disable=None) as bar:
         return api.run(scenario, getattr(args, "strategy", None),
@@ -113,16 +113,19 @@ def _validate(args: argparse.Namespace) -> int:
     Nothing runs: the models are built (their size bounded first), never trained."""
     scenario = api.resolve(args.scenario)
     world = api.build(scenario, timing_only=True, pretrain=False)  # bounds checked first
-    size = budget.estimate(scenario, world.models)
+    load = scenario.workload
+    # a generation run is bounded as its world is built (a preset allocates nothing)
+    size = None if load.kind == "generation" else budget.estimate(scenario, world.models)
     make = api.train_plan if scenario.workload.kind == "training" else api.plan
     plans = [make(world, entry, i) for i, entry in api.selected(scenario, None)]
-    load = scenario.workload
-    amount = f"{load.requests} requests" if load.kind == "inference" else f"{load.steps} steps"
+    amount = f"{load.steps} steps" if load.kind == "training" else f"{load.requests} requests"
     print(f"{args.scenario}: valid. {len(world.devices)} devices, model "
           f"{world.chain.name} ({world.chain.n_params():,} parameters, {len(world.chain)} blocks), "
           f"{amount}")
     for p in plans:
         print(f"  {p.describe()}")
+    if size is None:
+        return 0
     print(f"  {size.describe()}")
     try:
         budget.fit(size)

@@ -220,6 +220,20 @@ class TrainingEntry(Strict):
         return devices
 
 
+class Generation(Strict):
+    """Language-model requests: a `prompt` of tokens each, then `tokens` output tokens
+    decoded one per step with a KV cache; up to `max_batch` sequences share each decode
+    step (continuous batching; `simdl.sim.generation`)."""
+
+    kind: Literal["generation"]
+    requests: Count = 10
+    arrival: Arrival = Closed(kind="closed", concurrency=1)
+    source: str  # the device that sends the prompts and gets the tokens
+    prompt: Count = 16  # prompt tokens per request
+    tokens: Count = 16  # output tokens per request (the first comes from the prefill)
+    max_batch: Count = 1  # sequences decoded together per step
+
+
 class Scenario(Strict):
     name: str
     seed: Natural = 0
@@ -228,7 +242,7 @@ class Scenario(Strict):
     network: NetworkEntry
     model: ModelEntry
     models: dict[str, ModelEntry] = {}  # extra named models, e.g. ensemble members
-    workload: Annotated[Inference | TrainingEntry, Field(discriminator="kind")]
+    workload: Annotated[Inference | TrainingEntry | Generation, Field(discriminator="kind")]
     constraints: Constraints = Constraints()
     strategies: list[StrategyEntry] = Field(min_length=1)
     changes: Annotated[list[Any], AfterValidator(pool_changes.read)] | None = None  # simdl.changes
@@ -380,7 +394,7 @@ def scenario_error(err: ValidationError, prefix: str = "", params_help: str = ""
     loc, kind, ctx = tuple(first["loc"]), first["type"], first.get("ctx", {})
     if kind == "unknown_key":
         loc = loc + (ctx["key"],)
-    tags = {"poisson", "closed", "trace", "inference", "training"}
+    tags = {"poisson", "closed", "trace", "inference", "training", "generation"}
     where = ".".join(p for p in (prefix, _path(loc, tags)) if p)
     value = first.get("input")
     if kind == "unknown_key":  # ctx has the key as text: find the key itself (5, not '5')

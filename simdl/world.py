@@ -16,9 +16,11 @@ from simdl.hw.topologies import TOPOLOGIES
 from simdl.nn.chain import Chain
 from simdl.nn.data import SHAPES, Dataset, gaussian_mixture, shapes, tokens
 from simdl.nn.fit import fit
+from simdl.nn import llm_shapes
 from simdl.nn.models import MODELS
 from simdl.plan import world as w
-from simdl.scenario import ModelEntry, Scenario, call, choose
+from simdl.plan.lm_model import ShapeModel
+from simdl.scenario import Inference, ModelEntry, Scenario, call, choose
 
 
 def build(scenario: Scenario, *, timing_only: bool = False, pretrain: bool = True) -> w.World:
@@ -28,6 +30,8 @@ def build(scenario: Scenario, *, timing_only: bool = False, pretrain: bool = Tru
     the run's arrays (real-mode ones unless `timing_only`) must fit in this machine's
     memory before the data is drawn; `pretrain=False` skips pretraining (`validate`).
     """
+    if scenario.workload.kind == "generation":
+        return _generation(scenario, timing_only)
     budget.check(scenario)
     devices = pool(scenario)
     topology = choose(TOPOLOGIES, scenario.network.kind, "network.kind")
@@ -72,6 +76,67 @@ def build(scenario: Scenario, *, timing_only: bool = False, pretrain: bool = Tru
                            load.timeout, load.retries)
     return w.World(scenario.name, scenario.seed, models, devices, network, workload, test,
                    scenario.constraints.input_stays_on, train, moves)
+
+
+def _generation(scenario: Scenario, timing_only: bool) -> w.World:
+    """The world of a generation workload: a real decoder chain or a full-size preset
+    (`model: {name: llm, preset, weights}`, shapes only, timing-only), and its requests.
+    Bounded here (`simdl.budget.check` sizes inference and training workloads only):
+    devices, requests, and the real model's parameters."""
+    load = scenario.workload
+    _bounded("devices", budget.device_count(scenario), budget.MAX_DEVICES)
+    _bounded("workload.requests", load.requests, budget.MAX_REQUESTS)
+    _bounded("workload.max_batch", load.max_batch, budget.MAX_BATCH)
+    if scenario.models:
+        raise ScenarioError("models", sorted(scenario.models), "a generation workload runs "
+                            "one model (`model`); leave `models` out")
+    entry = scenario.model
+    if entry.name == "llm":
+        main: Any = call(shape_model, entry.params, "model")
+    elif entry.name == "decoder_lm":
+        if entry.pretrain:
+            raise ScenarioError("model.pretrain", entry.pretrain, "0: a generation workload "
+                                "does not pretrain (its tokens carry no labels)")
+        budget.check(scenario.model_copy(update={"workload": _as_inference(load)}))
+        main = model(entry, "model", scenario.seed)
+    else:
+        raise ScenarioError("model.name", entry.name, "a generation workload runs a decoder: "
+                            "decoder_lm (real, reduced) or llm (a full-size preset, timing-only)")
+    devices = pool(scenario)
+    topology = choose(TOPOLOGIES, scenario.network.kind, "network.kind")
+    network = call(topology, scenario.network.params, "network", devices)
+    moves = changes.build(scenario.changes or [], devices, network)
+    if load.source not in devices:
+        raise ScenarioError("workload.source", load.source, f"choose one of: {', '.join(devices)}")
+    a = load.arrival
+    if a.kind == "trace" and len(a.times) < load.requests:
+        raise ScenarioError("workload.arrival.times", len(a.times),
+                            f"give at least `requests` ({load.requests}) arrival times")
+    arrival = w.Arrival(a.kind, rate=getattr(a, "rate", 0.0),
+                        concurrency=getattr(a, "concurrency", 0),
+                        times=tuple(getattr(a, "times", ())))
+    workload = w.Generation(load.requests, arrival, 1, load.source, prompt=load.prompt,
+                            tokens=load.tokens, max_batch=load.max_batch)
+    empty = Dataset(np.zeros((0, 1), np.int64), np.zeros(0, np.int64), 1, "none")
+    return w.World(scenario.name, scenario.seed, {"main": main}, devices, network, workload,
+                   empty, scenario.constraints.input_stays_on, None, moves)
+
+
+def shape_model(preset: str, weights: str = "fp32") -> ShapeModel:
+    """`model: {name: llm, preset, weights}`: a published shape (`nn.llm_shapes.PRESETS`)
+    with its weights stored as `weights` (fp32, fp16, int8, bf16, q8_0, q4_0, q4_k)."""
+    return ShapeModel(llm_shapes.preset(preset), weights)
+
+
+def _as_inference(load: Any) -> Any:
+    """The generation workload as the inference workload `budget.check` bounds."""
+    return Inference(kind="inference", requests=load.requests, source=load.source)
+
+
+def _bounded(where: str, value: int, bound: int) -> None:
+    if value > bound:
+        raise budget.BudgetError(where, value, f"at most {bound:,} (simdl.budget, see README "
+                                 "'Bounds')")
 
 
 def model(entry: ModelEntry, where: str, seed: int) -> Chain:

@@ -268,7 +268,7 @@ def test_a_bad_kind_is_quoted_once_as_a_prefix(tmp_path, capsys):
     path.write_text(QUICKSTART.replace("kind: inference", f"kind: {'k' * 100_000}"))
     assert one_line(["validate", str(path)], capsys) == (
         f"workload.kind: '{'k' * (QUOTE - 1)}… is not valid; choose one of: 'inference', "
-        f"'training'")
+        f"'training', 'generation'")
 
 
 def test_pydantic_messages_quote_a_prefix_of_the_value():

@@ -75,19 +75,21 @@ def test_every_cli_flag_is_documented(flag):
     assert re.search(rf"`{re.escape(flag)}[ `]", section("Command-line flags")), flag
 
 
-def listed_files() -> tuple[set[str], set[str], set[str]]:
-    """(run-folder files, strategy-folder files, training-only names) from the README."""
+def listed_files() -> tuple[set[str], set[str], dict[str, set[str]]]:
+    """(run-folder files, strategy-folder files, {workload kind: the names only it writes})
+    from the README."""
     block = section("Files a run writes").split("```")[1]
-    top, per, training = set(), set(), set()
+    top, per, only = set(), set(), {"training": set(), "generation": set()}
     for line in block.strip("\n").splitlines()[1:]:
         indent = len(line) - len(line.lstrip())
         name = line.strip().split("  ")[0]
         if name.endswith("/"):
             continue
         (top if indent == 2 else per).add(name)
-        if line.rstrip().endswith("training only"):
-            training.add(name)
-    return top, per, training
+        for kind, names in only.items():
+            if line.rstrip().endswith(f"{kind} only"):
+                names.add(name)
+    return top, per, only
 
 
 def files_of(folder: Path) -> tuple[set[str], set[str]]:
@@ -104,13 +106,19 @@ def tiny(workload: dict, strategy: dict) -> dict:
 
 
 def test_the_listed_files_are_exactly_what_a_run_writes(tmp_path):
-    top, per, training = listed_files()
-    assert per - training == set(RUN_FILES)
+    top, per, only = listed_files()
+    special = only["training"] | only["generation"]
+    assert per - special == set(RUN_FILES)
     inference = tiny({"kind": "inference", "requests": 2, "source": "phone"},
                      {"name": "single", "device": "phone"})
     written = files_of(run(parse(inference), timing_only=True).write(tmp_path / "i"))
-    assert written == (top - training, per - training)
+    assert written == (top - special, per - special)
     learning = tiny({"kind": "training", "steps": 2, "batch": 4},
                     {"name": "single_device", "device": "phone"})
     written = files_of(run(parse(learning), timing_only=True).write(tmp_path / "t"))
-    assert written == (top, per)
+    assert written == (top - only["generation"], per - only["generation"])
+    talking = tiny({"kind": "generation", "requests": 1, "source": "phone", "prompt": 2,
+                    "tokens": 2}, {"name": "single", "device": "phone"})
+    talking["model"] = {"name": "decoder_lm"}
+    written = files_of(run(parse(talking), timing_only=True).write(tmp_path / "g"))
+    assert written == (top - only["training"], per - only["training"])

@@ -53,6 +53,18 @@ class Inference:
 
 
 @dataclass(frozen=True)
+class Generation(Inference):
+    """Language-model requests (`sim.generation`): each a `prompt` of tokens, prefilled
+    at once, then `tokens` output tokens (the prefill gives the first), one per decode
+    step; up to `max_batch` sequences share a step. An Inference of one sample per request
+    to the planner's arrival rules and strategies (`batch` 1)."""
+
+    prompt: int = 16
+    tokens: int = 16
+    max_batch: int = 1
+
+
+@dataclass(frozen=True)
 class Training:
     """A training job: `steps` optimizer steps (rounds, for local SGD) on a global
     batch of `batch` samples, shared over the workers that own the data.
@@ -111,7 +123,7 @@ class World:
     models: Mapping[str, Chain]
     devices: Mapping[str, DeviceSpec]
     network: Network
-    workload: Inference | Training
+    workload: Inference | Training  # a Generation is an Inference
     data: Dataset
     input_stays_on: str | None = None  # the raw input may not leave this device
     train_data: Dataset | None = None  # what a training workload learns from
