@@ -118,6 +118,8 @@ class Plan:
                 shares = (" " + "/".join(f"{v:.2f}" for v in s.unit_shares)
                           if s.unit_shares else "")
                 where += f" ({'+'.join(s.units)}{shares})"
+            if len(s.devices) > 1 and s.collective != "ring":
+                where += f" ({s.collective} via {s.device})"
             return f"blocks {s.start}-{s.stop - 1} on {where}{dep}"
 
         reps = [" | ".join(stage(s) for s in r.stages) for r in self.replicas]

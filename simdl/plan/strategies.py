@@ -170,8 +170,8 @@ def ensemble(world: World, devices: list[str], models: list[str] | None = None,
 class StageEntry(TypedDict):
     """One stage as a file writes it: blocks [start, stop) on `devices` (a group when
     several), on `unit` (default: the fastest) or several `units` of its one device
-    sharing each micro-batch's samples in `unit_shares` (default: by speed), and stored
-    as `dtype`."""
+    sharing each micro-batch's samples in `unit_shares` (default: by speed), stored as
+    `dtype`; a group joins its shards by `collective` (default ring, `Stage.collective`)."""
 
     devices: list[str]
     start: int
@@ -180,6 +180,7 @@ class StageEntry(TypedDict):
     units: NotRequired[list[str]]
     unit_shares: NotRequired[list[float]]
     dtype: NotRequired[Literal["fp32", "fp16", "int8"]]
+    collective: NotRequired[Literal["ring", "star"]]
 
 
 class ReplicaEntry(TypedDict):
@@ -210,7 +211,8 @@ def explicit(world: World, replicas: list[ReplicaEntry],
             distinct(f"replicas[{r}].stages[{i}].devices", s["devices"], "a stage")
             stages.append(Stage(tuple(s["devices"]), s["start"], s["stop"], s.get("unit"),
                                 s.get("dtype", "fp32"), units=tuple(s.get("units", ())),
-                                unit_shares=tuple(s.get("unit_shares", ()))))
+                                unit_shares=tuple(s.get("unit_shares", ())),
+                                collective=s.get("collective", "ring")))
         made.append(Replica(tuple(stages), share=share))
     how = dispatch if len(made) > 1 else "one"
     return Plan("explicit", tuple(made), world.workload.source, microbatches, how,
@@ -220,8 +222,8 @@ def explicit(world: World, replicas: list[ReplicaEntry],
 def entry(plan: Plan) -> dict[str, Any]:
     """A strategy entry that makes `plan` again (the plainest that does): `single` or
     `pipeline` for one replica of one-device fp32 stages on their fastest units, else
-    `explicit` with every stage, unit (or units and their shares), dtype and share
-    written out."""
+    `explicit` with every stage, unit (or units and their shares), dtype, collective
+    and share written out."""
     (first, *more) = plan.replicas
     plain = all(len(s.devices) == 1 and s.unit is None and (s.dtype, s.prune) == ("fp32", 0.0)
                 and s.split == "auto" and not s.units for s in first.stages)
@@ -231,9 +233,9 @@ def entry(plan: Plan) -> dict[str, Any]:
         return {"name": "pipeline", "devices": [s.device for s in first.stages],
                 "cuts": [s.start for s in first.stages[1:]], "microbatches": plan.microbatches}
     for s in (s for r in plan.replicas for s in r.stages):
-        if s.prune or s.split != "auto" or s.collective != "ring" or plan.dispatch == "all":
-            raise PlanError("plan", plan.describe(), "stages without pruning, a split or a "
-                            "star collective and no fused answers (what `explicit` writes)")
+        if s.prune or s.split != "auto" or plan.dispatch == "all":
+            raise PlanError("plan", plan.describe(), "stages without pruning or a split and "
+                            "no fused answers (what `explicit` writes)")
     if any(r.model != "main" for r in plan.replicas):
         raise PlanError("plan", plan.describe(), "replicas of the main model")
 
@@ -242,7 +244,8 @@ def entry(plan: Plan) -> dict[str, Any]:
         return out | ({"unit": s.unit} if s.unit else {}) | (
             {"units": list(s.units)} if s.units else {}) | (
             {"unit_shares": [float(v) for v in s.unit_shares]} if s.unit_shares else {}) | (
-            {"dtype": s.dtype} if s.dtype != "fp32" else {})
+            {"dtype": s.dtype} if s.dtype != "fp32" else {}) | (
+            {"collective": s.collective} if s.collective != "ring" else {})
 
     how = {"dispatch": plan.dispatch} if len(plan.replicas) > 1 else {}
     return {"name": "explicit", **how, "microbatches": plan.microbatches,

@@ -154,7 +154,8 @@ def _run(out: Lone, s: Stage, rep: Replica, unit: str, rows: int, acts, ready: f
 def _group(out: Lone, s: Stage, rep: Replica, sizes: list[int], acts: list, ready: list[float],
            costs: Costs) -> list[float]:
     """Micro-batches through a tensor-parallel group: per op the slowest member's kernel,
-    then ring collectives at the members' shared max-min rates (an approximation)."""
+    then the stage's collectives (ring or star) at the members' shared max-min rates
+    (an approximation)."""
     out.why.append(f"{'+'.join(s.devices)} is a tensor-parallel group (collectives estimated)")
     units = [costs.unit(d, s.unit) for d in s.devices]
     free, done = 0.0, list(ready)
@@ -171,11 +172,55 @@ def _group(out: Lone, s: Stage, rep: Replica, sizes: list[int], acts: list, read
                         out.energy[d] += costs.power(d, u) * k
                     t += max(what)
                 else:
-                    t += ring(out, s.devices, float(what), 1 if kind == "gather" else 2, costs)
+                    t += collective(out, s.devices, kind, float(what), s.collective, costs)
             out.memory += [(t, d, -acts[j][b]) for d in s.devices]
         out.memory += [(t, d, -acts[j][s.stop]) for d in s.devices[1:]]
         free = done[j] = t
     return done
+
+
+def collective(out: Lone, members: tuple[str, ...], kind: str, nbytes: float, algorithm: str,
+               costs: Costs) -> float:
+    """A group's all-gather (`kind` "gather") or all-reduce ("reduce") of `nbytes`, run
+    as `algorithm` ("ring" or "star", `Stage.collective`): its time, its load into `out`."""
+    if algorithm == "star":
+        return star(out, members, nbytes, kind == "gather", costs)
+    return ring(out, members, nbytes, 1 if kind == "gather" else 2, costs)
+
+
+def star(out: Lone, members: tuple[str, ...], nbytes: float, gather: bool,
+         costs: Costs) -> float:
+    """A star collective as `sim.collectives` schedules it: every member sends members[0]
+    its part at once (all of S to all-reduce, S/n to all-gather); once all have arrived
+    the root sends each the result (S, or the (n-1)/n S it lacks). Its time; its links'
+    load and radios' energy added to `out`."""
+    root, rest, n = members[0], members[1:], len(members)
+    up, down = (nbytes / n, nbytes * (n - 1) / n) if gather else (nbytes, nbytes)
+    return (_together(out, [costs.hop(d, root) for d in rest], up, costs)
+            + _together(out, [costs.hop(root, d) for d in rest], down, costs))
+
+
+def _together(out: Lone, hops: list[Hop], nbytes: float, costs: Costs) -> float:
+    """Flows of `nbytes` that start together on `hops`, each at its max-min rate among
+    them: when the last ends. A radio is on while any of its flows is in its bandwidth
+    phase (the simulator's rule), so a root's concurrent flows are charged once."""
+    rates = costs.rates(hops)
+    capacity, specs = costs.world.network.capacity, costs.world.devices
+    on: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
+    end = 0.0
+    for h, rate in zip(hops, rates):
+        t1 = h.delay + (nbytes / rate if nbytes else 0.0)
+        end = max(end, t1)
+        for r, k in h.uses:
+            out.busy[("link", r)] += nbytes * k / capacity[r]
+            out.nbytes[r] += nbytes * k
+        for side, devices in ((0, h.tx), (1, h.rx)):
+            for d in devices:
+                on[(d, side)].append((h.delay, t1))
+    for (d, side), spans in on.items():
+        watts = specs[d].radio_tx_power if side == 0 else specs[d].radio_rx_power
+        out.energy[d] += watts * _union(spans)
+    return end
 
 
 def ring(out: Lone, members: tuple[str, ...], nbytes: float, passes: int, costs: Costs) -> float:

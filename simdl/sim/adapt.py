@@ -23,7 +23,8 @@ from simdl.plan.training import TrainPlan
 from simdl.plan.world import World
 from simdl.sim.batches import owner_shares
 from simdl.sim.engine import Simulator
-from simdl.sim.job import Gen, Job, Tally, Worker
+from simdl.sim.exchange import Tally
+from simdl.sim.job import Gen, Job, Worker
 
 
 def personalise(plan: TrainPlan, world: World, sim: Simulator,

@@ -23,7 +23,8 @@ from simdl.plan.world import World
 from simdl.sim import collectives
 from simdl.sim.churn import Roster, close_step, lost, survive
 from simdl.sim.engine import Simulator
-from simdl.sim.job import Gen, Job, Tally, stepper, sum_in_order
+from simdl.sim.exchange import Tally
+from simdl.sim.job import Gen, Job, stepper, sum_in_order
 
 
 def data_parallel(plan: TrainPlan, world: World, sim: Simulator,

@@ -175,7 +175,7 @@ class Roster:
             return
         donor = members[0]
         nbytes = job.chain.param_bytes() + (donor.opt.slots * job.trainable if state else 0)
-        moves = {w.rank: job.send(donor.device, w.device, nbytes, "rejoin weights", step)
+        moves = {w.rank: job.net.send(donor.device, w.device, nbytes, "rejoin weights", step)
                  for w in back if w.device not in sim.gone}
         got = yield Quorum(sim, moves, {w.rank: w.device for w in back})
         for w in back:

@@ -5,8 +5,9 @@ factory, the step's kernels (forward per block, the loss fused into the last blo
 kernels, backward per trained block, the optimizer step), the memory rules, the data
 (which samples each step draws, `sim.batches`, and the transfers that bring them to
 the device that trains on them), the record (one metrics row per step), the held-out
-evaluation and the target check. The protocols (`sim.training` registers them) say
-only who computes what when and how workers agree.
+evaluation and the target check. Bytes move through `Job.net` (`sim.exchange`). The
+protocols (`sim.training` registers them) say only who computes what when and how
+workers agree.
 
 Work takes effect when its simulated time is done: every numeric change runs as the
 function of the kernel that charges for it, at that kernel's end (`Simulator.compute`).
@@ -21,11 +22,9 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-import simpy
 
 from simdl.errors import PlanError
 from simdl.nn.chain import Chain
@@ -39,6 +38,7 @@ from simdl.plan.training import TrainPlan, deal, optimizer, owner_sizes
 from simdl.plan.world import Training, World
 from simdl.sim.batches import owner_batches
 from simdl.sim.engine import Simulator
+from simdl.sim.exchange import Exchange, Tally
 from simdl.sim.metrics import TrainingMetrics
 
 Arrays = dict[str, np.ndarray]
@@ -51,26 +51,6 @@ class Loss(Protocol):
     def forward(self, logits: np.ndarray, *targets: Any) -> tuple[float, Any]: ...
     def backward(self, cache: Any) -> np.ndarray: ...
     def cost(self, in_shape: tuple[int, ...]) -> Cost: ...
-
-
-@dataclass
-class Tally:
-    """One worker's step: its start, kernel time, network spans, bytes it sent, losses."""
-
-    t0: float
-    compute: float = 0.0
-    spans: list[tuple[float, float]] = field(default_factory=list)
-    sent: float = 0.0
-    losses: list[float] = field(default_factory=list)
-
-    def comm(self) -> float:
-        """Seconds in which at least one of its transfers was in flight while it waited."""
-        total, reach = 0.0, -np.inf
-        for a, b in sorted(self.spans):
-            if b > reach:
-                total += b - max(a, reach)
-                reach = b
-        return total
 
 
 class Worker:
@@ -143,7 +123,7 @@ class Job:
         self.evaluated: Callable[[], tuple[float, float]] = (
             lambda: evaluate(self.model(), world.data))  # (held-out loss, accuracy)
         self.series: dict[str, list[float]] = {}  # per-step diagnostics (real mode), e.g. spread
-        self._boxes: dict[Any, simpy.Event] = {}
+        self.net = Exchange(sim)  # every transfer of the job goes through it
 
     def add_workers(self, devices: Sequence[str]) -> list[Worker]:
         """A replica per device, the data owners dealt to them by the batch rule."""
@@ -187,10 +167,10 @@ class Job:
         """The owners' draws for this step, brought to `device` (owners elsewhere send
         theirs as "data" transfers) and held there until `drop`; value (x, y), or
         (None, None) in timing-only mode. Every step draws, whoever trains."""
-        moves = [self.send(self.owners[j], device, self.batch_bytes([j]), "data", step)
+        moves = [self.net.send(self.owners[j], device, self.batch_bytes([j]), "data", step)
                  for j in owners if self.owners[j] != device]
         if moves:
-            yield from self.wait(moves, tally or Tally(self.sim.now))
+            yield from self.net.wait(moves, tally or Tally(self.sim.now))
         self.sim.allocate(device, self.batch_bytes(owners), f"batch step {step}", step=step)
         if not self.real:
             return None, None
@@ -318,53 +298,6 @@ class Job:
         scale = np.float32(w.samples / (self.load.batch if samples is None else samples))
         return {n: g * scale for n, g in w.grads.items()}
 
-    # -- the network -------------------------------------------------------------------
-    def send(self, src: str, dst: str, nbytes: float, label: str, step: int,
-             tally: Tally | None = None) -> simpy.Event:
-        """A transfer; a device sending to itself moves nothing (an event already done,
-        no log row). `tally` counts the bytes as sent by that worker."""
-        if src == dst:
-            event = self.sim.env.event()
-            event.succeed(None)
-            return event
-        if tally is not None:
-            tally.sent += nbytes
-        flow = self.sim.transfer(src, dst, nbytes, label=label, step=step)
-        flow.callbacks.append(_heard)
-        return flow
-
-    def wait(self, events: Sequence[simpy.Event], tally: Tally) -> Generator[Any, Any, list[Any]]:
-        """Wait for transfers; the part of each flow after the wait began counts as comm.
-        Events may hold a Flow or a (Flow, payload) pair; the values come back in order."""
-        t = self.sim.now
-        yield self.sim.env.all_of(events)
-        values = [e.value for e in events]
-        for v in values:
-            flow = v[0] if isinstance(v, tuple) else v
-            if flow is not None and flow.t_end > t:  # arrived before the wait: no time lost
-                tally.spans.append((max(t, flow.t_request), flow.t_end))
-        return values
-
-    def box(self, key: Any) -> simpy.Event:
-        """A mailbox event for `key` (created by whichever side asks first)."""
-        if key not in self._boxes:
-            self._boxes[key] = self.sim.env.event()
-        return self._boxes[key]
-
-    def deliver(self, transfer: simpy.Event, key: Any, payload: Any) -> None:
-        """When `transfer` arrives, its mailbox gets (Flow, payload); a transfer lost with
-        a device fails the mailbox (DeviceGone), so its payload is never used."""
-        box = self.box(key)
-
-        def arrived(ev: simpy.Event) -> None:
-            if ev.ok:
-                box.succeed((ev.value, payload))
-            else:
-                ev.defused = box.defused = True  # whoever waits on the box hears it
-                box.fail(ev.value)
-
-        transfer.callbacks.append(arrived)
-
     # -- the record --------------------------------------------------------------------
     def report(self, step: int, w: Worker, tally: Tally) -> None:
         """w finished `step` now: its "step" log row; the step's metrics row once every
@@ -449,14 +382,6 @@ def buffers_into(dst: Chain, sources: Sequence[Chain], weights: Sequence[float])
 def stepper(opt: Optimizer, params: Arrays, grads: Arrays | None) -> Callable[[], None] | None:
     """The update as a kernel's function; None (no numerics) without gradients."""
     return None if grads is None else (lambda: opt.step(params, grads))
-
-
-def _heard(event: simpy.Event) -> None:
-    """A transfer lost with a device fails whoever waits on it; one that fails after its
-    waiter already gave up (a sibling failed first) crashes nothing: its `lost` row is
-    the record."""
-    if not event.ok:
-        event.defused = True
 
 
 def _forward_block(chain: Chain, x: np.ndarray, b: int, train: bool) -> tuple[np.ndarray, Any]:

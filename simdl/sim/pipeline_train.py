@@ -24,7 +24,8 @@ from simdl.plan.schedules import SCHEDULES
 from simdl.plan.training import TrainPlan
 from simdl.plan.world import World
 from simdl.sim.engine import Simulator
-from simdl.sim.job import Job, Tally, stepper
+from simdl.sim.exchange import Tally
+from simdl.sim.job import Job, stepper
 from simdl.sim.recovery import Recovery
 
 

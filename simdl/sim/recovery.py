@@ -72,7 +72,7 @@ class Recovery:
         opt: dict[str, np.ndarray] = {}
         for o in run.opts:
             opt.update(o.state_dict() if job.real else {})
-        sends = [job.send(st.device, self.to, self._bytes(st), "checkpoint", i)
+        sends = [job.net.send(st.device, self.to, self._bytes(st), "checkpoint", i)
                  for st in run.stages]
         yield sim.env.all_of(sends)
         self.step, self.saved, self.saved_opt = i, params, opt
@@ -99,7 +99,7 @@ class Recovery:
             old = Plan("pipeline", (Replica(run.stages),), self.to, run.m)
             new = Plan("pipeline", (Replica(stages),), self.to, run.m)
             slots = run.opts[0].slots
-            moves = [job.send(m.src, m.dst, m.nbytes + job.chain.n_params(m.block, m.block + 1)
+            moves = [job.net.send(m.src, m.dst, m.nbytes + job.chain.n_params(m.block, m.block + 1)
                               * ITEMSIZE * slots, "restore", i)
                      for m in weights_to_move(old, new, world)]
             try:

@@ -15,7 +15,7 @@ over the workers still present.
 
 Owns the sharding of parameters over servers, the servers' model and optimizer state,
 and the staleness clock; knows nothing of gossip, local SGD or the SYNCS registry
-(`sim.sync`), and moves bytes only through the Job (`sim.job`).
+(`sim.sync`), and moves bytes only through the Job's exchange (`sim.exchange`).
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ from simdl.plan.training import TrainPlan, shard_params
 from simdl.plan.world import World
 from simdl.sim.churn import Quorum, Roster, close_step, lost, survive, together
 from simdl.sim.engine import Simulator
-from simdl.sim.job import Arrays, Gen, Job, Tally, Worker, buffers_into, stepper, sum_in_order
+from simdl.sim.exchange import Tally
+from simdl.sim.job import Arrays, Gen, Job, Worker, buffers_into, stepper, sum_in_order
 
 
 @dataclass
@@ -173,18 +174,18 @@ def _bsp_worker(job: Job, w: Worker, servers: list[Server], step: int, tally: Ta
         yield from job.local_step(w, step, tally)
     except DeviceGone as gone:
         for key in keys:
-            job.box(key).defused = True
-            job.box(key).fail(gone)
+            job.net.box(key).defused = True
+            job.net.box(key).fail(gone)
         raise
     packed = job.pack(w, job.scaled_grads(w)) if job.real else None
     pushes = [_push(job, w, s, step, tally, packed, key) for s, key in zip(servers, keys)]
-    yield from job.wait(pushes, tally)
+    yield from job.net.wait(pushes, tally)
     yield from together(job.sim, [_bsp_pull(job, w, s, step, tally) for s in servers])
 
 
 def _bsp_server(job: Job, s: Server, step: int, ws: list[Worker]) -> Gen:
     """Apply the step's pushes that arrived in time; value: the ranks they came from."""
-    boxes = {w.rank: job.box(("push", step, s.rank, w.rank)) for w in ws}
+    boxes = {w.rank: job.net.box(("push", step, s.rank, w.rank)) for w in ws}
     got = yield Quorum(job.sim, boxes, {w.rank: w.device for w in ws},
                        job.plan.sync.worker_timeout)
     total = None
@@ -197,21 +198,21 @@ def _bsp_server(job: Job, s: Server, step: int, ws: list[Worker]) -> Gen:
     yield from job.update(s.device, s.opt, step, stepper(s.opt, s.params, total),
                           names=s.names, label=f"optimizer shard {s.rank}")
     s.version += 1
-    job.box(("applied", step, s.rank)).succeed()
+    job.net.box(("applied", step, s.rank)).succeed()
     return sorted(got)
 
 
 def _push(job: Job, w: Worker, s: Server, step: int, tally: Tally, packed: Arrays | None,
           key: Any) -> Any:
-    ev = job.send(w.device, s.device, s.wire, "push", step, tally)
-    job.deliver(ev, key, None if packed is None else {n: packed[n] for n in s.names})
-    return job.box(key)
+    ev = job.net.send(w.device, s.device, s.wire, "push", step, tally)
+    job.net.deliver(ev, key, None if packed is None else {n: packed[n] for n in s.names})
+    return job.net.box(key)
 
 
 def _bsp_pull(job: Job, w: Worker, s: Server, step: int, tally: Tally) -> Gen:
-    yield job.box(("applied", step, s.rank))
+    yield job.net.box(("applied", step, s.rank))
     snapshot = {n: s.params[n].copy() for n in s.names} if job.real else None
-    yield from job.wait([job.send(s.device, w.device, s.raw, "pull", step)], tally)
+    yield from job.net.wait([job.net.send(s.device, w.device, s.raw, "pull", step)], tally)
     if snapshot is not None:
         for n, a in snapshot.items():
             np.copyto(w.params[n], a)
@@ -252,7 +253,7 @@ def _exchange(job: Job, w: Worker, s: Server, step: int, tally: Tally, packed: A
               read: list[int]) -> Gen:
     """Push to `s`, which applies the gradient as soon as its unit is free, then pull."""
     sim = job.sim
-    yield from job.wait([job.send(w.device, s.device, s.wire, "push", step, tally)], tally)
+    yield from job.net.wait([job.net.send(w.device, s.device, s.wire, "push", step, tally)], tally)
 
     def apply() -> Arrays:  # numerics and the snapshot in one kernel: applies stay in order
         s.opt.step(s.params, {n: packed[n] for n in s.names})
@@ -267,7 +268,7 @@ def _exchange(job: Job, w: Worker, s: Server, step: int, tally: Tally, packed: A
     job.metrics.extra["staleness_max"] = max(job.metrics.extra["staleness_max"], stale)
     sim.log.add(sim.now, sim.now, "apply", s.device, w.device, f"staleness {stale}",
                 step=step)
-    yield from job.wait([job.send(s.device, w.device, s.raw, "pull", step)], tally)
+    yield from job.net.wait([job.net.send(s.device, w.device, s.raw, "pull", step)], tally)
     if snapshot is not None:
         for n, a in snapshot.items():
             np.copyto(w.params[n], a)

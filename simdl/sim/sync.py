@@ -21,7 +21,8 @@ from simdl.plan.world import World
 from simdl.rng import stream
 from simdl.sim.churn import Quorum, lost, survive
 from simdl.sim.engine import Simulator
-from simdl.sim.job import Arrays, Gen, Job, Tally, Worker, buffers_into
+from simdl.sim.exchange import Tally
+from simdl.sim.job import Arrays, Gen, Job, Worker, buffers_into
 
 # -- gossip ----------------------------------------------------------------------------------
 
@@ -88,7 +89,7 @@ def _gossip_worker(job: Job, w: Worker, nbrs: list[int], held: dict[int, Arrays]
     gone = yield from survive(_gossip_steps(job, w, nbrs, held, spread, at))
     if lost(gone):
         for u in nbrs:  # what it owes its neighbours will not come
-            box = job.box(("gossip", at[0], w.rank, u))
+            box = job.net.box(("gossip", at[0], w.rank, u))
             if not box.triggered:
                 box.defused = True
                 box.fail(gone)
@@ -118,11 +119,11 @@ def _gossip_steps(job: Job, w: Worker, every: list[int], held: dict[int, Arrays]
                 own[n] += q[n]
         sends = []
         for u in nbrs:
-            ev = job.send(w.device, ws[u].device, wire, "gossip", step, tally)
-            job.deliver(ev, ("gossip", step, w.rank, u), q)
+            ev = job.net.send(w.device, ws[u].device, wire, "gossip", step, tally)
+            job.net.deliver(ev, ("gossip", step, w.rank, u), q)
             sends.append(ev)
         events = {("send", u): e for u, e in zip(nbrs, sends)}
-        events |= {u: job.box(("gossip", step, u, w.rank)) for u in nbrs}
+        events |= {u: job.net.box(("gossip", step, u, w.rank)) for u in nbrs}
         t = sim.now
         arrived = yield Quorum(sim, events, {k: ws[k[1] if isinstance(k, tuple) else k].device
                                              for k in events})
@@ -247,7 +248,7 @@ def _rounds(job: Job, glob: Arrays, model: Chain | None) -> Gen:
 def _client(job: Job, w: Worker, r: int, tally: Tally, glob: Arrays,
             model: Chain | None) -> Gen:
     server = job.workers[0]
-    yield from job.wait([job.send(server.device, w.device, job.trainable, "model", r)], tally)
+    yield from job.net.wait([job.net.send(server.device, w.device, job.trainable, "model", r)], tally)
     start = None
     if job.real:
         for n in job.names:
@@ -258,5 +259,5 @@ def _client(job: Job, w: Worker, r: int, tally: Tally, glob: Arrays,
         yield from job.step_alone(w, r, tally)
     delta = job.pack(w, {n: w.params[n] - start[n] for n in job.names}) if job.real else None
     wire = float(sum(job.wire.values()))
-    yield from job.wait([job.send(w.device, server.device, wire, "delta", r, tally)], tally)
+    yield from job.net.wait([job.net.send(w.device, server.device, wire, "delta", r, tally)], tally)
     return delta
