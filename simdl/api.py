@@ -39,7 +39,7 @@ from simdl.scenario import (
     parse,
 )
 from simdl.report import generation as gen_metrics
-from simdl.sim import generation
+from simdl.sim import generation, generation_plan
 from simdl.sim.changes import start_changes
 from simdl.sim.engine import Simulator
 from simdl.sim.inference import Outputs, execute, fuse, inputs, labels
@@ -212,7 +212,7 @@ def plan(world: World, entry: StrategyEntry, i: int) -> Plan:
         p = call(make, entry.params, where, world)
         p = deployed(p, entry.deploy)
         if isinstance(world.workload, Generation):
-            generation.check_plan(p, world)
+            generation_plan.check_plan(p, world)
         else:
             check(p, world)
     except PlanError as err:

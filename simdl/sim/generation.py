@@ -8,8 +8,10 @@ prefill ends and leaves when its last token is out, freeing its cache. A step cr
 the stages in order, activations handed over as real transfers (one token's hidden
 state per sequence); the sampled tokens go back to the first stage and to the source.
 Prefills are their own kernels, queued on the units beside the steps' kernels.
+A stage on a tensor-parallel group runs each block as its members' kernels and the
+group's all-reduces and all-gathers (`plan.lm_group`), activations handed to every member.
 
-Memory (`plan_memory`): each stage's weights and every sequence's cache for the
+Memory (`generation_plan.plan_memory`): each stage's (member's) weights and every sequence's cache for the
 stage's blocks (grown per token, freed when it ends) live in the memory of the unit
 it runs on (a discrete GPU's VRAM) or the device's RAM. The cache must fit
 (`max_batch` sequences at full length), else the run is an out-of-memory outcome and
@@ -22,84 +24,25 @@ In real mode the numerics run (`nn.kv` on each stage's blocks, greedy next token
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from simdl.errors import PlanError
-from simdl.hw.devices import best_unit
 from simdl.nn import kv
 from simdl.nn.llm_shapes import TOKEN_BYTES
 from simdl.plan.lm_model import StepCosts, is_shape_only
-from simdl.plan.plan import Plan, check
+from simdl.plan.plan import Plan
 from simdl.plan.world import Generation, World
 from simdl.rng import stream
+from simdl.sim import collectives
 from simdl.sim.engine import Simulator
-from simdl.sim.inference import _arrivals
+from simdl.sim.generation_plan import StageMemory, group_costs, plan_memory
+from simdl.sim.inference import arrivals
+
 
 OUT_OF_MEMORY = "out_of_memory"
-
-
-@dataclass(frozen=True)
-class StageMemory:
-    """Where a stage's bytes live and how much of its weights is paged from storage."""
-
-    device: str
-    tier: str            # "ram" or "vram:<unit>"
-    capacity: float      # bytes of that memory
-    weights: float       # bytes of the stage's weights
-    kv_peak: float       # bytes of `max_batch` sequences' caches at full length
-    resident: float      # weights held in memory
-    storage_bw: float | None
-
-    @property
-    def paged(self) -> float:
-        return self.weights - self.resident
-
-    @property
-    def short(self) -> float:
-        """Bytes missing to hold the KV cache beside the resident weights (0: it fits);
-        the resident weights are what fits beside the cache unless nothing can be paged."""
-        return max(0.0, self.kv_peak + self.resident - self.capacity)
-
-
-def check_plan(plan: Plan, world: World) -> None:
-    """A generation plan is one replica of one-device stages (single, pipeline); the
-    rest as `plan.check`, memory aside (weights may be paged: `plan_memory`)."""
-    if len(plan.replicas) != 1 or any(len(s.devices) != 1 or s.units
-                                      for s in plan.replicas[0].stages):
-        raise PlanError("strategy", plan.strategy, "a generation workload runs one replica of "
-                        "one-device stages: single or pipeline")
-    if is_shape_only(world.chain) and any(s.dtype != "fp32" or s.prune
-                                          for s in plan.replicas[0].stages):
-        raise PlanError("deploy", "dtype", "a full-size preset stores its weights as "
-                        "`model.weights`; leave `deploy` out")
-    roomy = {d: replace(spec, memory=float("inf")) for d, spec in world.devices.items()}
-    check(plan, replace(world, devices=roomy))
-
-
-
-
-def plan_memory(plan: Plan, world: World, costs: StepCosts) -> list[StageMemory]:
-    """Per stage: its memory tier, weights, cache peak and what is paged."""
-    load = world.workload
-    assert isinstance(load, Generation)
-    out = []
-    for s in plan.replicas[0].stages:
-        spec = world.devices[s.device]
-        name = s.unit or best_unit(spec, s.dtype)
-        unit = spec.units[name]
-        tier, capacity = ("ram", spec.memory) if unit.memory is None else (f"vram:{name}",
-                                                                          unit.memory)
-        weights = world.chain.param_bytes(s.start, s.stop)
-        kv_peak = (load.max_batch * (load.prompt + load.tokens)
-                   * sum(costs.kv_per_token[s.start:s.stop]))
-        # without a storage figure nothing can be paged: the weights must fit too
-        resident = weights if not spec.storage_bw else min(weights, max(0.0, capacity - kv_peak))
-        out.append(StageMemory(s.device, tier, capacity, weights, kv_peak, resident,
-                               spec.storage_bw))
-    return out
 
 
 @dataclass
@@ -153,30 +96,65 @@ def execute(plan: Plan, world: World, sim: Simulator) -> Generated:
             sim.allocate(m.device, m.resident, f"weights {m.device}")
     prompts = (None if sim.timing_only else stream(world.seed, "prompts").integers(
         0, chain.n_classes, size=(load.requests, load.prompt)))
-    kv_stage = [sum(costs.kv_per_token[s.start:s.stop]) for s in stages]
-    first_dev, last_dev = stages[0].device, stages[-1].device
+    share = [[j for j, m in enumerate(mem) if m.stage == i] for i in range(len(stages))]
+    groups = [group_costs(world, s) for s in stages]
+    last_dev = stages[-1].device
     waiting: list[Seq] = []
     ready: list[Seq] = []
     state = {"busy": 0, "wake": sim.env.event(), "done": 0}
     finished = sim.env.event()
 
-    def kv_add(i: int, nbytes: float, label: str, r: int = -1) -> None:
-        d = stages[i].device
-        if mem[i].tier == "ram":
-            sim.allocate(d, nbytes, label, request=r)
-        kv_now[d] += nbytes
-        kv_peak[d] = max(kv_peak[d], kv_now[d])
+    def kv_add(i: int, tokens: int, label: str, r: int = -1) -> None:
+        for j in share[i]:
+            m = mem[j]
+            nbytes = tokens * m.kv_token
+            if m.tier == "ram":
+                sim.allocate(m.device, nbytes, label, request=r)
+            kv_now[m.device] += nbytes
+            kv_peak[m.device] = max(kv_peak[m.device], kv_now[m.device])
 
     def blocks(i: int, flops: list[float], nbytes: list[float], fn: Any, x: Any,
                tag: str, r: int) -> Generator[Any, Any, Any]:
         s, order = stages[i], sim.ticket()
-        extra = paged[i]
+        extra = paged[share[i][0]]
         for b in range(s.start, s.stop):
             x = yield sim.compute(s.device, flops[b], nbytes[b] + extra * chain_bytes[b],
                                   None if x is None else fn, (b, x), unit=s.unit,
                                   dtype=s.dtype, label=f"{chain.names[b]} {tag}",
                                   priority=order, request=r, keep=b < s.stop - 1)
         return x
+
+    def group_blocks(i: int, ops: list[list[Any]], fn: Any, x: Any, tag: str,
+                     r: int) -> Generator[Any, Any, Any]:
+        """A group stage: per block its ops (`plan.lm_group`), each member's kernels
+        charged its own costs, the all-reduces and all-gathers as real transfers. The
+        numerics (real mode) run the whole block once, on member 0: the group's result."""
+        s, order = stages[i], sim.ticket()
+        extra = [paged[j] for j in share[i]]
+        for b in range(s.start, s.stop):
+            first = True
+            for kind, what in ops[b]:
+                label = f"{chain.names[b]} {tag}"
+                if kind != "compute":
+                    yield getattr(collectives, kind)(sim, s.devices, what, s.collective,
+                                                     label=label, request=r)
+                    continue
+                events = [sim.compute(d, c.fwd_flops, c.fwd_bytes + e * c.param_bytes,
+                                      fn if first and m == 0 and x is not None else None,
+                                      (b, x), unit=s.unit, dtype=s.dtype, label=label,
+                                      priority=order, request=r)
+                          for m, (d, c, e) in enumerate(zip(s.devices, what, extra))]
+                yield sim.all_of(events)
+                if first and x is not None:
+                    x = events[0].value
+                first = False
+        return x
+
+    def stage(i: int, one: tuple[list[float], list[float]], ops: Any, fn: Any, x: Any,
+              tag: str, r: int) -> Generator[Any, Any, Any]:
+        if groups[i] is None:
+            return (yield from blocks(i, *one, fn, x, tag, r))
+        return (yield from group_blocks(i, ops(groups[i]), fn, x, tag, r))
 
     chain_bytes = [chain.param_bytes(b, b + 1) for b in range(len(chain))]
 
@@ -191,19 +169,20 @@ def execute(plan: Plan, world: World, sim: Simulator) -> Generated:
         pre = costs.prefill(load.prompt)
         tag = f"prefill r{q.r}"
         x = None if prompts is None else prompts[q.r][None, :]
-        go = moves([(plan.source, first_dev, load.prompt * TOKEN_BYTES, f"prompt r{q.r}")], q.r)
+        go = moves([(plan.source, d, load.prompt * TOKEN_BYTES, f"prompt r{q.r}")
+                    for d in stages[0].devices], q.r)
         if go is not None:
             yield go
         for i, s in enumerate(stages):
             if i:
-                go = moves([(stages[i - 1].device, s.device, pre[s.start - 1].out_bytes,
-                             f"act {tag}")], q.r)
+                go = moves([(stages[i - 1].device, d, pre[s.start - 1].out_bytes,
+                             f"act {tag}") for d in s.devices], q.r)
                 if go is not None:
                     yield go
-            kv_add(i, load.prompt * kv_stage[i], f"kv r{q.r}", q.r)
+            kv_add(i, load.prompt, f"kv r{q.r}", q.r)
             fn = lambda b, v, q=q: kv.prefill(chain, v, [q.state], start=b, stop=b + 1)
-            x = yield from blocks(i, [c.fwd_flops for c in pre], [c.fwd_bytes for c in pre],
-                                  fn, x, tag, q.r)
+            x = yield from stage(i, ([c.fwd_flops for c in pre], [c.fwd_bytes for c in pre]),
+                                 lambda g: g.prefill(load.prompt), fn, x, tag, q.r)
         go = moves([(last_dev, plan.source, TOKEN_BYTES, f"token r{q.r}")], q.r)
         if go is not None:
             yield go
@@ -223,11 +202,11 @@ def execute(plan: Plan, world: World, sim: Simulator) -> Generated:
 
     def end(q: Seq) -> None:
         q.finish = sim.now
-        for i, s in enumerate(stages):
-            held = (load.prompt + q.emitted - 1) * kv_stage[i]
-            if mem[i].tier == "ram":
-                sim.free(s.device, held, f"kv r{q.r}", request=q.r)
-            kv_now[s.device] -= held
+        for m in mem:
+            held = (load.prompt + q.emitted - 1) * m.kv_token
+            if m.tier == "ram":
+                sim.free(m.device, held, f"kv r{q.r}", request=q.r)
+            kv_now[m.device] -= held
         sim.log.add(q.arrival, sim.now, "request", plan.source, "", plan.path, request=q.r)
         q.done.succeed()
         state["busy"] -= 1
@@ -275,16 +254,17 @@ def execute(plan: Plan, world: World, sim: Simulator) -> Generated:
             states = [q.state for q in active]
             for i, s in enumerate(stages):
                 if i:
-                    go = moves([(stages[i - 1].device, s.device, out[s.start - 1],
-                                 f"act {tag}")])
+                    go = moves([(stages[i - 1].device, d, out[s.start - 1], f"act {tag}")
+                                for d in s.devices])
                     if go is not None:
                         yield go
-                kv_add(i, n * kv_stage[i], f"kv {tag}")
+                kv_add(i, n, f"kv {tag}")
                 fn = lambda b, v, states=states: kv.decode(chain, v, states, start=b, stop=b + 1)
-                x = yield from blocks(i, flops, nbytes, fn, x, tag, -1)
+                x = yield from stage(i, (flops, nbytes), lambda g: g.decode(n, cached), fn, x,
+                                     tag, -1)
             back = [(last_dev, plan.source, n * TOKEN_BYTES, f"tokens {tag}")]
-            if first_dev != plan.source:
-                back.append((last_dev, first_dev, n * TOKEN_BYTES, f"tokens {tag}"))
+            back += [(last_dev, d, n * TOKEN_BYTES, f"tokens {tag}")
+                     for d in stages[0].devices if d != plan.source]
             go = moves(back)
             if go is not None:
                 yield go
@@ -301,7 +281,7 @@ def execute(plan: Plan, world: World, sim: Simulator) -> Generated:
                     still.append(q)
             active = still
 
-    sim.process(_arrivals(world, sim, request))
+    sim.process(arrivals(world, sim, request))
     sim.process(decoder())
     sim.run(until=finished)
     return result

@@ -108,7 +108,7 @@ def execute(plan: Plan, world: World, sim: Simulator, runners: list[ReplicaRunne
     # The run ends with its last request, not with a stale wake-up or a battery check.
     finished: list[int] = []
     done = sim.env.event()
-    sim.process(_arrivals(world, sim, request))
+    sim.process(arrivals(world, sim, request))
     sim.run(until=done)
     return out
 
@@ -155,7 +155,7 @@ def _classes(world: World) -> list[tuple[str, int]]:
     return [(load.classes[k].name, load.classes[k].priority) for k in picks]
 
 
-def _arrivals(world: World, sim: Simulator, request: Any) -> Generator[Any, Any, None]:
+def arrivals(world: World, sim: Simulator, request: Any) -> Generator[Any, Any, None]:
     """Start requests 0..n-1 as the workload's arrival process says."""
     load = world.workload
     arrival, n = load.arrival, load.requests
