@@ -238,17 +238,18 @@ class GQAttention(Layer):
         projections 2 M d (h + 2 kv) dh + 2 M h dh d (M = N T), rotation of q and k,
         scores and weighted sum 2 * 2 N h T S dh and softmax 5 N h T S (S = past + T;
         the masked part of a block of new tokens is computed too)."""
-        return attention_flops(n, t, past, self.d, self.h, self.kv, self.dh)
+        return attention_flops(n * t, n * t * (past + t), self.d, self.h, self.kv, self.dh)
 
 
-def attention_flops(n: int, t: int, past: int, d: int, h: int, kv: int,
+def attention_flops(rows: int, pairs: int, d: int, h: int, kv: int,
                     dh: int) -> tuple[float, dict[str, float]]:
-    """`GQAttention.flops` from the sizes alone (also what `nn.llm_shapes` charges)."""
-    m, s = n * t, past + t
-    parts = {"proj": 2.0 * m * d * (2 * h + 2 * kv) * dh,
-             "rope": float(ROPE_FLOPS * m * (h + kv) * dh),
-             "mix": 4.0 * n * h * t * s * dh,
-             "softmax": float(SOFTMAX_FWD_FLOPS * n * h * t * s)}
+    """`GQAttention.flops` from the sizes alone, also what `nn.llm_shapes` charges: `rows`
+    new tokens (n t), `pairs` (query, key) pairs scored (n t (past + t), or their sum
+    over sequences of different lengths)."""
+    parts = {"proj": 2.0 * rows * d * (2 * h + 2 * kv) * dh,
+             "rope": float(ROPE_FLOPS * rows * (h + kv) * dh),
+             "mix": 4.0 * h * pairs * dh,
+             "softmax": float(SOFTMAX_FWD_FLOPS * h * pairs)}
     return sum(parts.values()), parts
 
 

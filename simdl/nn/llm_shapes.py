@@ -134,23 +134,59 @@ def _norm(s: LMShape, m: int) -> Cost:
     return _kernel(m * s.dim, m * s.dim, RMS_FWD_FLOPS * m * s.dim, s.dim * ITEMSIZE)
 
 
+def cache_bytes_per_token(s: LMShape, kv_heads: int, kv_bytes: float = ITEMSIZE) -> float:
+    """Cache bytes one sequence adds per token in one layer holding `kv_heads` kv heads."""
+    return 2 * kv_heads * s.head_dim * kv_bytes
+
+
 def kv_bytes_per_token(s: LMShape, kv_bytes: float = ITEMSIZE) -> list[float]:
     """Per block, the cache bytes one sequence adds per token: 2 kv dh values per layer."""
-    per_layer = 2 * s.n_kv_heads * s.head_dim * kv_bytes
+    per_layer = cache_bytes_per_token(s, s.n_kv_heads, kv_bytes)
     return [0.0, *([per_layer] * s.n_layers), 0.0]
+
+
+# The parts a layer and the head are made of, each for a share of the shape (some query
+# and kv heads, hidden units or vocabulary rows): the whole shape's counts give the
+# layer and head below, a tensor-parallel member's share gives its kernel there
+# (`plan.lm_group`). Each part starts with its RMSNorm; out_shape is left empty.
+
+
+def attention_part(s: LMShape, rows: int, pairs: int, cached: int, heads: int,
+                   kv_heads: int, weights: str, kv_bytes: float = ITEMSIZE) -> Cost:
+    """Norm + attention with `heads` query and `kv_heads` kv heads: `rows` new tokens in
+    all, `pairs` (query, key) pairs scored, `cached` tokens' k and v read or appended
+    (`nn.llm.attention_flops`)."""
+    d, dh = s.dim, s.head_dim
+    flops, _ = attention_flops(rows, pairs, d, heads, kv_heads, dh)
+    params = weight_bytes(weights, d * (2 * heads + 2 * kv_heads) * dh)
+    if s.qkv_bias:
+        params += (heads + 2 * kv_heads) * dh * ITEMSIZE
+    attn = _kernel(rows * d, rows * d, flops, params)
+    cache = cached * cache_bytes_per_token(s, kv_heads, kv_bytes)   # read + append
+    return _norm(s, rows).then(replace(attn, fwd_bytes=attn.fwd_bytes + cache))
+
+
+def mlp_part(s: LMShape, rows: int, hidden: int, weights: str) -> Cost:
+    """Norm + `hidden` units of the SwiGLU MLP (their columns of W1, W3, rows of W2)."""
+    d = s.dim
+    flops = 6.0 * rows * d * hidden + SWIGLU_FWD_FLOPS * rows * hidden
+    return _norm(s, rows).then(_kernel(rows * d, rows * d, flops,
+                                       weight_bytes(weights, 3 * d * hidden)))
+
+
+def head_part(s: LMShape, rows: int, vocab: int, weights: str) -> Cost:
+    """Final norm and `vocab` rows of the logits for `rows` positions."""
+    proj = _kernel(rows * s.dim, rows * vocab, 2.0 * rows * s.dim * vocab,
+                   weight_bytes(weights, vocab * s.dim))
+    return _norm(s, rows).then(proj)
 
 
 def _layer(s: LMShape, n: int, t: int, past: int, weights: str, kv_bytes: float) -> Cost:
     m, d = n * t, s.dim
-    bias = (s.n_heads + 2 * s.n_kv_heads) * s.head_dim * ITEMSIZE if s.qkv_bias else 0
-    flops, _ = attention_flops(n, t, past, d, s.n_heads, s.n_kv_heads, s.head_dim)
-    attn = _kernel(m * d, m * d, flops, weight_bytes(weights, s.attention_weights()) + bias)
-    per_token = kv_bytes_per_token(s, kv_bytes)[1]
-    attn = replace(attn, fwd_bytes=attn.fwd_bytes + n * (past + t) * per_token)  # read + append
-    mlp = _kernel(m * d, m * d, 6.0 * m * d * s.ffn_hidden + SWIGLU_FWD_FLOPS * m * s.ffn_hidden,
-                  weight_bytes(weights, 3 * d * s.ffn_hidden))
-    return _chain(_norm(s, m), attn, _add(m * d), _norm(s, m), mlp, _add(m * d),
-                  out_shape=(n, t, d))
+    attn = attention_part(s, m, m * (past + t), n * (past + t), s.n_heads, s.n_kv_heads,
+                          weights, kv_bytes)
+    mlp = mlp_part(s, m, s.ffn_hidden, weights)
+    return _chain(attn, _add(m * d), mlp, _add(m * d), out_shape=(n, t, d))
 
 
 def _embed(s: LMShape, n: int, t: int, weights: str) -> Cost:
@@ -162,9 +198,7 @@ def _embed(s: LMShape, n: int, t: int, weights: str) -> Cost:
 
 def _head(s: LMShape, n: int, weights: str) -> Cost:
     """Final norm and logits for one position of each of n sequences."""
-    proj = _kernel(n * s.dim, n * s.vocab, 2.0 * n * s.dim * s.vocab,
-                   weight_bytes(weights, s.vocab * s.dim))
-    return _chain(_norm(s, n), proj, out_shape=(n, 1, s.vocab))
+    return replace(head_part(s, n, s.vocab, weights), out_shape=(n, 1, s.vocab))
 
 
 def _check(**counts: int) -> None:

@@ -23,16 +23,8 @@ from typing import Any
 from simdl.errors import PlanError
 from simdl.nn import llm_shapes
 from simdl.nn.core import ITEMSIZE, Cost
-from simdl.nn.llm import (
-    RMS_FWD_FLOPS,
-    ROPE_FLOPS,
-    SOFTMAX_FWD_FLOPS,
-    SWIGLU_FWD_FLOPS,
-    GQAttention,
-    SwiGLU,
-    TiedHead,
-)
-from simdl.nn.llm_shapes import LMShape, weight_bytes
+from simdl.nn.llm import GQAttention, SwiGLU, TiedHead
+from simdl.nn.llm_shapes import LMShape
 from simdl.nn.shard_rules import even
 
 
@@ -68,43 +60,19 @@ def members(s: LMShape, k: int) -> list[Member]:
     return out
 
 
-def _kernel(rows: int, width_in: int, width_out: int, flops: float, params: float,
-            extra: float = 0.0) -> Cost:
-    i, o = rows * width_in * ITEMSIZE, rows * width_out * ITEMSIZE
-    return Cost(out_shape=(), fwd_flops=float(flops), param_bytes=params, in_bytes=i,
-                out_bytes=o, fwd_bytes=i + params + o + extra)
-
-
-def _norm(s: LMShape, rows: int) -> Cost:
-    return _kernel(rows, s.dim, s.dim, RMS_FWD_FLOPS * rows * s.dim, s.dim * ITEMSIZE)
-
-
 def attention(s: LMShape, m: Member, rows: int, pairs: int, cached: int, weights: str) -> Cost:
-    """Norm + member m's attention: `rows` new tokens in all, `pairs` (query, key) pairs
-    scored, `cached` tokens' k and v read or appended (fp32 cache)."""
-    d, dh = s.dim, s.head_dim
-    flops = (2.0 * rows * d * (2 * m.heads + 2 * m.kv_heads) * dh
-             + ROPE_FLOPS * rows * (m.heads + m.kv_heads) * dh
-             + 4.0 * m.heads * pairs * dh + SOFTMAX_FWD_FLOPS * m.heads * pairs)
-    params = weight_bytes(weights, d * (2 * m.heads + 2 * m.kv_heads) * dh)
-    if s.qkv_bias:
-        params += (m.heads + 2 * m.kv_heads) * dh * ITEMSIZE
-    cache = cached * 2 * m.kv_heads * dh * ITEMSIZE
-    return _norm(s, rows).then(_kernel(rows, d, d, flops, params, cache))
+    """Norm + member m's attention heads (`llm_shapes.attention_part`, fp32 cache)."""
+    return llm_shapes.attention_part(s, rows, pairs, cached, m.heads, m.kv_heads, weights)
 
 
 def mlp(s: LMShape, m: Member, rows: int, weights: str) -> Cost:
     """Norm + member m's hidden units of the SwiGLU MLP."""
-    d, f = s.dim, m.hidden
-    flops = 6.0 * rows * d * f + SWIGLU_FWD_FLOPS * rows * f
-    return _norm(s, rows).then(_kernel(rows, d, d, flops, weight_bytes(weights, 3 * d * f)))
+    return llm_shapes.mlp_part(s, rows, m.hidden, weights)
 
 
 def head(s: LMShape, m: Member, rows: int, weights: str) -> Cost:
     """Norm + member m's vocabulary rows of the head."""
-    proj = _kernel(rows, s.dim, m.vocab, 2.0 * rows * s.dim * m.vocab,
-                   weight_bytes(weights, m.vocab * s.dim))
-    return _norm(s, rows).then(proj)
+    return llm_shapes.head_part(s, rows, m.vocab, weights)
 
 
 #: One op of a block on a group: ("compute", a Cost per member) or (collective, bytes).
@@ -157,7 +125,7 @@ class GroupCosts:
     def kv_per_token(self, start: int, stop: int) -> list[float]:
         """Cache bytes one sequence adds per token on each member for blocks [start, stop)."""
         layers = len([b for b in range(start, stop) if 1 <= b <= self.shape.n_layers])
-        return [float(layers * 2 * m.kv_heads * self.shape.head_dim * ITEMSIZE)
+        return [float(layers * llm_shapes.cache_bytes_per_token(self.shape, m.kv_heads))
                 for m in self.members]
 
 
