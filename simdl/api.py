@@ -28,16 +28,8 @@ from simdl.plan.lm_model import is_shape_only
 from simdl.plan.world import Generation, World
 from simdl.report.result import Result, write_run
 from simdl.report.tables import compare as compare_summaries
-from simdl.scenario import (
-    DeployEntry,
-    Scenario,
-    StrategyEntry,
-    call,
-    choose,
-    dump,
-    load,
-    parse,
-)
+from simdl.scenario import DeployEntry, Scenario, StrategyEntry, dump, load, parse
+from simdl.scenario_params import call, choose
 from simdl.report import generation as gen_metrics
 from simdl.sim import generation, generation_plan
 from simdl.sim.changes import start_changes

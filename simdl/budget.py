@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from simdl.errors import ScenarioError
 from simdl.nn.chain import Chain
 from simdl.nn.models import SIZES, Size
-from simdl.scenario import ModelEntry, Scenario, call, choose
+from simdl.scenario import ModelEntry, Scenario
+from simdl.scenario_params import call, choose
 
 #: Devices in the pool after `count` expansion (the topologies build routes per pair).
 MAX_DEVICES = 256

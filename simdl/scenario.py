@@ -2,29 +2,26 @@
 
 pydantic lives here, at the edge, and nowhere below. Components chosen by name
 (topology, model, strategy) keep their parameters flat beside the name; those
-parameters are checked against the chosen function's own signature, so a new
-plug-in never needs a schema edit.
+parameters are checked against the chosen function's own signature
+(`simdl.scenario_params`), so a new plug-in never needs a schema edit.
 """
 from __future__ import annotations
 
-import functools
-import inspect
 import math
 import re
-import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, NonNegativeFloat,
-                      PositiveFloat, ValidationError, ValidationInfo, create_model,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field,
+                      NonNegativeFloat, PositiveFloat, Tag, ValidationError, ValidationInfo,
                       field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from simdl import changes as pool_changes, units
-from simdl.errors import QUOTE, ScenarioError, SimdlError, shorten
-from simdl.hw import catalogue
+from simdl import changes as pool_changes
+from simdl.errors import ScenarioError
 from simdl.report.store import NAME, NAME_RULE
+from simdl.scenario_params import scenario_error
 from simdl.yamlfile import read
 
 #: Whole numbers are strict: YAML's `true` is not taken for 1, nor 2.5 for 2.
@@ -220,17 +217,65 @@ class TrainingEntry(Strict):
         return devices
 
 
+class Uniform(Strict):
+    """A whole number drawn uniformly from `low` to `high`, both included."""
+
+    dist: Literal["uniform"]
+    low: Count
+    high: Count
+
+    @field_validator("high")
+    @classmethod
+    def _not_below_low(cls, high: int, info: ValidationInfo) -> int:
+        low = info.data.get("low")
+        if low is not None and high < low:
+            raise PydanticCustomError("range", "at least low ({low})", {"low": low})
+        return high
+
+
+class LogNormal(Strict):
+    """exp(N(ln `median`, `sigma`)) rounded to a whole number, kept within 1 to `max`:
+    the long tail of real prompt and answer lengths, bounded."""
+
+    dist: Literal["lognormal"]
+    median: PositiveFloat
+    sigma: NonNegativeFloat
+    max: Count
+
+    @field_validator("max")
+    @classmethod
+    def _not_below_median(cls, top: int, info: ValidationInfo) -> int:
+        median = info.data.get("median")
+        if median is not None and top < median:
+            raise PydanticCustomError("range", "at least median ({median})", {"median": median})
+        return top
+
+
+def _length_kind(value: Any) -> str:
+    """A mapping (or, when a scenario is written back, a parsed distribution) is a
+    distribution, its `dist` picks which; anything else a fixed count."""
+    return "drawn-length" if isinstance(value, (Mapping, BaseModel)) else "fixed-length"
+
+
+#: Tokens per request: a whole number, or a distribution each request draws from.
+Length = Annotated[
+    Annotated[Count, Tag("fixed-length")]
+    | Annotated[Annotated[Uniform | LogNormal, Field(discriminator="dist")], Tag("drawn-length")],
+    Discriminator(_length_kind)]
+
+
 class Generation(Strict):
     """Language-model requests: a `prompt` of tokens each, then `tokens` output tokens
     decoded one per step with a KV cache; up to `max_batch` sequences share each decode
-    step (continuous batching; `simdl.sim.generation`)."""
+    step (continuous batching; `simdl.sim.generation`). Either count may be a
+    distribution, drawn once per request (`simdl.world`)."""
 
     kind: Literal["generation"]
     requests: Count = 10
     arrival: Arrival = Closed(kind="closed", concurrency=1)
     source: str  # the device that sends the prompts and gets the tokens
-    prompt: Count = 16  # prompt tokens per request
-    tokens: Count = 16  # output tokens per request (the first comes from the prefill)
+    prompt: Length = 16  # prompt tokens per request
+    tokens: Length = 16  # output tokens per request (the first comes from the prefill)
     max_batch: Count = 1  # sequences decoded together per step
 
 
@@ -314,103 +359,3 @@ def dump(scenario: Scenario) -> dict[str, Any]:
     """The scenario as plain data, every default filled in, ready for YAML."""
     return scenario.model_dump(mode="json", exclude_none=True)
 
-
-def call(fn: Callable[..., Any], params: Mapping[str, Any], where: str, *args: Any) -> Any:
-    """`fn(*args, **params)` with `params` checked against `fn`'s signature.
-
-    Only the user's keyword parameters are validated; the positional `args`
-    (the world, the pool) are simdl's own and pass as they are.
-    """
-    try:
-        checked = _signature_model(fn, len(args)).model_validate(dict(params))
-    except ValidationError as err:
-        raise scenario_error(err, where, signature_help(fn, len(args))) from None
-    return fn(*args, **{k: getattr(checked, k) for k in params})
-
-
-@functools.cache
-def _signature_model(fn: Callable[..., Any], skip: int) -> type[BaseModel]:
-    hints = typing.get_type_hints(fn, include_extras=True)
-    fields: dict[str, Any] = {}
-    for p in list(inspect.signature(fn).parameters.values())[skip:]:
-        default = ... if p.default is inspect.Parameter.empty else p.default
-        fields[p.name] = (_at_the_edge(hints.get(p.name, Any)), default)
-    config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    return create_model(f"{fn.__name__}_params", __config__=config, **fields)
-
-
-def _at_the_edge(hint: Any) -> Any:
-    """`hint` as a file's values must meet it, where code calling the plug-in directly
-    needs no check: a whole number strictly (`true` is not 1, as in the schema), and a
-    quantity annotated with its kind of `units.SUFFIXES` (`Annotated[float | str,
-    "bandwidth"]`) with its unit (a bare 100 is a slip, not 100 B/s)."""
-    if getattr(hint, "__origin__", hint) is int:
-        return Annotated[hint, Field(strict=True)]
-    kind = next((m for m in getattr(hint, "__metadata__", ())
-                 if isinstance(m, str) and m in units.SUFFIXES), None)
-    if kind is None:
-        return hint
-
-    def check(value: Any) -> Any:
-        if value is not None:
-            try:
-                catalogue.quantity(value, kind, kind, zero=kind == "time")
-            except SimdlError as err:
-                raise PydanticCustomError("quantity", "{allowed}", {"allowed": err.allowed}) from None
-        return value
-    return Annotated[hint, AfterValidator(check)]
-
-
-def choose(registry: Mapping[str, Callable[..., Any]], name: str, where: str) -> Callable[..., Any]:
-    """The registry entry `name`, or an error listing the choices."""
-    try:
-        return registry[name]
-    except KeyError:
-        raise ScenarioError(where, name, f"choose one of: {', '.join(sorted(registry))}") from None
-
-
-def signature_help(fn: Callable[..., Any], skip: int = 0) -> str:
-    """The parameters a plug-in takes (after `skip` positional ones), for messages."""
-    return ", ".join(list(inspect.signature(fn).parameters)[skip:])
-
-
-def _path(loc: tuple[Any, ...], tags: set[str]) -> str:
-    """pydantic's location as a field path; a user's long key is cut to a prefix."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in tags or str(part).startswith("function-"):
-            continue  # a union tag, not a field
-        else:
-            part = shorten(str(part), 60)
-            out += f".{part}" if out else part
-    return out
-
-
-def scenario_error(err: ValidationError, prefix: str = "", params_help: str = "") -> ScenarioError:
-    """pydantic's first error as one line: field path, value, what is allowed."""
-    first = err.errors(include_url=False)[0]
-    loc, kind, ctx = tuple(first["loc"]), first["type"], first.get("ctx", {})
-    if kind == "unknown_key":
-        loc = loc + (ctx["key"],)
-    tags = {"poisson", "closed", "trace", "inference", "training", "generation"}
-    where = ".".join(p for p in (prefix, _path(loc, tags)) if p)
-    value = first.get("input")
-    if kind == "unknown_key":  # ctx has the key as text: find the key itself (5, not '5')
-        value = next(v for k, v in value.items() if str(k) == ctx["key"])
-        allowed = f"unknown key; allowed keys: {ctx['allowed']}"
-    elif kind == "extra_forbidden":
-        allowed = f"unknown parameter; allowed: {params_help}"
-    elif kind == "missing" or kind == "missing_argument":
-        allowed = "this field is required"
-    elif kind == "union_tag_invalid" and isinstance(value, Mapping):  # name the tag, not the block
-        key = ctx["discriminator"].strip("'")
-        where, value = f"{where}.{key}" if where else key, value.get(key, ctx["tag"])
-        allowed = f"choose one of: {ctx['expected_tags']}"
-    else:
-        allowed = first["msg"][0].lower() + first["msg"][1:]
-        for part in ctx.values():  # the user's text pydantic put in its message ('Input tag …')
-            if isinstance(part, str) and len(part) > QUOTE:
-                allowed = allowed.replace(part, shorten(part))
-    return ScenarioError(where or "scenario", value, allowed)

@@ -20,7 +20,9 @@ from simdl.nn import llm_shapes
 from simdl.nn.models import MODELS
 from simdl.plan import world as w
 from simdl.plan.lm_model import ShapeModel
-from simdl.scenario import Inference, ModelEntry, Scenario, call, choose
+from simdl.rng import stream
+from simdl.scenario import Inference, Length, ModelEntry, Scenario, Uniform
+from simdl.scenario_params import call, choose
 
 
 def build(scenario: Scenario, *, timing_only: bool = False, pretrain: bool = True) -> w.World:
@@ -87,6 +89,9 @@ def _generation(scenario: Scenario, timing_only: bool) -> w.World:
     _bounded("devices", budget.device_count(scenario), budget.MAX_DEVICES)
     _bounded("workload.requests", load.requests, budget.MAX_REQUESTS)
     _bounded("workload.max_batch", load.max_batch, budget.MAX_BATCH)
+    for name in ("prompt", "tokens"):  # each token is a row of the prompts or an event
+        _bounded(f"workload.{name} x requests", most(getattr(load, name)) * load.requests,
+                 budget.MAX_EVENTS)
     if scenario.models:
         raise ScenarioError("models", sorted(scenario.models), "a generation workload runs "
                             "one model (`model`); leave `models` out")
@@ -115,11 +120,38 @@ def _generation(scenario: Scenario, timing_only: bool) -> w.World:
     arrival = w.Arrival(a.kind, rate=getattr(a, "rate", 0.0),
                         concurrency=getattr(a, "concurrency", 0),
                         times=tuple(getattr(a, "times", ())))
-    workload = w.Generation(load.requests, arrival, 1, load.source, prompt=load.prompt,
-                            tokens=load.tokens, max_batch=load.max_batch)
+    workload = w.Generation(load.requests, arrival, 1, load.source,
+                            prompt_lengths=lengths(load.prompt, load.requests, scenario.seed,
+                                                   "prompt"),
+                            token_counts=lengths(load.tokens, load.requests, scenario.seed,
+                                                 "tokens"),
+                            max_batch=load.max_batch)
     empty = Dataset(np.zeros((0, 1), np.int64), np.zeros(0, np.int64), 1, "none")
     return w.World(scenario.name, scenario.seed, {"main": main}, devices, network, workload,
                    empty, scenario.constraints.input_stays_on, None, moves)
+
+
+def most(length: Length) -> int:
+    """The largest count `length` can give: what memory and the bounds must allow for."""
+    if isinstance(length, int):
+        return length
+    return length.high if isinstance(length, Uniform) else length.max
+
+
+def lengths(length: Length, requests: int, seed: int, name: str) -> tuple[int, ...]:
+    """Each request's count: `length` itself, or drawn once per request from the
+    seed's stream `name` (uniform: integers, both ends included; lognormal: rounded,
+    kept within 1 and its `max`)."""
+    if isinstance(length, int):
+        return (length,) * requests
+    rng = stream(seed, name)
+    if isinstance(length, Uniform):
+        drawn = rng.integers(length.low, length.high, size=requests, endpoint=True)
+    else:
+        with np.errstate(over="ignore"):  # a huge draw is kept at `max`
+            drawn = rng.lognormal(np.log(length.median), length.sigma, size=requests)
+        drawn = np.clip(np.rint(drawn), 1, length.max)
+    return tuple(int(v) for v in drawn)
 
 
 def shape_model(preset: str, weights: str = "fp32") -> ShapeModel:

@@ -17,7 +17,7 @@ from simdl import api
 from simdl.cli import main
 from simdl.errors import (ALLOWED, QUOTE, WHERE, CapacityError, DeviceGone, ScenarioError,
                           SimdlError, quote)
-from simdl.scenario import scenario_error
+from simdl.scenario_params import scenario_error
 from simdl.yamlfile import MAX_ALIASES, MAX_BYTES, MAX_INT_TEXT, MAX_NODES, MAX_TEXT
 
 ROOT = Path(__file__).resolve().parents[1]

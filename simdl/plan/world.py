@@ -5,6 +5,7 @@ strategies, the estimator and the executors read it and never change it.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -54,14 +55,25 @@ class Inference:
 
 @dataclass(frozen=True)
 class Generation(Inference):
-    """Language-model requests (`sim.generation`): each a `prompt` of tokens, prefilled
-    at once, then `tokens` output tokens (the prefill gives the first), one per decode
-    step; up to `max_batch` sequences share a step. An Inference of one sample per request
-    to the planner's arrival rules and strategies (`batch` 1)."""
+    """Language-model requests (`sim.generation`): request r has a prompt of
+    `prompt_lengths[r]` tokens, prefilled at once, then `token_counts[r]` output tokens
+    (the prefill gives the first), one per decode step; up to `max_batch` sequences share
+    a step. An Inference of one sample per request to the planner's arrival rules and
+    strategies (`batch` 1)."""
 
-    prompt: int = 16
-    tokens: int = 16
+    prompt_lengths: tuple[int, ...] = ()
+    token_counts: tuple[int, ...] = ()
     max_batch: int = 1
+
+    @functools.cached_property
+    def prompt(self) -> int:
+        """The longest prompt: what a plan's memory must hold."""
+        return max(self.prompt_lengths, default=0)
+
+    @functools.cached_property
+    def tokens(self) -> int:
+        """The most output tokens of any request: what a plan's memory must hold."""
+        return max(self.token_counts, default=0)
 
 
 @dataclass(frozen=True)

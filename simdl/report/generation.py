@@ -50,9 +50,10 @@ def tokens_table(world: World, made: Generated) -> pd.DataFrame:
         arrival = q.arrival if q is not None else float("nan")
         first = q.first if done else float("nan")
         finish = q.finish if done else float("nan")
-        tpot = (finish - first) / (load.tokens - 1) if done and load.tokens > 1 else float("nan")
+        tokens = load.token_counts[r]
+        tpot = (finish - first) / (tokens - 1) if done and tokens > 1 else float("nan")
         rows.append({"request": r, "status": "completed" if done else "failed",
-                     "prompt": load.prompt, "tokens": load.tokens if done else 0,
+                     "prompt": load.prompt_lengths[r], "tokens": tokens if done else 0,
                      "arrival": arrival, "first_token": first, "finish": finish,
                      "ttft": first - arrival, "tpot": tpot})
     return pd.DataFrame(rows, columns=TOKEN_COLUMNS)

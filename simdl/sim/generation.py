@@ -95,7 +95,8 @@ def execute(plan: Plan, world: World, sim: Simulator) -> Generated:
         if m.tier == "ram" and short is None:
             sim.allocate(m.device, m.resident, f"weights {m.device}")
     prompts = (None if sim.timing_only else stream(world.seed, "prompts").integers(
-        0, chain.n_classes, size=(load.requests, load.prompt)))
+        0, chain.n_classes, size=(load.requests, load.prompt)))  # each row cut to its prompt
+    prompt_of, tokens_of = load.prompt_lengths, load.token_counts
     share = [[j for j, m in enumerate(mem) if m.stage == i] for i in range(len(stages))]
     groups = [group_costs(world, s) for s in stages]
     last_dev = stages[-1].device
@@ -166,10 +167,11 @@ def execute(plan: Plan, world: World, sim: Simulator) -> Generated:
         return sim.all_of(events) if events else None
 
     def prefill(q: Seq) -> Generator[Any, Any, None]:
-        pre = costs.prefill(load.prompt)
+        length = prompt_of[q.r]
+        pre = costs.prefill(length)
         tag = f"prefill r{q.r}"
-        x = None if prompts is None else prompts[q.r][None, :]
-        go = moves([(plan.source, d, load.prompt * TOKEN_BYTES, f"prompt r{q.r}")
+        x = None if prompts is None else prompts[q.r][None, :length]
+        go = moves([(plan.source, d, length * TOKEN_BYTES, f"prompt r{q.r}")
                     for d in stages[0].devices], q.r)
         if go is not None:
             yield go
@@ -179,10 +181,10 @@ def execute(plan: Plan, world: World, sim: Simulator) -> Generated:
                              f"act {tag}") for d in s.devices], q.r)
                 if go is not None:
                     yield go
-            kv_add(i, load.prompt, f"kv r{q.r}", q.r)
+            kv_add(i, length, f"kv r{q.r}", q.r)
             fn = lambda b, v, q=q: kv.prefill(chain, v, [q.state], start=b, stop=b + 1)
             x = yield from stage(i, ([c.fwd_flops for c in pre], [c.fwd_bytes for c in pre]),
-                                 lambda g: g.prefill(load.prompt), fn, x, tag, q.r)
+                                 lambda g: g.prefill(length), fn, x, tag, q.r)
         go = moves([(last_dev, plan.source, TOKEN_BYTES, f"token r{q.r}")], q.r)
         if go is not None:
             yield go
@@ -190,7 +192,7 @@ def execute(plan: Plan, world: World, sim: Simulator) -> Generated:
             q.last = x[:, -1].argmax(-1)
             q.out.append(int(q.last[0]))
         q.emitted, q.first = 1, sim.now
-        if q.emitted == load.tokens:
+        if q.emitted == tokens_of[q.r]:
             end(q)
         else:
             ready.append(q)
@@ -203,7 +205,7 @@ def execute(plan: Plan, world: World, sim: Simulator) -> Generated:
     def end(q: Seq) -> None:
         q.finish = sim.now
         for m in mem:
-            held = (load.prompt + q.emitted - 1) * m.kv_token
+            held = (prompt_of[q.r] + q.emitted - 1) * m.kv_token
             if m.tier == "ram":
                 sim.free(m.device, held, f"kv r{q.r}", request=q.r)
             kv_now[m.device] -= held
@@ -247,7 +249,7 @@ def execute(plan: Plan, world: World, sim: Simulator) -> Generated:
                 yield sim.env.any_of([state["wake"], finished])
                 continue
             n = len(active)
-            cached = sum(load.prompt + q.emitted - 1 for q in active)
+            cached = sum(prompt_of[q.r] + q.emitted - 1 for q in active)
             flops, nbytes, out = costs.decode(n, cached)
             tag = f"step {step}"
             x = None if sim.timing_only else np.concatenate([q.last for q in active])
@@ -275,7 +277,7 @@ def execute(plan: Plan, world: World, sim: Simulator) -> Generated:
                     q.last = x[k:k + 1, -1].argmax(-1)
                     q.out.append(int(q.last[0]))
                 q.emitted += 1
-                if q.emitted == load.tokens:
+                if q.emitted == tokens_of[q.r]:
                     end(q)
                 else:
                     still.append(q)
