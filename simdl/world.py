@@ -66,13 +66,7 @@ def build(scenario: Scenario, *, timing_only: bool = False, pretrain: bool = Tru
                          load.target_accuracy)
         return w.World(scenario.name, scenario.seed, models, devices, network, job, test,
                        scenario.constraints.input_stays_on, train, moves)
-    a = load.arrival
-    if a.kind == "trace" and len(a.times) < load.requests:
-        raise ScenarioError("workload.arrival.times", len(a.times),
-                            f"give at least `requests` ({load.requests}) arrival times")
-    arrival = w.Arrival(a.kind, rate=getattr(a, "rate", 0.0),
-                        concurrency=getattr(a, "concurrency", 0),
-                        times=tuple(getattr(a, "times", ())))
+    arrival = _arrival(load)
     classes = tuple(w.RequestClass(c.name, c.share, c.priority) for c in load.classes)
     workload = w.Inference(load.requests, arrival, load.batch, load.source, classes,
                            load.timeout, load.retries)
@@ -113,13 +107,7 @@ def _generation(scenario: Scenario, timing_only: bool) -> w.World:
     moves = changes.build(scenario.changes or [], devices, network)
     if load.source not in devices:
         raise ScenarioError("workload.source", load.source, f"choose one of: {', '.join(devices)}")
-    a = load.arrival
-    if a.kind == "trace" and len(a.times) < load.requests:
-        raise ScenarioError("workload.arrival.times", len(a.times),
-                            f"give at least `requests` ({load.requests}) arrival times")
-    arrival = w.Arrival(a.kind, rate=getattr(a, "rate", 0.0),
-                        concurrency=getattr(a, "concurrency", 0),
-                        times=tuple(getattr(a, "times", ())))
+    arrival = _arrival(load)
     workload = w.Generation(load.requests, arrival, 1, load.source,
                             prompt_lengths=lengths(load.prompt, load.requests, scenario.seed,
                                                    "prompt"),
@@ -204,3 +192,15 @@ def data_for(chain: Chain, seed: int) -> tuple[Dataset, Dataset]:
         # The drawn shapes are fewer than 10: labels use the first len(SHAPES) classes.
         data = shapes(size=shape[-1], channels=shape[0], n_classes=min(classes, len(SHAPES)), **kw)
     return data.split(0.8)
+
+
+def _arrival(load: Any) -> w.Arrival:
+    """A request stream's arrival process, as the run takes it (a trace needs a time for
+    every request)."""
+    a = load.arrival
+    if a.kind == "trace" and len(a.times) < load.requests:
+        raise ScenarioError("workload.arrival.times", len(a.times),
+                            f"give at least `requests` ({load.requests}) arrival times")
+    return w.Arrival(a.kind, rate=getattr(a, "rate", 0.0),
+                     concurrency=getattr(a, "concurrency", 0),
+                     times=tuple(getattr(a, "times", ())))
