@@ -48,11 +48,12 @@ def best(*fns: Callable[[], Any], repeat: int) -> list[float]:
 
 # -- the engine alone -------------------------------------------------------------------
 
-def bare_timeouts() -> None:
+def bare_timeouts(n: int = N) -> None:
+    """`n` back-to-back timeouts on a bare simpy clock: the yardstick per event."""
     env = simpy.Environment()
 
     def loop():
-        for _ in range(N):
+        for _ in range(n):
             yield env.timeout(1e-3)
 
     env.process(loop())

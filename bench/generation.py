@@ -21,7 +21,7 @@ import simpy
 from simdl import api
 from simdl.scenario import Scenario, parse
 
-from engine import best
+from engine import bare_timeouts, best
 
 BOARDS = 8
 
@@ -39,17 +39,6 @@ def scenario(requests: int, tokens: int, max_batch: int) -> Scenario:
                         "cuts": [1 + 4 * i for i in range(1, BOARDS)]}]})
 
 
-def bare(n: int) -> None:
-    env = simpy.Environment()
-
-    def loop():
-        for _ in range(n):
-            yield env.timeout(1e-3)
-
-    env.process(loop())
-    env.run()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100 requests x 64 tokens")
@@ -65,7 +54,7 @@ def main() -> None:
 
     one = scenario(10 if quick else 40, 64, 1)
     steps = one.workload.requests * (one.workload.tokens - 1)  # the first token is prefill's
-    sim_s, bare_s = best(lambda: api.run(one, timing_only=True), lambda: bare(steps), repeat=3)
+    sim_s, bare_s = best(lambda: api.run(one, timing_only=True), lambda: bare_timeouts(steps), repeat=3)
     print(f"one sequence, {steps} decode steps over {BOARDS} stages: {sim_s / steps * 1e6:.0f} us "
           f"a step, {sim_s / bare_s:.1f}x a bare simpy timeout ({bare_s / steps * 1e6:.2f} us)")
 
