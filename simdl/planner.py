@@ -21,14 +21,17 @@ from threadpoolctl import threadpool_limits
 from simdl.errors import PlanError
 from simdl.plan.baselines import baselines
 from simdl.plan.estimate import Estimate, estimate
+from simdl.plan.lm_split import best_cuts, best_paths, path_plan
 from simdl.plan.plan import Plan, check
 from simdl.plan.search import Objective, Search, score, search, weights_of
 from simdl.plan.space import Limits, Space
 from simdl.plan.strategies import entry as written_entry
 from simdl.plan.train_search import TO_TARGET, TrainSpace
-from simdl.plan.world import Arrival, Inference, World
+from simdl.plan.world import Arrival, Generation, Inference, World
 from simdl.report import tables
 from simdl.scenario import Scenario, dump
+from simdl.sim import generation
+from simdl.sim.changes import start_changes
 from simdl.sim.engine import Simulator
 from simdl.sim.inference import execute
 from simdl.sim.stages import prepare
@@ -79,11 +82,12 @@ def simulate(plan: Plan, world: World, *, timing_only: bool = True) -> Measured:
 @dataclass(frozen=True)
 class Choice:
     """The simulated winner among the search's best few: its plan, what the simulator
-    measured for each of them (`measured[i]` for `search.ranked[i]`), and the search."""
+    measured for each of them (`measured[i]` for `search.ranked[i]`), and the search
+    (none for a generation pool: `generation_choice`)."""
 
     plan: Plan
     measured: tuple[Measured, ...]
-    found: Search
+    found: Search | None
 
 
 def choose(world: World, objective: Objective = "throughput", space: Space | None = None,
@@ -91,7 +95,10 @@ def choose(world: World, objective: Objective = "throughput", space: Space | Non
     """Search, then simulate the `top` candidates and return the best as simulated: by
     throughput under a saturating closed loop (`saturated`) for "throughput", else on the
     world's own workload (p50 latency; joules per request above idle). With weights, the
-    estimate's ranking stands and only the winner is simulated."""
+    estimate's ranking stands and only the winner is simulated. A generation pool's
+    choice is `generation_choice`'s."""
+    if isinstance(world.workload, Generation):
+        return Choice(generation_choice(world, objective, space), (), None)
     found = search(world, objective, space, limits, **options)
     weights = weights_of(objective)
     name = next(iter(weights)) if len(weights) == 1 else None
@@ -104,6 +111,50 @@ def choose(world: World, objective: Objective = "throughput", space: Space | Non
              "energy": lambda m: dynamic_energy(m, world)}[name]
     best = min(range(len(runs)), key=lambda i: (value(runs[i]), i))
     return Choice(candidates[best], runs, found)
+
+
+def generation_choice(world: World, objective: Objective = "throughput",
+                      space: Space | None = None) -> Plan:
+    """A generation pool's plan, the one that serves the most tokens per second of the
+    scenario's own workload on the simulator, among candidates from the exact search
+    over the decode-step estimate (`plan.lm_split.best_paths`): the fastest path on
+    each number of devices of `space.devices` with one decode group and, when it has
+    several stages, the same devices cut for the least busy busiest stage with as many
+    groups as stages (at most `max_batch`). The step alone
+    leaves out the prefills, which queue on the first stage's units, and the groups,
+    which fill a pipeline: the simulator counts both. Ties go to fewer devices, then to
+    one group. Only the devices narrow it: the weights stay as the model stores them."""
+    space = space or Space()
+    if objective != "throughput":
+        raise PlanError("objective", objective, "throughput: a generation pool's auto "
+                        "serves the most tokens per second")
+    for name, value, plain in (("microbatches", list(space.microbatches), [1]),
+                               ("dtypes", list(space.dtypes), ["fp32"]),
+                               ("units", space.units, False)):
+        if value != plain:
+            raise PlanError(name, value, f"{plain} (the default): a generation pool's auto "
+                            "chooses devices, cuts and decode groups")
+    load = world.workload
+    assert isinstance(load, Generation)
+    candidates = []
+    for used, path in best_paths(world, list(space.devices or world.devices)).items():
+        candidates.append((path_plan(world, path), used, 1))
+        if used > 1 and load.max_batch > 1:
+            order = [(d,) for d in path[0]]
+            even = (path[0], best_cuts(world, order, balanced=True), path[2])
+            groups = min(used, load.max_batch)
+            candidates.append((path_plan(world, even, groups), used, groups))
+    return min(candidates, key=lambda c: (-generated_rate(c[0], world), *c[1:]))[0]
+
+
+def generated_rate(plan: Plan, world: World) -> float:
+    """Tokens per second `plan` serves of the world's generation workload, simulated
+    timing-only (0 when its caches do not fit)."""
+    sim = Simulator(world.devices, world.network, timing_only=True)
+    start_changes(world, sim)
+    made = generation.execute(plan, world, sim)
+    done = [q for q in made.seqs.values() if not np.isnan(q.finish)]
+    return sum(q.emitted for q in done) / sim.now if done and sim.now > 0 else 0.0
 
 
 def dynamic_energy(m: Measured, world: World) -> float:
@@ -295,6 +346,7 @@ __all__ = [
     "Planned",
     "choose",
     "dynamic_energy",
+    "generation_choice",
     "errors",
     "pareto_points",
     "plan_pool",

@@ -7,6 +7,7 @@ The API the simulator calls:
     logits = prefill(chain, prompts, seqs)         # prompts (n, T) int: all at once
     logits = decode(chain, next_tokens, seqs)      # next_tokens (n,): one step
     prefill_costs(chain, batch, prompt) / decode_costs(chain, batch, ctx)  # per block
+    run_layer(shard, h, member_seqs, key=b)      # one layer: a tensor-parallel member's
 
 Both run any block range `[start, stop)`, so a pipeline stage runs its blocks on the
 hidden states the previous stage sent: `prefill(chain, h, seqs, start=3, stop=6)`.
@@ -37,7 +38,7 @@ from simdl.nn.core import ITEMSIZE, Cost, Layer, Shape
 from simdl.nn.llm import GQAttention, KVCache
 
 __all__ = ["Sequence", "prefill", "decode", "prefill_costs", "decode_costs", "infer",
-           "infer_cost"]
+           "infer_cost", "run_layer"]
 
 
 @dataclass
@@ -83,21 +84,27 @@ def infer(layer: Layer, x: np.ndarray, caches: list[list[KVCache]]) -> np.ndarra
     return layer.forward(x)[0]
 
 
+def run_layer(layer: Layer, x: np.ndarray, seqs: list[Sequence], key: int) -> np.ndarray:
+    """`layer` (a block's, or a tensor-parallel member's shard of one: `nn.shard`) on x in
+    inference, its attention kernels reading and extending each sequence's caches kept
+    under `key` (the block's index; one layer with attention per key)."""
+    kernels = _attentions(layer)
+    for s in seqs:
+        if kernels and key not in s.caches:
+            s.caches[key] = [a.new_cache(x.dtype) for a in kernels]
+    caches = [[s.caches[key][j] for s in seqs] for j in range(len(kernels))]
+    return infer(layer, x, caches)
+
+
 def _run(chain: Chain, x: np.ndarray, seqs: list[Sequence], start: int, stop: int | None,
          last_only: bool) -> np.ndarray:
     start, stop = chain._range(start, stop)
     if len(seqs) != x.shape[0]:
         raise SimdlError("kv.sequences", len(seqs), f"need one per input row: {x.shape[0]}")
     for i in range(start, stop):
-        layer = chain.blocks[i].layer
         if last_only and i == len(chain) - 1:
             x = x[:, -1:]
-        kernels = _attentions(layer)
-        for s in seqs:
-            if kernels and i not in s.caches:
-                s.caches[i] = [a.new_cache(x.dtype) for a in kernels]
-        caches = [[s.caches[i][j] for s in seqs] for j in range(len(kernels))]
-        x = infer(layer, x, caches)
+        x = run_layer(chain.blocks[i].layer, x, seqs, i)
     return x
 
 

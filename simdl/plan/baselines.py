@@ -8,7 +8,8 @@
 - memory_proportional: the default of the exo home-cluster runtime: devices in a ring
   by memory, largest first, blocks in proportion to memory
   (RingMemoryWeightedPartitioningStrategy, exo-explore/exo,
-  exo/topology/ring_memory_weighted_partitioning_strategy.py);
+  exo/topology/ring_memory_weighted_partitioning_strategy.py), the memory exo reads
+  (`offered_memory`: a device's GPU's own when it has one, else its RAM);
 - ring_listed: every device in the order listed, cuts balancing compute alone
   (`strategies.pipeline` with `cuts: auto`, links ignored).
 A baseline may not fit memory: then it is what a user would have hit, and
@@ -47,10 +48,33 @@ def flops_proportional(world: World, devices: Sequence[str]) -> Plan:
     return _proportional(world, list(devices), peak, "flops_proportional")
 
 
+def offered_memory(world: World, device: str) -> float:
+    """The memory exo weighs a device by: on a machine whose fastest unit has its own
+    (a discrete GPU) that unit's, as exo reads an NVIDIA GPU's total VRAM, else the
+    device's RAM (exo-explore/exo, exo/topology/device_capabilities.py,
+    linux_device_capabilities)."""
+    spec = world.devices[device]
+    own = spec.units[best_unit(spec)].memory
+    return spec.memory if own is None else own
+
+
 def memory_proportional(world: World, devices: Sequence[str]) -> Plan:
-    ring = sorted(devices, key=lambda d: (world.devices[d].memory, d), reverse=True)
-    return _proportional(world, ring, [world.devices[d].memory for d in ring],
+    ring = sorted(devices, key=lambda d: (offered_memory(world, d), d), reverse=True)
+    return _proportional(world, ring, [offered_memory(world, d) for d in ring],
                          "memory_proportional")
+
+
+def memory_cuts(world: World, devices: Sequence[str]) -> list[int]:
+    """exo's rule in the order given: the first block of every stage after the first,
+    blocks in proportion to `offered_memory` (largest remainders, `shares`). PlanError
+    when a device's share rounds to no block."""
+    counts = shares([offered_memory(world, d) for d in devices], len(world.chain))
+    for d, c in zip(devices, counts):
+        if not c:
+            raise PlanError("cuts", "memory", f"a block for every device; {d}'s share of "
+                            f"{len(world.chain)} blocks by memory rounds to none: leave it out "
+                            "or give cuts")
+    return [sum(counts[:i]) for i in range(1, len(counts))]
 
 
 def ring_listed(world: World, devices: Sequence[str]) -> Plan:

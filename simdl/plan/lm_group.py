@@ -6,22 +6,29 @@ linear columns, RMSNorm and the embedding replicated): member i of k holds kv he
 `even(n_kv_heads, k)[i]` with their query heads (k > n_kv_heads: query heads
 `even(n_heads, k)[i]`, a kv head repeated on each member that reads it), hidden units
 `even(ffn_hidden, k)[i]` and vocabulary rows `even(vocab, k)[i]`. So a layer is two
-kernels per member, each followed by an all-reduce of the (tokens, dim) fp32 partial sums:
+kernels per member, each followed by an all-reduce of the (tokens, dim) partial sums
+(`wire` bytes a value: `model.wire`, fp32 by default):
     norm + its attention heads (their Wq, Wk, Wv, Wo and their part of the KV cache),
     norm + its hidden units of the SwiGLU MLP (its columns of W1, W3, rows of W2);
 the embedding is replicated (each member gathers the rows itself), and the head is one
-kernel (norm + its vocabulary rows) then an all-gather of the logits. The residual adds
-between them take no simulated time, as in `sim.stages` (the shard programs' AddSaved).
+kernel (norm + its vocabulary rows) then an all-gather of the logits (`wire` bytes
+each too). The residual adds between them take no simulated time, as in `sim.stages`
+(the shard programs' AddSaved).
 A test checks these costs against the real shard layers' own (`nn.kv.infer_cost`).
-Knows shapes and costs; knows nothing of devices or time.
+`member_steps` gives what the members compute for real, op by op beside those costs
+(the shard program of a block, `nn.shard`), and `combine` what a collective hands back.
+Knows shapes, costs and shard programs; knows nothing of devices or time.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from simdl.errors import PlanError
 from simdl.nn import llm_shapes
+from simdl.nn import shard as tp
 from simdl.nn.core import ITEMSIZE, Cost
 from simdl.nn.llm import GQAttention, SwiGLU, TiedHead
 from simdl.nn.llm_shapes import LMShape
@@ -82,22 +89,22 @@ GroupOp = tuple[str, Any]
 class GroupCosts:
     """Per block, the ops a group of k runs for a prefill or a decode step (module doc)."""
 
-    def __init__(self, shape: LMShape, weights: str, k: int):
-        self.shape, self.weights, self.k = shape, weights, k
+    def __init__(self, shape: LMShape, weights: str, k: int, wire: int = ITEMSIZE):
+        self.shape, self.weights, self.k, self.wire = shape, weights, k, wire
         self.members = members(shape, k)
 
     def _blocks(self, n: int, t: int, pairs: int, cached: int,
                 embed: Cost) -> list[list[GroupOp]]:
         s, w, ms = self.shape, self.weights, self.members
         rows = n * t
-        act = float(rows * s.dim * ITEMSIZE)
+        act = float(rows * s.dim * self.wire)
         layer: list[GroupOp] = [
             ("compute", [attention(s, m, rows, pairs, cached, w) for m in ms]),
             ("all_reduce", act),
             ("compute", [mlp(s, m, rows, w) for m in ms]),
             ("all_reduce", act)]
         last: list[GroupOp] = [("compute", [head(s, m, n, w) for m in ms]),
-                               ("all_gather", float(n * s.vocab * ITEMSIZE))]
+                               ("all_gather", float(n * s.vocab * self.wire))]
         return [[("compute", [embed] * self.k)], *([layer] * s.n_layers), last]
 
     def prefill(self, prompt: int) -> list[list[GroupOp]]:
@@ -149,3 +156,33 @@ def shape_of(model: Any) -> LMShape:
     return LMShape(vocab, dim, len(model) - 2, attn.h, attn.kv, swiglu.f,
                    tied=isinstance(proj, TiedHead), rope_theta=attn.theta,
                    head_dim=attn.dh, qkv_bias="bq" in attn.params, norm_eps=norm.eps)
+
+
+@dataclass(frozen=True)
+class MemberStep:
+    """One of a block's `GroupCosts` ops for real: the free local ops before it (a
+    residual's Save, Swap, AddSaved) and the Compute, Reduce or Gather itself."""
+
+    free: tuple[Any, ...]
+    op: Any
+
+
+def member_steps(layer: Any, k: int) -> tuple[tuple[MemberStep, ...], tuple[Any, ...]]:
+    """A block's shard program over k members (`nn.shard.shard`), one step per
+    `GroupCosts` op of the block, and the free ops after the last."""
+    steps, free = [], []
+    for op in tp.shard(layer, k).ops:
+        if isinstance(op, (tp.Compute, tp.Reduce, tp.Gather)):
+            steps.append(MemberStep(tuple(free), op))
+            free = []
+        else:
+            free.append(op)
+    return tuple(steps), tuple(free)
+
+
+def combine(op: Any, xs: list[np.ndarray], wire: Any) -> np.ndarray:
+    """What every member holds after an all-reduce (`tp.Reduce`) or all-gather of `xs`
+    sent through `wire` (x -> x as received): each part as sent, the sum in member order
+    as sent back; fp32 is `nn.shard.combine` itself."""
+    full = tp.combine(op, [wire(x) for x in xs])
+    return wire(full) if isinstance(op, tp.Reduce) else full

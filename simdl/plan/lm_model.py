@@ -5,7 +5,9 @@ bytes, and what a prefill or a decode step of each block costs.
 (`nn.llm_shapes`): it has the Chain's length, names, `param_bytes` and `costs`
 (what `plan.check` and the strategies read), and no arrays, so nothing is allocated
 and it can only run timing-only. `StepCosts` gives per-block costs from either kind:
-the preset's shapes or a real `decoder_lm` chain (`nn.kv`).
+the preset's shapes or a real `decoder_lm` chain (`nn.kv`). `model.wire` is the dtype
+of the activations sent between devices (`WIRE_BYTES`, `to_wire`), apart from the
+dtype the kernels compute in.
 Knows nn's shapes and costs; knows nothing of devices or time.
 """
 from __future__ import annotations
@@ -17,24 +19,61 @@ from typing import Any
 
 import numpy as np
 
-from simdl.nn import kv, llm_shapes
+from simdl.errors import ScenarioError
+from simdl.nn import formats, kv, llm_shapes
 from simdl.nn.core import Cost
 from simdl.nn.llm_shapes import LMShape
 
 CostFn = Callable[[int, int], list[Cost]]  # (batch, prompt or ctx) -> per block
 
+#: Bytes per value of an activation (or partial sum, or logit) between devices, by
+#: `model.wire`. int8 is not offered: nn has no symmetric per-tensor int8 rounding.
+WIRE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+
+def check_wire(wire: str) -> str:
+    """`wire` if it is a wire dtype; else a ScenarioError naming `model.wire`."""
+    if wire not in WIRE_BYTES:
+        raise ScenarioError("model.wire", wire, f"choose one of: {', '.join(WIRE_BYTES)}")
+    return wire
+
+
+def wire_of(model: Any) -> str:
+    """The wire dtype of a `ShapeModel` or of a chain `simdl.world` gave one (fp32)."""
+    return getattr(model, "wire", "fp32")
+
+
+def handover_bytes(model: Any, fp32_bytes: float) -> float:
+    """Bytes on the wire for activations that take `fp32_bytes` as float32."""
+    return fp32_bytes // 4 * WIRE_BYTES[wire_of(model)]
+
+
+def to_wire(x: np.ndarray, wire: str) -> np.ndarray:
+    """x as the receiver gets it: each value rounded through `wire` (fp16: IEEE half;
+    bf16: `nn.formats`' round to nearest even), back in x's dtype; fp32 is x itself."""
+    if wire == "fp32":
+        return x
+    if wire == "fp16":
+        return x.astype(np.float16).astype(x.dtype)
+    rows = np.asarray(x, np.float32).reshape(-1, x.shape[-1])
+    return formats.decode("bf16", formats.encode("bf16", rows), x.shape[-1]).reshape(
+        x.shape).astype(x.dtype)
+
 
 @dataclass(frozen=True)
 class ShapeModel:
     """A full-size preset: `shape` with its weights stored as `weights` (bits per weight
-    from `nn.formats`); blocks embed, layer1..N, head, as the built chain has them."""
+    from `nn.formats`) and activations sent as `wire`; blocks embed, layer1..N, head,
+    as the built chain has them."""
 
     shape: LMShape
     weights: str = "fp32"
     name: str = "llm"
+    wire: str = "fp32"
 
     def __post_init__(self) -> None:
         llm_shapes.weight_bytes(self.weights, 1)  # refuses an unknown format, listing them
+        check_wire(self.wire)
 
     def __len__(self) -> int:
         return self.shape.n_layers + 2

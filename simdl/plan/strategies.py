@@ -13,10 +13,12 @@ from typing_extensions import NotRequired, TypedDict
 
 from simdl.errors import PlanError
 from simdl.plan.auto import alone, auto_cuts
+from simdl.plan.baselines import memory_cuts
 from simdl.plan.costs import Costs
 from simdl.plan.estimate import balanced_cuts, block_times, group_block_times
+from simdl.plan.lm_split import best_cuts
 from simdl.plan.plan import Plan, Replica, Stage, single_path
-from simdl.plan.world import Inference, World
+from simdl.plan.world import Generation, Inference, World
 
 PositiveInt = Annotated[int, Gt(0)]  # checked at the YAML edge, plain int here
 Cuts = list[int] | Literal["auto"]
@@ -38,14 +40,16 @@ def single(world: World, device: str | None = None, unit: str | None = None) -> 
                        device=device)
 
 
-def pipeline(world: World, devices: list[str], cuts: Cuts = "auto",
+def pipeline(world: World, devices: list[str], cuts: Cuts | Literal["memory"] = "auto",
              microbatches: PositiveInt = 1) -> Plan:
     """The chain cut into consecutive stages over `devices`, in the order given.
 
     `cuts` are the first block of every stage after the first; `auto` asks the
     planner (`plan.auto.auto_cuts`: the most requests per second, links and memory
-    included). Each request's batch is cut into `microbatches` that stream through
-    the stages.
+    included; for generation `plan.lm_split.best_cuts`: the fastest decode step);
+    `memory` is exo's split, blocks in proportion to each device's memory
+    (`baselines.memory_cuts`). Each request's batch is cut into `microbatches` that
+    stream through the stages.
     """
     if len(devices) < 2:
         raise PlanError("devices", devices, "a pipeline needs at least two devices")
@@ -107,13 +111,17 @@ def hybrid(world: World, pipelines: list[list[list[str]]], cuts: Cuts = "auto",
     device, or a group). Every replica has its own cuts when `auto`. A device holds
     one stage of a replica; replicas may share a device.
     """
+    if isinstance(world.workload, Generation) and len(pipelines) != 1:
+        raise PlanError("pipelines", len(pipelines), "1: a generation workload runs one "
+                        "replica of stages")
     replicas = []
     for r, groups in enumerate(pipelines):
         distinct(f"pipelines[{r}]", [d for g in groups for d in g], "a replica's stages")
         stages = _stages(world, groups, cuts, microbatches, f"pipelines[{r}]")
         replicas.append(Replica(tuple(stages)))
-    speed = [1.0 / max(sum(group_block_times(world, s.devices, world.workload.batch)[s.start:s.stop])
-                       for s in rep.stages) for rep in replicas]
+    speed = [1.0] if len(replicas) == 1 else [  # one replica: nothing to share
+        1.0 / max(sum(group_block_times(world, s.devices, world.workload.batch)[s.start:s.stop])
+                  for s in rep.stages) for rep in replicas]
     replicas = [Replica(rep.stages, share=s / sum(speed)) for rep, s in zip(replicas, speed)]
     return Plan("hybrid", tuple(replicas), world.workload.source, microbatches, dispatch,
                 params={"pipelines": pipelines})
@@ -253,7 +261,8 @@ def entry(plan: Plan) -> dict[str, Any]:
                          for r in plan.replicas]}
 
 
-def _stages(world: World, groups: list[list[str]], cuts: Cuts, microbatches: int,
+def _stages(world: World, groups: list[list[str]], cuts: Cuts | Literal["memory"],
+            microbatches: int,
             field: str, batch: int | None = None) -> list[Stage]:
     """Stages over `groups` in order, cut where `cuts` says or balanced by estimate."""
     batch = world.workload.batch if batch is None else batch
@@ -263,9 +272,15 @@ def _stages(world: World, groups: list[list[str]], cuts: Cuts, microbatches: int
             world.known(field, d)
     if len(groups) > n:
         raise PlanError(field, groups, f"at most {n} stages, one block each at least")
-    if microbatches > batch:
+    if microbatches > batch and not isinstance(world.workload, Generation):
+        # a generation plan's micro-batches are decode groups, bounded by `max_batch`
+        # (`sim.generation_plan.check_plan`)
         raise PlanError("microbatches", microbatches, f"at most the batch size ({batch})")
-    if cuts == "auto" and isinstance(world.workload, Inference):
+    if cuts == "memory":
+        cuts = memory_cuts(world, [g[0] for g in groups])
+    elif cuts == "auto" and isinstance(world.workload, Generation):
+        cuts = best_cuts(world, [tuple(g) for g in groups])
+    elif cuts == "auto" and isinstance(world.workload, Inference):
         cuts = auto_cuts(world, [tuple(g) for g in groups], microbatches)
     elif cuts == "auto":  # training: forward times balanced (the training planner's rule)
         size = -(-batch // microbatches)
@@ -273,7 +288,7 @@ def _stages(world: World, groups: list[list[str]], cuts: Cuts, microbatches: int
     elif (len(cuts) != len(groups) - 1 or any(not 0 < c < n for c in cuts)
           or any(a >= b for a, b in zip(cuts, cuts[1:]))):
         raise PlanError("cuts", cuts, f"{len(groups) - 1} increasing block indices "
-                        f"between 1 and {n - 1} (the chain has {n} blocks), or 'auto'")
+                        f"between 1 and {n - 1} (the chain has {n} blocks), 'auto' or 'memory'")
     bounds = [0, *cuts, n]
     return [Stage(tuple(g), a, b) for g, a, b in zip(groups, bounds, bounds[1:])]
 

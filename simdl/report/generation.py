@@ -1,5 +1,6 @@
 """What a generation run reports: per request its time to first token and time per
-output token (`tokens.csv`), and the run's token headline in `summary.csv`.
+output token (`tokens.csv`), each device's weights and caches over time (`memory.csv`),
+each link's bytes per token (`links.csv`), and the run's token headline in `summary.csv`.
 
 TTFT = first token at the source - arrival; TPOT = (finish - first token) /
 (tokens - 1), NaN for a one-token request. Percentiles are numpy's linear ones over
@@ -19,6 +20,7 @@ from simdl.plan.world import Generation, World
 from simdl.sim.generation import Generated
 
 MIB = 2**20
+MEMORY_COLUMNS = ["t", "device", "tier", "weights_bytes", "kv_bytes"]
 TOKEN_COLUMNS = ["request", "status", "prompt", "tokens", "arrival", "first_token", "finish",
                  "ttft", "tpot"]
 
@@ -59,10 +61,16 @@ def tokens_table(world: World, made: Generated) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TOKEN_COLUMNS)
 
 
+def memory_table(made: Generated) -> pd.DataFrame:
+    """What each device's memory tier holds over time: a row per change, in time order."""
+    return pd.DataFrame(made.memory_trace, columns=MEMORY_COLUMNS)
+
+
 def finish(result: Any, world: World, made: Generated) -> None:
     """Add tokens.csv and the token columns to `result` (a `report.result.Result`)."""
     table = tokens_table(world, made)
     result.extra["tokens"] = table
+    result.extra["memory"] = memory_table(made)
     done = table[table.status == "completed"]
     s = result.summary.iloc[0]
     generated = int(done.tokens.sum())
@@ -78,3 +86,5 @@ def finish(result: Any, world: World, made: Generated) -> None:
     cols["energy_per_token_J"] = s.energy_used_J / generated if generated else float("nan")
     cols["failed_out_of_memory"] = int((result.requests.cause == "out_of_memory").sum())
     result.summary = result.summary.assign(**cols)
+    result.links = result.links.assign(
+        bytes_per_token=result.links["bytes"] / generated if generated else float("nan"))

@@ -122,6 +122,13 @@ COMPARED = (("throughput_rps", "Throughput (requests/s), higher is better", 1.0,
             ("latency_p95_ms", "p95 latency (ms), lower is better", 1.0, False),
             ("network_bytes", "Network traffic (MB), lower is better", 1e6, False),
             ("energy_J", "Energy (J), lower is better", 1.0, False))
+GENERATION_COMPARED = (("tokens_per_s", "Tokens/s (pool), higher is better", 1.0, True),
+                       ("tpot_p95_ms", "p95 time per output token (ms), lower is better", 1.0,
+                        False),
+                       ("network_bytes_per_token", "Network per token (kB), lower is better",
+                        1e3, False),
+                       ("energy_per_token_J", "Energy per token (J), lower is better", 1.0,
+                        False))
 TRAINING_COMPARED = (("final_accuracy", "Final held-out accuracy, higher is better", 1.0, True),
                      ("step_time_s", "Time per step (s), lower is better", 1.0, False),
                      ("bytes_per_worker_step", "Sent per worker per step (MB), lower is better",
@@ -171,7 +178,8 @@ def comparison(compare_df: pd.DataFrame, path: str | os.PathLike[str], title: st
     fig = Figure(figsize=(11, min(MAX_HEIGHT_IN, 2.6 + 0.7 * max(len(labels), 1))),
                  layout="constrained")
     axes = fig.subplots(2, 2)
-    panels = TRAINING_COMPARED if "final_loss" in compare_df.columns else COMPARED
+    panels = (TRAINING_COMPARED if "final_loss" in compare_df.columns else
+              GENERATION_COMPARED if "tokens_per_s" in compare_df.columns else COMPARED)
     for ax, (column, name, divisor, higher) in zip(axes.flat, panels):
         values = compare_df[column] / divisor if column in compare_df.columns else None
         _panel(ax, labels, values, name, higher)
@@ -232,4 +240,32 @@ def training_figure(frames: dict[str, pd.DataFrame], title: str = "",
     else:
         acc_ax.legend(fontsize=8, frameon=False, loc="lower right")
     fig.suptitle(title or "Training over simulated time")
+    return fig
+
+
+def memory(table: pd.DataFrame, path: str | os.PathLike[str], title: str = "") -> Path:
+    """Write `memory_figure` as a PNG."""
+    return write_png(memory_figure(table, title), path)
+
+
+def memory_figure(table: pd.DataFrame, title: str = "") -> Figure:
+    """What each device's memory tier holds over simulated time (a generation run's
+    `memory.csv`): weights plus KV cache, a step line each. Past MAX_ROWS tiers only the
+    MAX_ROWS with the highest peaks are drawn, and the axis says so."""
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ax = fig.subplots()
+    held = table.assign(MiB=(table["weights_bytes"] + table["kv_bytes"]) / 2**20)
+    lanes = [(f"{d} ({tier})", rows) for (d, tier), rows in held.groupby(["device", "tier"],
+                                                                         sort=True)]
+    lanes.sort(key=lambda lane: -lane[1]["MiB"].max())
+    end = float(table["t"].max()) if len(table) else 0.0
+    for name, rows in lanes[:MAX_ROWS]:
+        ax.step(list(rows["t"]) + [end], list(rows["MiB"]) + [rows["MiB"].iloc[-1]],
+                where="post", linewidth=1.2, label=name)
+    note = f" ({MAX_ROWS} of {len(lanes)} tiers, highest peaks)" if len(lanes) > MAX_ROWS else ""
+    ax.set(xlabel="simulated time (s)", ylabel="weights + KV cache held (MiB)" + note)
+    ax.grid(color="0.9", linewidth=0.6)
+    if lanes:
+        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(title or "Memory over simulated time")
     return fig

@@ -99,6 +99,8 @@ class Result:
         timeline_plot.timeline(self.events, directory / "timeline.png",
                                title=f"Timeline: {self.title}")
         plots.utilisation(self.devices, directory / "utilisation.png", title=self.title)
+        if "memory" in self.extra:
+            plots.memory(self.extra["memory"], directory / "memory.png", title=self.title)
         if "training" in self.extra:
             plots.training({self.strategy: self.extra["training"]}, directory / "training.png",
                            title=self.title, faults={self.strategy: fault_events(self.events)})

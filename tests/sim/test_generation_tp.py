@@ -79,7 +79,7 @@ def test_members_split_kv_heads_or_repeat_them():
 LLM = {"name": "llm", "preset": "llama3_2_1b", "weights": "q4_0"}
 
 
-def tp_run(collective, k, model=LLM, tokens=2, timing_only=True):
+def tp_run(collective, k, model=LLM, tokens=2, timing_only=True, wire="fp32"):
     """One request on k laptops, every pair on its own full-duplex link (100 MB/s,
     0.1 ms, no per-message overhead): alpha + S/B = latency + S / bandwidth."""
     names = [f"pc{i}" for i in range(k)]
@@ -87,7 +87,7 @@ def tp_run(collective, k, model=LLM, tokens=2, timing_only=True):
             for i, a in enumerate(names) for b in names[i + 1:]]
     sc = parse({"name": "g", "devices": [{"name": "pc", "type": "laptop", "count": k}],
                 "network": {"kind": "links", "links": mesh, "overhead": 0},
-                "model": model,
+                "model": model | {"wire": wire},
                 "workload": {"kind": "generation", "requests": 1, "source": "pc0",
                              "prompt": 8, "tokens": tokens},
                 "strategies": [{"name": "tensor_parallel", "devices": names,
@@ -119,12 +119,15 @@ def all_gather(collective, k, nbytes):
 
 @pytest.mark.parametrize("collective", ["ring", "star"])
 @pytest.mark.parametrize("k", [2, 4])
-def test_a_decode_step_on_k_devices_is_member_kernels_plus_two_all_reduces_a_layer(collective, k):
+@pytest.mark.parametrize("wire,width", [("fp32", 4), ("fp16", 2)])
+def test_a_decode_step_on_k_devices_is_member_kernels_plus_two_all_reduces_a_layer(
+        collective, k, wire, width):
     """TPOT of a 2-token request = its one decode step (context 8): the embedding on
     every member, then per layer the slowest member's attention kernel, an all-reduce of
-    dim x 4 B, its MLP kernel, an all-reduce; the head's kernel and an all-gather of the
-    vocab x 4 B logits. Kernels by the roofline on the member's own share."""
-    world, made, ev = tp_run(collective, k)
+    dim values of `width` bytes (`model.wire`), its MLP kernel, an all-reduce; the head's
+    kernel and an all-gather of the vocab logits, `width` bytes each. Kernels by the
+    roofline on the member's own share."""
+    world, made, ev = tp_run(collective, k, wire=wire)
     spec = world.devices["pc0"]
     unit = spec.units[best_unit(spec)]
     s = preset("llama3_2_1b")
@@ -136,16 +139,17 @@ def test_a_decode_step_on_k_devices_is_member_kernels_plus_two_all_reduces_a_lay
     step = kt(llm_shapes.decode_costs(s, 1, 0, "q4_0")[0])
     per_layer = (max(kt(attention(s, m, 1, 9, 9, "q4_0")) for m in ms)
                  + max(kt(mlp(s, m, 1, "q4_0")) for m in ms)
-                 + 2 * all_reduce(collective, k, s.dim * 4))
+                 + 2 * all_reduce(collective, k, s.dim * width))
     step += s.n_layers * per_layer
-    step += max(kt(head(s, m, 1, "q4_0")) for m in ms) + all_gather(collective, k, s.vocab * 4)
+    step += (max(kt(head(s, m, 1, "q4_0")) for m in ms)
+             + all_gather(collective, k, s.vocab * width))
     step += alpha_beta(TOKEN_BYTES)   # the sampled token to the other members, at once
     q = made.seqs[0]
     assert q.finish - q.first == pytest.approx(step, rel=1e-9)
     assert unit.overhead >= 0
     sent = ev[(ev.kind == "transfer") & ev.label.str.startswith("layer1 step 0")].nbytes.sum()
-    per_sync = (2 * (k - 1) * s.dim * 4 if collective == "star"
-                else k * 2 * (k - 1) / k * s.dim * 4)
+    per_sync = (2 * (k - 1) * s.dim * width if collective == "star"
+                else k * 2 * (k - 1) / k * s.dim * width)
     assert sent == pytest.approx(2 * per_sync, rel=1e-12)
 
 
