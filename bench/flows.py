@@ -25,6 +25,10 @@ each flow's share by 1 / its route latency, and 1 / 2.1 ms is not exact in binar
 its sums round differently. With power-of-two latencies and equal stations the two
 agree bit for bit; tests/sim/test_flows_simgrid.py pins the agreement on random pools.
 
+Then `sharing: rtt` on the same case, alternating with the other two: every route here has
+the same latency, so its shares are max-min's, and the figure is the cost of the weighted
+solver (simdl/sim/sharing.py) and how close it comes to SimGrid, which always weighs.
+
 Also times the numpy solver against the plain-Python reference of tests/hw/test_maxmin.py
 on 1,000-flow snapshots, in the same process.
 """
@@ -45,9 +49,10 @@ from kernels import machine
 
 from simdl.hw.maxmin import max_min_hops, max_min_rates
 from simdl.hw.network import Network
-from simdl.hw.topologies import wifi_star
+from simdl.hw.topologies import calibrated, wifi_star
 from simdl.rng import stream
 from simdl.sim.flows import Flows
+from simdl.sim.sharing import weighted_hops
 
 STATIONS = 1_000
 PER_STATION = 10
@@ -85,6 +90,24 @@ def case_of(net: Network, transfers: list[list[tuple[int, int]]]) -> dict:
     return {"stations": names, "rates": [net.capacity[f"{n}>ap"] for n in names],
             "airtime": net.capacity["ap.air"], "latency": net.route(names[0], "ap").latency,
             "overhead": net.overhead, "transfers": transfers}
+
+
+def links_case_of(net: Network, transfers: list[list[tuple[int, int]]],
+                  bandwidth_factor: float = 1.0, latency_factor: float = 1.0) -> dict:
+    """A case of any network, for `sharing: rtt` (simgrid_case.py's "links" kind): every
+    resource of `net` with its capacity and latency (a medium has none), the route of each
+    (source, destination) pair that sends, and the factors SimGrid is to apply. `net` is
+    the network as built, before simdl.hw.topologies.calibrated's factors; the stations
+    are its devices."""
+    latency = {}
+    for link in net.links:
+        latency[f"{link.a}>{link.b}"] = latency[f"{link.b}>{link.a}"] = link.latency
+    names = list(net.devices)
+    pairs = sorted({(i, dst) for i, sends in enumerate(transfers) for dst, _ in sends})
+    return {"kind": "links", "stations": names, "transfers": transfers,
+            "resources": [[r, c, latency.get(r, 0.0)] for r, c in net.capacity.items()],
+            "routes": [[i, j, list(net.route(names[i], names[j]).resources)] for i, j in pairs],
+            "bandwidth_factor": bandwidth_factor, "latency_factor": latency_factor}
 
 
 def run_simdl(net: Network, case: dict) -> dict:
@@ -177,7 +200,7 @@ def per_call(fn, repeat: int) -> float:
     return best
 
 
-def solvers() -> list[tuple[str, float, float, float]]:
+def solvers() -> list[tuple[str, float, float, float, float]]:
     rng = stream(SEED, "bench.flows.snapshot")
     reference = reference_solver()
     rows = []
@@ -187,9 +210,13 @@ def solvers() -> list[tuple[str, float, float, float]]:
         routes, capacity, arrays = snapshot(goodputs, rng)
         fast, slow = max_min_rates(routes, capacity), reference(routes, capacity)
         assert np.allclose([fast[f] for f in routes], [slow[f] for f in routes], rtol=1e-9)
-        rows.append((name, per_call(partial(max_min_hops, *arrays), 50),
-                     per_call(partial(max_min_rates, routes, capacity), 5),
-                     per_call(partial(reference, routes, capacity), 1)))
+        penalty = np.full(len(routes), 2e-3)       # rtt: every route 2 ms, as on one AP
+        plain, weighted = [], []
+        for _ in range(3):                         # alternating: the machine is shared
+            plain.append(per_call(partial(max_min_hops, *arrays), 50))
+            weighted.append(per_call(partial(weighted_hops, *arrays, penalty), 50))
+        rows.append((name, min(plain), per_call(partial(max_min_rates, routes, capacity), 5),
+                     per_call(partial(reference, routes, capacity), 1), min(weighted)))
     return rows
 
 
@@ -197,9 +224,11 @@ def main() -> None:
     print(f"machine: {machine()}; simpy {simpy.__version__}")
     net, case = make_case()
     version = simgrid_version()
-    ours, theirs = [], []
+    rtt_net = calibrated(net, "rtt")
+    ours, rtts, theirs = [], [], []
     for _ in range(REPEAT):
         ours.append(run_simdl(net, case))
+        rtts.append(run_simdl(rtt_net, case))
         if version:
             theirs.append(run_simgrid(case))
     sim = min(ours, key=lambda r: r["wall"])
@@ -219,10 +248,22 @@ def main() -> None:
               f"simdl / SimGrid = {sim['wall'] / sg['wall']:.2f}x")
         print(f"  end times of the {STATIONS * PER_STATION} transfers: largest difference "
               f"{gap:.2g} s, {rel:.2g} relative, {ulps:.0f} ulps")
+    rtt = min(rtts, key=lambda r: r["wall"])
+    print(f"simdl sharing: rtt: wall {rtt['wall']:.2f} s (best of {REPEAT}); rtt / maxmin = "
+          f"{rtt['wall'] / sim['wall']:.2f}x; {1e6 * rtt['solve_s'] / rtt['recomputes']:.0f} us "
+          "per recompute")
+    gap, rel, ulps = end_gap(rtt["ends"], sim["ends"])
+    print(f"  end times against maxmin: largest difference {gap:.2g} s, {rel:.2g} relative, "
+          f"{ulps:.0f} ulps")
+    if version is not None:
+        gap, rel, ulps = end_gap(rtt["ends"], sg["ends"])
+        print(f"  against SimGrid: largest difference {gap:.2g} s, {rel:.2g} relative, "
+              f"{ulps:.0f} ulps")
     print("solver on a 1,000-flow snapshot (per call):")
-    for name, fill, named, ref in solvers():
+    for name, fill, named, ref, weighted in solvers():
         print(f"  {name}: numpy arrays {1e6 * fill:.0f} us, numpy from names {1e3 * named:.1f} ms,"
-              f" pure-Python reference {1e3 * ref:.1f} ms ({ref / fill:.0f}x the arrays)")
+              f" pure-Python reference {1e3 * ref:.1f} ms ({ref / fill:.0f}x the arrays); "
+              f"weighted (rtt) arrays {1e6 * weighted:.0f} us ({weighted / fill:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,13 @@ that SimGrid computes simdl's plain max-min:
 - the simdl overhead per transfer (100 us of software cost) has no SimGrid counterpart,
   so it is added to the latency of each "d>ap" link: SimGrid, like simdl, lets a
   transfer take no bandwidth until its latency has passed.
+
+A case with `"kind": "links"` (`links_case_of` in flows.py, for simdl's `sharing: rtt`)
+is any simdl network instead: one SimGrid link per simdl resource (a direction "a>b"
+with its link's latency, a medium with none), each route simdl's resources in order,
+and `bandwidth_factor` and `latency_factor` passed as network/bandwidth-factor and
+network/latency-factor. Its route latencies differ, so SimGrid's weights (1 / route
+latency, CM02) are simdl's rtt sharing rather than plain max-min.
 """
 from __future__ import annotations
 
@@ -69,10 +76,25 @@ def build(case: dict) -> list:
     return hosts
 
 
+def build_links(case: dict) -> list:
+    """The hosts of a "links" case, in its order, with its resources and routes."""
+    zone = NetZone.create_full_zone("pool")
+    hosts = [zone.create_host(name, 1.0).seal() for name in case["stations"]]
+    made = {name: zone.create_link(name, bandwidth).set_latency(latency).seal()
+            for name, bandwidth, latency in case["resources"]}
+    for i, j, route in case["routes"]:
+        zone.add_route(hosts[i].netpoint, hosts[j].netpoint, None, None,
+                       [LinkInRoute(made[name]) for name in route], False)
+    zone.seal()
+    return hosts
+
+
 def main() -> None:
     case = json.load(sys.stdin)
-    engine = Engine([sys.argv[0], *CONFIG])
-    hosts = build(case)
+    factors = [f"--cfg=network/{key.replace('_', '-')}:{case[key]!r}"
+               for key in ("bandwidth_factor", "latency_factor") if key in case]
+    engine = Engine([sys.argv[0], *CONFIG, *factors])
+    hosts = build_links(case) if case.get("kind") == "links" else build(case)
     ends: list[list[float]] = [[] for _ in hosts]
 
     def sender(i: int) -> None:

@@ -29,8 +29,8 @@ MAX_STEPS = 100_000
 MAX_BATCH = 4096
 #: Trainable scalars of all the scenario's models together (4 bytes each, twice: grads).
 MAX_PARAMS = 100_000_000
-#: Scalars in one input sample (e.g. 3x128x128 = 49,152); the world holds 2,560 samples.
-MAX_INPUT = 65_536
+#: Scalars in one input sample (3x224x224 = 150,528, as the published models take, fits).
+MAX_INPUT = 262_144
 #: Pretraining steps of one model.
 MAX_PRETRAIN_STEPS = 10_000
 #: Pretraining work of all models together, in FLOP (forward and backward).
@@ -40,8 +40,11 @@ MAX_EVENTS = 20_000_000
 #: Bytes one event-log row is taken to hold (the log, then its DataFrame).
 EVENT_BYTES = 200
 #: Labelled samples the world draws (`simdl.world.data_for`): requests draw their inputs
-#: from the held-out fifth (512), pretraining and training learn from the rest.
+#: from the held-out fifth (512), pretraining and training learn from the rest. Large
+#: samples are drawn fewer (`data_samples`), never more than DATA_BYTES of them.
 DATA_SAMPLES = 2560
+DATA_BYTES = 64 * 2**20
+DATA_MIN = 100
 #: Batch size of pretraining (`simdl.nn.fit.fit`'s default).
 PRETRAIN_BATCH = 32
 FLOAT = 4  # bytes of a float32 scalar
@@ -113,6 +116,13 @@ def check(scenario: Scenario) -> dict[str, Size]:
     return found
 
 
+def data_samples(in_shape: tuple[int, ...], itemsize: int) -> int:
+    """How many samples the world draws for inputs of `in_shape`: DATA_SAMPLES, or as
+    many as DATA_BYTES hold (at least DATA_MIN), a multiple of 5 (a fifth is held out)."""
+    fit = DATA_BYTES // max(_elements(in_shape) * itemsize, 1)
+    return min(DATA_SAMPLES, max(DATA_MIN, fit // 5 * 5))
+
+
 def _elements(shape: tuple[int, ...]) -> int:
     n = 1
     for d in shape:
@@ -164,7 +174,8 @@ def estimate(scenario: Scenario, models: Mapping[str, Chain]) -> Estimate:
     params = sum(m.n_params() for m in models.values())
     model_bytes = 2 * FLOAT * params + sum(m.param_bytes() - FLOAT * m.n_params()
                                            for m in models.values())
-    data_bytes = DATA_SAMPLES * _elements(main.in_shape) * main.in_dtype.itemsize
+    samples = data_samples(main.in_shape, main.in_dtype.itemsize)
+    data_bytes = samples * _elements(main.in_shape) * main.in_dtype.itemsize
     costs = main.costs(load.batch)
     if load.kind == "inference":
         events = n_runs * load.requests * (len(main) + 4)

@@ -27,6 +27,8 @@ from simdl.yamlfile import read
 #: Whole numbers are strict: YAML's `true` is not taken for 1, nor 2.5 for 2.
 Count = Annotated[int, Field(strict=True, gt=0)]
 Natural = Annotated[int, Field(strict=True, ge=0)]
+#: A positive, finite number; `true` is not taken for 1.
+Factor = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
 #: A learning rate above this is a slip (1e6 for 1e-6), not a setting to explore.
 LR_MAX = 10.0
 
@@ -59,15 +61,24 @@ class Named(BaseModel):
 
 
 class DeviceEntry(Named):
-    """A catalogue `type`, a `name` (or `count` alike ones), any field overridden."""
+    """A catalogue `type`, a `name` (or `count` alike ones), the software `runtime` its
+    units run under (`hw.runtimes`; none: the catalogue's figures), any field overridden."""
 
     type: str
     name: str | None = None
     count: Count = 1
+    runtime: str | None = None
 
 
 class NetworkEntry(Named):
+    """A topology `kind` with its parameters, how flows share a bottleneck (`sharing`:
+    max-min, or by 1 / route latency as TCP and SimGrid), and factors on every link's
+    bandwidth and latency (`hw.topologies.calibrated`)."""
+
     kind: str
+    sharing: Literal["maxmin", "rtt"] = "maxmin"
+    bandwidth_factor: Factor = 1.0
+    latency_factor: Factor = 1.0
 
 
 class ModelEntry(Named):

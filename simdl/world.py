@@ -12,14 +12,15 @@ import numpy as np
 from simdl import budget, changes
 from simdl.errors import ScenarioError
 from simdl.hw.devices import DeviceSpec, make_device
-from simdl.hw.topologies import TOPOLOGIES
+from simdl.hw.network import Network
+from simdl.hw.topologies import TOPOLOGIES, calibrated
 from simdl.nn.chain import Chain
 from simdl.nn.data import SHAPES, Dataset, gaussian_mixture, shapes, tokens
 from simdl.nn.fit import fit
 from simdl.nn import llm_shapes
 from simdl.nn.models import MODELS
 from simdl.plan import world as w
-from simdl.plan.lm_model import ShapeModel
+from simdl.plan.lm_model import ShapeModel, check_wire
 from simdl.rng import stream
 from simdl.scenario import Inference, Length, ModelEntry, Scenario, Uniform
 from simdl.scenario_params import call, choose
@@ -36,8 +37,7 @@ def build(scenario: Scenario, *, timing_only: bool = False, pretrain: bool = Tru
         return _generation(scenario, timing_only)
     budget.check(scenario)
     devices = pool(scenario)
-    topology = choose(TOPOLOGIES, scenario.network.kind, "network.kind")
-    network = call(topology, scenario.network.params, "network", devices)
+    network = _network(scenario, devices)
     moves = changes.build(scenario.changes or [], devices, network)
     main = model(scenario.model, "model", scenario.seed)
     models = {"main": main}
@@ -96,14 +96,17 @@ def _generation(scenario: Scenario, timing_only: bool) -> w.World:
         if entry.pretrain:
             raise ScenarioError("model.pretrain", entry.pretrain, "0: a generation workload "
                                 "does not pretrain (its tokens carry no labels)")
-        budget.check(scenario.model_copy(update={"workload": _as_inference(load)}))
+        wire = check_wire(str(entry.params.get("wire", "fp32")))
+        entry = ModelEntry(**{k: v for k, v in entry.model_dump().items() if k != "wire"})
+        budget.check(scenario.model_copy(update={"workload": _as_inference(load),
+                                                 "model": entry}))
         main = model(entry, "model", scenario.seed)
+        main.wire = wire  # what `plan.lm_model.wire_of` reads
     else:
         raise ScenarioError("model.name", entry.name, "a generation workload runs a decoder: "
                             "decoder_lm (real, reduced) or llm (a full-size preset, timing-only)")
     devices = pool(scenario)
-    topology = choose(TOPOLOGIES, scenario.network.kind, "network.kind")
-    network = call(topology, scenario.network.params, "network", devices)
+    network = _network(scenario, devices)
     moves = changes.build(scenario.changes or [], devices, network)
     if load.source not in devices:
         raise ScenarioError("workload.source", load.source, f"choose one of: {', '.join(devices)}")
@@ -142,10 +145,11 @@ def lengths(length: Length, requests: int, seed: int, name: str) -> tuple[int, .
     return tuple(int(v) for v in drawn)
 
 
-def shape_model(preset: str, weights: str = "fp32") -> ShapeModel:
-    """`model: {name: llm, preset, weights}`: a published shape (`nn.llm_shapes.PRESETS`)
-    with its weights stored as `weights` (fp32, fp16, int8, bf16, q8_0, q4_0, q4_k)."""
-    return ShapeModel(llm_shapes.preset(preset), weights)
+def shape_model(preset: str, weights: str = "fp32", wire: str = "fp32") -> ShapeModel:
+    """`model: {name: llm, preset, weights, wire}`: a published shape
+    (`nn.llm_shapes.PRESETS`) with its weights stored as `weights` (fp32, fp16, int8,
+    bf16, q8_0, q4_0, q4_k), its activations sent between devices as `wire`."""
+    return ShapeModel(llm_shapes.preset(preset), weights, wire=wire)
 
 
 def _as_inference(load: Any) -> Any:
@@ -171,7 +175,8 @@ def pool(scenario: Scenario) -> dict[str, DeviceSpec]:
     for i, entry in enumerate(scenario.devices):
         base = entry.name or entry.type
         names = [base] if entry.count == 1 else [f"{base}{k}" for k in range(entry.count)]
-        spec = make_device(entry.type, entry.params, where=f"devices[{i}]")
+        spec = make_device(entry.type, entry.params, where=f"devices[{i}]",
+                           runtime=entry.runtime)
         for name in names:
             if name in devices:
                 raise ScenarioError(f"devices[{i}].name", name, "device names must be unique")
@@ -179,11 +184,20 @@ def pool(scenario: Scenario) -> dict[str, DeviceSpec]:
     return devices
 
 
+def _network(scenario: Scenario, devices: dict[str, DeviceSpec]) -> Network:
+    """The scenario's topology built on `devices`, then its sharing model and factors."""
+    entry = scenario.network
+    topology = choose(TOPOLOGIES, entry.kind, "network.kind")
+    return calibrated(call(topology, entry.params, "network", devices), entry.sharing,
+                      entry.bandwidth_factor, entry.latency_factor)
+
+
 def data_for(chain: Chain, seed: int) -> tuple[Dataset, Dataset]:
     """(training, held-out) labelled samples shaped for the chain's input: tokens,
     vectors or images from one distribution; requests draw from the held-out part."""
     shape, classes = chain.in_shape, chain.n_classes or 2
-    kw: dict[str, Any] = {"n": budget.DATA_SAMPLES, "seed": seed}
+    kw: dict[str, Any] = {"n": budget.data_samples(shape, chain.in_dtype.itemsize),
+                          "seed": seed}
     if np.issubdtype(chain.in_dtype, np.integer):
         data = tokens(seq_len=shape[0], vocab=classes, **kw)
     elif len(shape) == 1:

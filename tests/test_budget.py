@@ -116,8 +116,8 @@ def test_a_million_wide_mlp_is_refused_from_its_arguments(tmp_path, capsys):
     ("batch", {"workload": {"batch": 5000}},
      "workload.batch: 5000 is not valid; at most 4,096 samples per batch "
      "(simdl.budget.MAX_BATCH"),
-    ("input", {"model": {"name": "lenet", "size": 257}},
-     "model input: 66,049 is not valid; at most 65,536 scalars per sample "
+    ("input", {"model": {"name": "lenet", "size": 513}},
+     "model input: 263,169 is not valid; at most 262,144 scalars per sample "
      "(simdl.budget.MAX_INPUT"),
 ])
 @pytest.mark.parametrize("command", ["validate", "run"])

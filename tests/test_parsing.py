@@ -23,7 +23,7 @@ from simdl.yamlfile import MAX_ALIASES, MAX_BYTES, MAX_INT_TEXT, MAX_NODES, MAX_
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = (ROOT / "scenarios" / "quickstart.yaml").read_text()
 #: No line the suite provokes needs more; the reviewer's lines ran to gigabytes.
-SHORT = 300
+SHORT = 400  # the longest listing, model.name's choices, with a 128-character quote: 350
 
 
 def one_line(argv: list[str], capsys) -> str:

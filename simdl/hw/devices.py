@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from simdl.errors import PlanError, ScenarioError
-from simdl.hw import catalogue
+from simdl.hw import catalogue, runtimes
 from simdl.hw.catalogue import DTYPES, INTERFACES, KINDS, PATTERNS
 
 if TYPE_CHECKING:
@@ -182,8 +182,9 @@ def load_catalogue() -> dict[str, DeviceSpec]:
 
 
 def make_device(type: str, overrides: Mapping[str, Any] | None = None,
-                where: str = "devices") -> DeviceSpec:
-    """A catalogue device with fields overridden, e.g. {"units.npu.peak.int8": "26TOPS"}.
+                where: str = "devices", runtime: str | None = None) -> DeviceSpec:
+    """A catalogue device with fields overridden, e.g. {"units.npu.peak.int8": "26TOPS"},
+    its units first at `runtime`'s profiled efficiency and overhead (`hw.runtimes`).
 
     Overrides nest or use dotted paths, take unit strings ("4GiB", "2W", "50us"), and a
     null removes a unit, dtype or interface (or makes battery mains). Errors name
@@ -193,9 +194,10 @@ def make_device(type: str, overrides: Mapping[str, Any] | None = None,
     if type not in raw:
         raise ScenarioError(f"{where}.type", type,
                             f"choose one of: {', '.join(sorted(raw))}")
-    if not overrides:
+    if not overrides and runtime is None:
         return _catalogue()[type]
-    merged = catalogue.merge(raw[type], overrides, where)
+    base = raw[type] if runtime is None else runtimes.lay(raw[type], type, runtime, where)
+    merged = catalogue.merge(base, overrides or {}, where)
     return _build(type, catalogue.parse_device(merged, where))
 
 

@@ -40,12 +40,14 @@ class Route:
 
 
 class Network:
-    """A graph of devices and infrastructure, the capacity of every resource, and the
-    per-message overhead (s). Routes are lowest-latency, then fewest hops, then the
+    """A graph of devices and infrastructure, the capacity of every resource, the
+    per-message overhead (s) and how flows share a bottleneck (`sharing`: "maxmin", or
+    "rtt", `simdl.sim.sharing`). Routes are lowest-latency, then fewest hops, then the
     first sequence of node names in sort order; they are computed once and cached."""
 
     def __init__(self, nodes: Mapping[str, str], links: Iterable[LinkSpec],
-                 media: Mapping[str, float] | None = None, overhead: float = 0.0):
+                 media: Mapping[str, float] | None = None, overhead: float = 0.0,
+                 sharing: str = "maxmin"):
         media = dict(media or {})
         self.graph = nx.Graph()
         for name, kind in nodes.items():
@@ -67,6 +69,7 @@ class Network:
         if overhead < 0:
             raise ScenarioError("network.overhead", overhead, "must be >= 0 s")
         self.overhead = float(overhead)
+        self.sharing = sharing
         self.devices: tuple[str, ...] = tuple(n for n, k in nodes.items() if k == "device")
         self._routes: dict[tuple[str, str], Route] = {}
 

@@ -7,6 +7,7 @@ plans or the clock.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Annotated, Any, Literal, Protocol
 
 from simdl import units
@@ -291,6 +292,48 @@ def links(devices: Devices, links: Sequence[Mapping[str, Any]] = (),
 
 
 Topology = Callable[..., Network]          # (devices, **params) -> Network
+
+#: How flows share a bottleneck: every flow alike (max-min), or in proportion to
+#: 1 / its route's latency (simdl.sim.sharing).
+SHARING = ("maxmin", "rtt")
+
+
+def calibrated(network: Network, sharing: str = "maxmin", bandwidth_factor: float = 1.0,
+               latency_factor: float = 1.0) -> Network:
+    """`network` with every link's and medium's bandwidth times `bandwidth_factor`, every
+    link's latency times `latency_factor` (the per-message overhead is not network
+    latency: it stays), and its `sharing` model set: a new Network, or `network` itself
+    with the defaults.
+
+    SimGrid's network/bandwidth-factor and network/latency-factor (SimGrid 3.32,
+    src/surf/network_cm02.cpp:355-383): a transfer's rate is its max-min share times
+    the bandwidth factor, which is its share of bandwidths scaled by it (max-min
+    scales with capacity), and the latency it waits is its route's times the latency
+    factor. SimGrid weighs `rtt` sharing by the unscaled latency; one factor on every
+    flow's weight changes no share.
+    """
+    if sharing not in SHARING:
+        raise ScenarioError("network.sharing", sharing, f"choose one of: {', '.join(SHARING)}")
+    for name, factor in (("bandwidth_factor", bandwidth_factor),
+                         ("latency_factor", latency_factor)):
+        if isinstance(factor, bool) or not 0 < factor < float("inf"):
+            raise ScenarioError(f"network.{name}", factor, "a finite factor > 0 (1: as built)")
+    if (sharing, bandwidth_factor, latency_factor) == ("maxmin", 1.0, 1.0):
+        return network
+    if sharing == "rtt":
+        flat = [link for link in network.links if not link.latency > 0]
+        if flat:
+            raise ScenarioError("network.sharing", sharing, "maxmin, or rtt when every link "
+                                f"has a latency > 0 (link {flat[0].a}-{flat[0].b} has 0 s)")
+    scaled = [replace(link, bandwidth=link.bandwidth * bandwidth_factor,
+                      latency=link.latency * latency_factor,
+                      bandwidth_back=None if link.bandwidth_back is None
+                      else link.bandwidth_back * bandwidth_factor)
+              for link in network.links]
+    media = {r: c * bandwidth_factor for r, c in network.capacity.items() if ">" not in r}
+    return Network(dict(network.graph.nodes(data="kind")), scaled, media, network.overhead,
+                   sharing)
+
 
 TOPOLOGIES: dict[str, Topology] = {
     "wifi_star": wifi_star,

@@ -14,6 +14,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from simdl.errors import SimdlError
+from simdl.nn import published
 from simdl.nn.chain import Block, Chain
 from simdl.nn.layers import (BatchNorm, Conv2d, Embedding, Flatten, GELU,
                              GlobalAvgPool, LayerNorm, Linear, MaxPool, ReLU, ReLU6,
@@ -272,6 +273,7 @@ SIZES: dict[str, Callable[..., Size]] = {
     "mobilenet_small": mobilenet_small_size,
     "tiny_transformer": tiny_transformer_size,
     "decoder_lm": decoder_lm_size,
+    **published.SIZES,  # full-size published shapes by default (nn.cnn_zoo, nn.transformer_zoo)
 }
 
 
@@ -282,6 +284,7 @@ MODELS: dict[str, Callable[..., Chain]] = {
     "mobilenet_small": mobilenet_small,
     "tiny_transformer": tiny_transformer,
     "decoder_lm": decoder_lm,
+    **published.MODELS,
 }
 
 

@@ -93,7 +93,7 @@ def without(world: World, gone: Iterable[str]) -> World:
     media = {r: c for r, c in net.capacity.items() if ">" not in r}
     kept = [link for link in net.links if link.a not in gone and link.b not in gone]
     return replace(world, devices={d: s for d, s in world.devices.items() if d not in gone},
-                   network=Network(kinds, kept, media, net.overhead))
+                   network=Network(kinds, kept, media, net.overhead, net.sharing))
 
 
 def slower(world: World, a: str, b: str, factor: float) -> World:
@@ -112,7 +112,7 @@ def slower(world: World, a: str, b: str, factor: float) -> World:
         raise PlanError("link", f"{a}-{b}", "a link of the network (nodes it joins directly)")
     kinds = dict(net.graph.nodes(data="kind"))
     media = {r: c for r, c in net.capacity.items() if ">" not in r}
-    return replace(world, network=Network(kinds, links, media, net.overhead))
+    return replace(world, network=Network(kinds, links, media, net.overhead, net.sharing))
 
 
 def weights_to_move(current: Plan, new: Plan, world: World) -> list[Move]:

@@ -1,4 +1,5 @@
-"""Active flows on a simpy clock: latency, then max-min shared bandwidth (SimGrid's flow model).
+"""Active flows on a simpy clock: latency, then max-min shared bandwidth (SimGrid's flow model),
+plain or weighted by route latency (`sharing: rtt`, sim/sharing.py).
 
 Owns the flow state (numpy arrays with slot reuse), the one pending wake-up, and the byte,
 busy-time and radio counters. Knows routes and bytes from hw/network.py and rates from
@@ -16,6 +17,7 @@ import simpy
 from simdl.errors import PlanError
 from simdl.hw.maxmin import max_min_few, max_min_hops
 from simdl.hw.network import Network, Route
+from simdl.sim.sharing import weighted_few, weighted_hops
 
 #: A flow is done when less than this fraction of its bytes is left: elapsed time is charged
 #: as rate x (t - t_last), and that float product rarely lands on the exact size.
@@ -51,11 +53,14 @@ class _Path:
     unique: tuple[int, ...]      # each resource once, for the busy-time counters
     tx: tuple[str, ...]          # nodes whose radio sends: source and relaying devices
     rx: tuple[str, ...]          # nodes whose radio receives: destination and relays
+    penalty: float               # rtt sharing: its share goes as 1 / this (route latency)
 
 
 class Flows:
     """Transfers over `network` on `env`. Rates are max-min fair over every resource the
-    active flows cross, recomputed (once per instant) whenever a flow starts or ends.
+    active flows cross (weighted by 1 / route latency when `network.sharing` is "rtt", as
+    hw.topologies.calibrated sets it; plain otherwise), recomputed (once per instant)
+    whenever a flow starts or ends.
     A flow's max-min rate depends only on the flows connected to it through shared
     resources, so a recompute solves that group alone (`FEW`): in a pool of many
     separate links the cost of a start or end does not grow with the pool.
@@ -71,6 +76,7 @@ class Flows:
         self.env, self.network, self.on_record = env, network, on_record
         self.on_change: Callable[[str], None] | None = None
         self.recomputes = 0
+        self._rtt = network.sharing == "rtt"
         self._index = {name: i for i, name in enumerate(network.capacity)}
         self._capacity = np.fromiter(network.capacity.values(), dtype=np.float64)
         self._nominal = self._capacity.copy()               # before `set_link`'s factors
@@ -91,6 +97,7 @@ class Flows:
         self._remaining = np.zeros(16)
         self._size = np.zeros(16)
         self._rate = np.zeros(16)                            # 0 in free slots
+        self._penalty = np.ones(16)                          # _Path.penalty per slot
         self._live = np.zeros(16, dtype=bool)
         self._none = n_res                                  # "no hop" sentinel in _hops
         self._hops = np.full((4, 16), n_res, dtype=np.intp)  # (L, slots) resource indices
@@ -133,7 +140,7 @@ class Flows:
             relays = tuple(n for n in route.nodes[1:-1] if kind[n]["kind"] == "device")
             found = self._paths[(src, dst)] = _Path(
                 route, np.array(index, dtype=np.intp), tuple(index), tuple(dict.fromkeys(index)),
-                (src, *relays), (dst, *relays))
+                (src, *relays), (dst, *relays), route.latency if self._rtt else 1.0)
         return found
 
     def _on_latency(self, timeout: simpy.Event) -> None:
@@ -152,6 +159,7 @@ class Flows:
         self._hops[:, slot] = self._none
         self._hops[:len(path.crossings), slot] = path.index
         self._remaining[slot] = self._size[slot] = nbytes
+        self._penalty[slot] = path.penalty
         self._rate[slot] = 0.0
         self._live[slot] = True
         self._n_live += 1
@@ -173,7 +181,7 @@ class Flows:
             return self._free.pop()
         if self._high == len(self._rate):
             n = 2 * len(self._rate)
-            for name in ("_remaining", "_size", "_rate", "_live"):
+            for name in ("_remaining", "_size", "_rate", "_penalty", "_live"):
                 old = getattr(self, name)
                 new = np.zeros(n, dtype=old.dtype)
                 new[:len(old)] = old
@@ -226,10 +234,14 @@ class Flows:
         if live.size == 0:
             return
         if group is None:
-            self._rate[live] = max_min_hops(np.take(self._hops, live, axis=1), self._capacity)
+            hops = np.take(self._hops, live, axis=1)
+            self._rate[live] = (weighted_hops(hops, self._capacity, self._penalty[live])
+                                if self._rtt else max_min_hops(hops, self._capacity))
         elif group:
-            self._rate[group] = max_min_few([self._info[s][7].crossings for s in group],
-                                            self._capacity)
+            paths = [self._info[s][7] for s in group]
+            routes = [p.crossings for p in paths]
+            self._rate[group] = (weighted_few(routes, self._capacity, [p.penalty for p in paths])
+                                 if self._rtt else max_min_few(routes, self._capacity))
         self.recomputes += 1
         rate = self._rate[live]
         if not rate.all():  # a link at bandwidth 0 stalls its flows until it changes again

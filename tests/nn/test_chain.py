@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from published_sizes import TINY
+
 from simdl.errors import SimdlError
 from simdl.nn.chain import Block, Chain, human
 from simdl.nn.models import MODELS, build
@@ -16,6 +18,7 @@ SMALL = {
     "resnet_small": dict(in_ch=2, size=8, width=4, n_classes=3),
     "mobilenet_small": dict(in_ch=2, size=8, width=4, n_classes=3),
     "tiny_transformer": dict(vocab=7, d_model=8, n_heads=2, n_layers=2, seq_len=5),
+    **TINY,
 }
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from published_sizes import TINY
+
 from simdl.errors import SimdlError
 from simdl.nn.chain import Chain
 from simdl.nn.layers import SoftmaxCrossEntropy
@@ -17,6 +19,7 @@ SMALL = {
     "resnet_small": dict(in_ch=2, size=8, width=4, n_classes=3),
     "mobilenet_small": dict(in_ch=2, size=8, width=2, n_classes=3),
     "tiny_transformer": dict(vocab=7, d_model=8, n_heads=2, n_layers=2, seq_len=4),
+    **TINY,
 }
 # Central differences in float64 with h=1e-6 are accurate to ~1e-10 on these O(1)
 # losses; ReLU/ReLU6/max-pool kinks are the only thing that could break this

@@ -13,6 +13,8 @@ import copy
 import numpy as np
 import pytest
 
+from published_sizes import TINY
+
 from simdl.errors import SimdlError
 from simdl.nn.compose import Composite
 from simdl.nn.layers import (GELU, BatchNorm, Conv2d, Flatten, Layer, LayerNorm, Linear,
@@ -30,6 +32,7 @@ SIZES = {
     "resnet_small": dict(in_ch=2, size=8, width=3, n_classes=4),
     "mobilenet_small": dict(in_ch=2, size=8, width=3, n_classes=4),
     "tiny_transformer": dict(vocab=7, d_model=12, n_heads=4, n_layers=1, seq_len=5),
+    **TINY,
 }
 
 
