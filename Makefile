@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/report.py
 	$(BIN)/python bench/planner.py
+	$(BIN)/python bench/sweep.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

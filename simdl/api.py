@@ -6,7 +6,7 @@ the event log into a Result. Nothing here reads the wall clock.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -41,7 +41,8 @@ from simdl.sim.stages import prepare
 from simdl.sim.training import train, undecided
 from simdl.world import build
 
-__all__ = ["Run", "load", "resolve", "run", "compare", "plan", "train_plan", "selected"]
+__all__ = ["Run", "load", "resolve", "override", "run", "compare", "plan", "train_plan",
+           "selected"]
 
 
 @dataclass
@@ -125,6 +126,45 @@ def resolve(scenario: Scenario | str | Path, seed: int | None = None) -> Scenari
     """A validated Scenario, with `seed` put in when given."""
     sc = scenario if isinstance(scenario, Scenario) else load(scenario)
     return sc if seed is None else parse(dump(sc) | {"seed": seed})
+
+
+def override(scenario: Scenario | str | Path, changes: Mapping[str, Any],
+             base: Path | None = None) -> Scenario:
+    """The scenario with each dotted field path set to its value, checked whole again.
+
+    `workload.batch`, `devices.tv.memory`, `strategies.1.microbatches`: a list is entered
+    by index or by its entry's `label` or `name`. A path must name a field the scenario
+    has with its defaults filled in (a slip is refused, not added), or a parameter of a
+    component picked by name (a model's `width`, checked against its signature when the
+    world is built). `base`: the folder file paths in values are read from."""
+    data = dump(resolve(scenario))
+    for path, value in changes.items():
+        _put(data, path, value)
+    return parse(data, base)
+
+
+#: Keys of a component picked by name: beside them, a parameter may be set that the file left out.
+_PICKED = {"name", "kind", "type"}
+
+
+def _put(data: dict[str, Any], path: str, value: Any) -> None:
+    keys = path.split(".")
+    node: Any = data
+    for depth, key in enumerate(keys):
+        at, last = ".".join(keys[:depth + 1]), depth == len(keys) - 1
+        if isinstance(node, list):
+            names = [str(e.get("label") or e.get("name")) if isinstance(e, dict) else ""
+                     for e in node]
+            if not (key.isdigit() and int(key) < len(node)) and names.count(key) != 1:
+                raise ScenarioError(at, key, f"an index below {len(node)} or one of: "
+                                    f"{', '.join(names)}")
+            key = int(key) if key.isdigit() and int(key) < len(node) else names.index(key)
+        elif not isinstance(node, dict) or key not in node and not (last and _PICKED & node.keys()):
+            raise ScenarioError(at, key, f"one of: {', '.join(map(str, node))}"
+                                if isinstance(node, dict) else "a path into mappings and lists")
+        if last:
+            node[key] = value
+        node = node[key]
 
 
 def label(entry: StrategyEntry) -> str:

@@ -1,4 +1,5 @@
-"""The `simdl` command: run, compare, validate scenarios and list the device catalogue.
+"""The `simdl` command: run, compare, validate, plan and sweep scenarios, calibrate,
+list the devices.
 
 A problem the user can fix prints one line and exits 2, with no traceback;
 anything else is a bug and keeps its traceback.
@@ -201,6 +202,43 @@ def _plan_training(args: argparse.Namespace, world: Any) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    """Run (or resume) a sweep; exit 1 when a point failed or did not finish."""
+    from simdl import sweep
+    from simdl.cluster import executor
+
+    points = sweep.points(args.sweep, args.timing_only)  # every point checked first
+    out = Path(args.out or Path("results") / "sweeps" / Path(args.sweep).stem)
+    with executor(args.cluster, args.workers) as pool, \
+            tqdm(total=len(points), unit="point", leave=False, file=sys.stderr,
+                 desc=Path(args.sweep).stem, disable=True if args.quiet else None) as bar:
+        outcome = sweep.execute(points, out, pool, files=args.files == "all",
+                                progress=bar.update)
+    print(f"{args.sweep}: {outcome.points} points; {outcome.ran} ran now, {outcome.skipped} "
+          f"were done; {outcome.failed} failed")
+    for line in outcome.unfinished:
+        print(f"not finished (a worker was lost): {line}", file=sys.stderr)
+    if outcome.unfinished:
+        print("run the same command again to resume", file=sys.stderr)
+    print(f"table: {', '.join(map(str, outcome.files))}")
+    return 1 if outcome.failed or outcome.unfinished else 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from simdl import calibrate
+    table, _ = calibrate.run(args.data, args.out, overwrite=args.overwrite)
+    per = (table.assign(before=table.error_before.abs(), heldout=table.error_heldout.abs())
+           .groupby(["device", "unit", "runtime"], sort=True)
+           .agg(rows=("model", "size"), before=("before", "median"),
+                heldout=("heldout", "median")).reset_index())
+    print(format_table(per))
+    head = calibrate.summary(table)
+    print(f"\n{head['rows']} rows on {head['devices']} devices; median |error|: catalogue "
+          f"{head['median_error_before']:.1%}, fitted and held out "
+          f"{head['median_error_heldout']:.1%}\nresults: {args.out}")
+    return 0
+
+
 def _devices(args: argparse.Namespace) -> int:
     from simdl.hw.devices import catalogue_frame
     print(catalogue_frame().to_string(index=False))
@@ -251,6 +289,31 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"precisions a device may run ({', '.join(DTYPES)}; default fp32)")
     plan.add_argument("--units", action="store_true",
                       help="also try every unit of a device, and its units sharing a stage")
+    sweep = sub.add_parser("sweep", help="run a scenario over a grid or sample of its fields, "
+                           "strategies and seeds; resumable", description="run a scenario over "
+                           "a grid or sample of its fields, strategies and seeds; resumable")
+    sweep.add_argument("sweep", metavar="SWEEP", help="a sweep YAML file")
+    sweep.add_argument("--out", metavar="DIR", help="the sweep's folder (default "
+                       "results/sweeps/<SWEEP file name>); a rerun resumes in it")
+    sweep.add_argument("--workers", type=int, metavar="N",
+                       help="local worker processes (default: one per core)")
+    sweep.add_argument("--cluster", metavar="ADDRESS", help="run on a Dask cluster: a "
+                       "scheduler address, or local:N for a LocalCluster of N workers")
+    sweep.add_argument("--timing-only", action="store_true", help="skip the numpy kernels")
+    sweep.add_argument("--files", choices=("summary", "all"), default="summary",
+                       help="what each point keeps: its summary (default) or all run files")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.set_defaults(command=_sweep)
+    calib = sub.add_parser("calibrate", help="fit runtime profiles to measured latencies and "
+                           "report simdl's error, held out", description="fit runtime profiles "
+                           "to measured latencies and report simdl's error, held out")
+    calib.add_argument("--data", metavar="FILE", help="measured latencies (default: the "
+                       "shipped simdl/hw/measured.csv)")
+    calib.add_argument("--out", metavar="DIR", default="results/calibration",
+                       help="the folder to write (default results/calibration)")
+    calib.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier calibration folder at --out whole")
+    calib.set_defaults(command=_calibrate)
     devices = sub.add_parser("devices", help="the device catalogue as a table")
     devices.set_defaults(command=_devices)
     return parser
