@@ -31,23 +31,36 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Image
 
+import yaml
+
 import simdl.api as sd
+from simdl import sweep as sweeps
 from simdl.report import sweep_plots
-from simdl.scenario import dump, parse
+from simdl.scenario import dump
 
 ROOT = Path.cwd() if (Path.cwd() / "scenarios").exists() else Path.cwd().parent
 OUT = Path(tempfile.mkdtemp(prefix="simdl-notebook-"))  # figures go here, not into the repo
 UPLINKS_MBPS = [5, 10, 20, 50, 100, 150, 200, 500, 1000]
 
+# %% [markdown]
+# The sweep is `simdl sweep`'s, from Python: the base scenario with the edge network, a
+# grid over its `network.uplink`, the edge strategies only; each point runs in its own
+# process, is named by a hash of its resolved scenario, and a rerun into the same folder
+# skips what is done.
+
 # %%
 base = dump(sd.resolve(ROOT / "scenarios" / "offload.yaml"))
-base["strategies"] = [s for s in base["strategies"] if s.get("target") == "edge"]  # no cloud
-rows = []
-for mbps in UPLINKS_MBPS:
-    point = parse(base | {"network": {"kind": "edge", "uplink": f"{mbps}Mbps"}})
-    table = sd.run(point, timing_only=True).comparison
-    rows.append(table.assign(uplink_Mbps=mbps))
-sweep = pd.concat(rows, ignore_index=True)
+base["network"] = {"kind": "edge", "uplink": "100Mbps"}
+(OUT / "offload_edge.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+(OUT / "uplinks.yaml").write_text(yaml.safe_dump({
+    "scenario": "offload_edge.yaml",
+    "grid": {"network.uplink": [f"{mbps}Mbps" for mbps in UPLINKS_MBPS]},
+    "strategies": ["edge", "edge-auto"]}))  # no cloud
+table = sweeps.sweep(OUT / "uplinks.yaml", OUT / "sweep", timing_only=True)
+assert (table.status == "done").all()
+sweep = (table.assign(uplink_Mbps=table["network.uplink"].str.removesuffix("Mbps").astype(int),
+                      planned=table.strategy == "edge-auto")
+         .sort_values(["uplink_Mbps", "planned", "strategy"]).reset_index(drop=True))
 cuts = sweep[sweep.strategy.str.startswith("edge[")].assign(
     cut=lambda t: t.strategy.str.extract(r"cut=(\d)", expand=False).astype(int))
 kind = {0: "offloaded", 6: "local"}
