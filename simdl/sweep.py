@@ -358,9 +358,15 @@ def sweep(path: str | Path, out: str | Path, *, workers: int | None = None,
           files: bool = False) -> pd.DataFrame:
     """From a notebook: run (or resume) the sweep file into `out` and return its table.
     `workers` local processes (default one per core), or `cluster` as `simdl.cluster`
-    takes it."""
+    takes it. Points a lost worker left undone are an error (the table has the rest;
+    the same call resumes): a table silently short of points would mislead."""
     from simdl.cluster import executor
 
     pts = points(path, timing_only)
     with executor(cluster, workers) as pool:
-        return execute(pts, out, pool, files=files).table
+        outcome = execute(pts, out, pool, files=files)
+    if outcome.unfinished:
+        raise SimdlError("sweep", str(path), f"every point run; {len(outcome.unfinished)} "
+                         f"did not finish, a worker was lost (first: "
+                         f"{outcome.unfinished[0]}); call again to resume")
+    return outcome.table

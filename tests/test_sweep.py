@@ -15,7 +15,7 @@ import yaml
 from simdl import api, sweep
 from simdl.cli import main
 from simdl.cluster import executor
-from simdl.errors import ScenarioError
+from simdl.errors import ScenarioError, SimdlError
 from simdl.rng import stream
 from test_cli import assert_one_clear_line
 
@@ -239,6 +239,36 @@ def test_the_notebook_sweep_returns_the_table(tmp_path):
     frame = sweep.sweep(path, tmp_path / "out", workers=1, timing_only=True)
     assert frame.equals(sweep.table(tmp_path / "out", sweep.points(path, timing_only=True)))
     assert len(frame) == 4 and set(frame["workload.requests"]) == {1, 2}
+
+
+class Lost(Inline):
+    """A worker that dies on the first point it is given (the others run)."""
+
+    def submit(self, fn, *args, **kwargs):
+        if not self.ran:
+            self.ran.append(None)
+            future = Future()
+            future.set_exception(BrokenPipeError("worker lost"))
+            return future
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_the_notebook_sweep_says_when_a_lost_worker_left_points_undone(tmp_path, monkeypatch):
+    from contextlib import contextmanager
+
+    import simdl.cluster
+
+    @contextmanager
+    def lost(cluster, workers):
+        yield Lost()
+
+    monkeypatch.setattr(simdl.cluster, "executor", lost)
+    path = write_sweep(tmp_path, grid={"workload.requests": [1, 2]})
+    with pytest.raises(SimdlError, match="1 did not finish, a worker was lost"):
+        sweep.sweep(path, tmp_path / "out", timing_only=True)
+    monkeypatch.undo()
+    frame = sweep.sweep(path, tmp_path / "out", workers=1, timing_only=True)  # resumes
+    assert len(frame) == 4
 
 
 def test_the_shipped_example_sweeps_are_valid():
