@@ -203,3 +203,5 @@ def test_generation_auto_serves_the_most_tokens_of_its_candidates_by_simulation(
     every = [generated_rate(path_plan(world, p, k), world) for p in paths.values()
              for k in (1, len(p[0]))]
     assert generated_rate(plan, world) >= max(every)
+    bounds = [s.start for s in plan.replicas[0].stages[1:]]
+    assert bounds == best_cuts(world, [(d,) for d in plan.devices], balanced=True)
