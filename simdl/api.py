@@ -102,18 +102,19 @@ def run(scenario: Scenario | str | Path, strategy: str | None = None, *,
                     sim = Simulator(world.devices, world.network, timing_only=True)
                     start_changes(world, sim)
                 made = generation.execute(p, world, sim)
-                results.append(_result(sc, world, entry, p, sim, Outputs(), generated=made))
+                results.append(strategy_result(sc, world, entry, p, sim, Outputs(),
+                                               generated=made))
             elif sc.workload.kind == "training":
                 tp = train_plan(world, entry, i)
                 metrics = train(tp, world, sim, progress)
                 if skipped:
                     metrics.extra["timing_only_skipped"] = " ".join(skipped)
-                results.append(_result(sc, world, entry, tp, sim, Outputs(), metrics))
+                results.append(strategy_result(sc, world, entry, tp, sim, Outputs(), metrics))
             else:
                 p = plan(world, entry, i)
                 outputs = execute(p, world, sim, prepare(p, world), progress,
                                   Policy(world.workload.timeout, world.workload.retries))
-                results.append(_result(sc, world, entry, p, sim, outputs))
+                results.append(strategy_result(sc, world, entry, p, sim, outputs))
     return Run(sc, results, skipped)
 
 
@@ -277,9 +278,11 @@ def deployed(p: Plan, deploy: dict[str, DeployEntry]) -> Plan:
     return replace(p, replicas=replicas)
 
 
-def _result(sc: Scenario, world: World, entry: StrategyEntry, p: Plan | TrainPlan,
-            sim: Simulator, outputs: Outputs, metrics: TrainingMetrics | None = None,
-            generated: generation.Generated | None = None) -> Result:
+def strategy_result(sc: Scenario, world: World, entry: StrategyEntry, p: Plan | TrainPlan,
+                    sim: Simulator, outputs: Outputs, metrics: TrainingMetrics | None = None,
+                    generated: generation.Generated | None = None) -> Result:
+    """One strategy's Result from its run on `sim`: the tables of its log, and the
+    summary's context (deployment, accuracy, training or generation figures)."""
     context: dict[str, Any] = {"plan": p.describe()}
     if generated is not None:
         context |= gen_metrics.context(world, generated)

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from simdl import __version__, api, budget, planner
+from simdl import __version__, api, budget, jobs, planner
 from simdl.errors import SimdlError
 from simdl.plan.plan import DTYPES
 from simdl.plan.space import OBJECTIVES, Space
@@ -23,6 +23,7 @@ from simdl.report.result import MARKER, strategy_folders
 from simdl.report.store import atomic_write, check_file, check_folder, write_csv
 from simdl.report.tables import format_table
 from simdl.scenario import Scenario, StrategyEntry
+from simdl.scenario_jobs import JobsScenario, load_any
 from simdl.sim.training import DECISIONS
 
 
@@ -39,12 +40,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    several = load_any(args.scenario, args.seed)
+    if isinstance(several, JobsScenario):
+        return _run_jobs(args, several)
     scenario, chosen = _chosen(args)
     target, options = _destination(args, scenario.name)
     check_folder(target, marker=MARKER, **options)  # before the run, not after it
     result = _execute(args, scenario, chosen)
     out = result.write(target, **options)
     _print_comparison(result)
+    print(f"\nresults: {out}")
+    return 0
+
+
+def _run_jobs(args: argparse.Namespace, scenario: JobsScenario) -> int:
+    """`run` of a scenario with `jobs:`: every job together, and each alone."""
+    if args.strategy is not None:
+        raise SimdlError("--strategy", args.strategy, "no --strategy with `jobs:` (each job "
+                         "has one strategy; every job runs)")
+    target, options = _destination(args, scenario.name)
+    check_folder(target, marker=MARKER, **options)
+    result = jobs.run(scenario, timing_only=args.timing_only)
+    out = result.write(target, **options)
+    print(f"{scenario.name} (seed {scenario.seed}), {len(scenario.jobs)} jobs on one pool\n")
+    print(format_table(result.table, list(result.table.columns)))
     print(f"\nresults: {out}")
     return 0
 
@@ -92,10 +111,19 @@ def _print_comparison(result: api.Run) -> None:
 def _chosen(args: argparse.Namespace) -> tuple[Scenario, list[tuple[int, StrategyEntry]]]:
     """The checked scenario and the strategies to run, each with a folder name that
     is safe and its own (refused here, before anything runs, if not)."""
-    scenario = api.resolve(args.scenario, args.seed)
+    scenario = _one_job(args.scenario, args.seed)
     chosen = api.selected(scenario, getattr(args, "strategy", None))
     strategy_folders([(f"strategies[{i}].label", api.label(e)) for i, e in chosen])
     return scenario, chosen
+
+
+def _one_job(path: str, seed: int | None = None) -> Scenario:
+    """The scenario file, which must hold one job (`simdl run` alone takes `jobs:`)."""
+    scenario = load_any(path, seed)
+    if isinstance(scenario, JobsScenario):
+        raise SimdlError("jobs", [j.name for j in scenario.jobs], "a one-job scenario here: "
+                         "`simdl run` runs a scenario with `jobs:`")
+    return scenario
 
 
 def _execute(args: argparse.Namespace, scenario: Scenario,
@@ -112,7 +140,7 @@ def _execute(args: argparse.Namespace, scenario: Scenario,
 def _validate(args: argparse.Namespace) -> int:
     """Check the scenario, its bounds and its plans; print the run's estimated size.
     Nothing runs: the models are built (their size bounded first), never trained."""
-    scenario = api.resolve(args.scenario)
+    scenario = _one_job(args.scenario)
     world = api.build(scenario, timing_only=True, pretrain=False)  # bounds checked first
     load = scenario.workload
     # a generation run is bounded as its world is built (a preset allocates nothing)
@@ -137,7 +165,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     """Search the pool, print the best plans beside the baselines, and write them."""
-    scenario = api.resolve(args.scenario)
+    scenario = _one_job(args.scenario)
     for flag, path in (("--out", args.out), ("--plot", args.plot)):
         if path:
             check_file(path, flag)  # before the search, not after it

@@ -6,10 +6,13 @@ import pytest
 
 from simdl import api
 from simdl.scenario import dump, parse
+from simdl.scenario_jobs import is_jobs
 from simdl.sim.training import DECISIONS
+from simdl.yamlfile import read
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml"))
+#: The one-job scenarios (tests/test_jobs.py runs those with `jobs:`).
+SCENARIOS = sorted(p for p in (ROOT / "scenarios").glob("*.yaml") if not is_jobs(read(p)))
 
 
 #: How a scenario is written without each value-dependent decision (sim.training.DECISIONS).

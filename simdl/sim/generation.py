@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import simpy
 
 from simdl.errors import PlanError
 from simdl.nn import kv
@@ -101,6 +102,14 @@ class Generated:
 
 def execute(plan: Plan, world: World, sim: Simulator) -> Generated:
     """Run every request of the generation workload under `plan`; see the module doc."""
+    finished, result = start(plan, world, sim)
+    sim.run(until=finished)
+    return result
+
+
+def start(plan: Plan, world: World, sim: Simulator) -> tuple[simpy.Event, Generated]:
+    """Start the workload's requests and decode loops on `sim`'s clock: the event of its
+    last request's end, and the Generated it fills in as they run."""
     load = world.workload
     assert isinstance(load, Generation)
     chain, costs = world.chain, StepCosts(world.chain)
@@ -340,5 +349,4 @@ def execute(plan: Plan, world: World, sim: Simulator) -> Generated:
     sim.process(arrivals(world, sim, request))
     for g in range(len(lanes)):
         sim.process(decoder(g))
-    sim.run(until=finished)
-    return result
+    return finished, result

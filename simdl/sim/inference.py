@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import simpy
 
 from simdl.nn.dense import softmax
 from simdl.plan.plan import Plan
@@ -36,7 +37,18 @@ class Outputs:
 
 def execute(plan: Plan, world: World, sim: Simulator, runners: list[ReplicaRunner],
             progress: Callable[[int], None] | None = None, policy: Policy = Policy()) -> Outputs:
-    """Run the workload under `plan` to its last request; return what it computed.
+    """Run the workload under `plan` to its last request (`start`, then the clock until
+    its last request ends); return what it computed."""
+    done, out = start(plan, world, sim, runners, progress, policy)
+    sim.run(until=done)
+    return out
+
+
+def start(plan: Plan, world: World, sim: Simulator, runners: list[ReplicaRunner],
+          progress: Callable[[int], None] | None = None, policy: Policy = Policy()
+          ) -> tuple[simpy.Event, Outputs]:
+    """Start the workload's requests under `plan` on `sim`'s clock: the event of its
+    last request's end, and the Outputs it fills in as requests are answered.
 
     `runners` (one per replica, from `sim.stages.prepare`) hold the deployed
     weights and the shard programs. `progress(1)` is called as each request ends.
@@ -109,8 +121,7 @@ def execute(plan: Plan, world: World, sim: Simulator, runners: list[ReplicaRunne
     finished: list[int] = []
     done = sim.env.event()
     sim.process(arrivals(world, sim, request))
-    sim.run(until=done)
-    return out
+    return done, out
 
 
 def _late(sim: Simulator, values: list[Any], began: float, source: str, cls: str,

@@ -21,15 +21,17 @@ class Reservation:
     like the tensor arena a mobile runtime allocates per inference. Granted all at once
     or not at all, so work that runs never waits for more memory (no hold-and-wait)."""
 
-    __slots__ = ("shares", "drawn", "label", "request", "step", "wait", "asked", "short")
+    __slots__ = ("shares", "drawn", "label", "request", "step", "wait", "asked", "short", "log")
 
-    def __init__(self, shares: dict[str, float], label: str, request: int, step: int):
+    def __init__(self, shares: dict[str, float], label: str, request: int, step: int,
+                 log: EventLog):
         self.shares = shares                     # device -> bytes promised (until released)
         self.drawn = dict.fromkeys(shares, 0.0)  # device -> bytes of the share held right now
         self.label, self.request, self.step = label, request, step
         self.wait: simpy.Event | None = None     # what to yield while it waits; None: granted
         self.asked = -1.0                        # when it began to wait
         self.short = ""                          # the first device it waited for
+        self.log = log                           # where its `memwait` row goes (its job's)
 
     @property
     def granted(self) -> bool:
@@ -102,7 +104,7 @@ class Memory:
         for (work sent there fails anyway). A share larger than its device has beside
         its plain allocations could never be granted: CapacityError.
         """
-        res = Reservation(dict(shares), label, request, step)
+        res = Reservation(dict(shares), label, request, step, self.log)
         for device, nbytes in res.shares.items():
             plain = self.plain(device)
             capacity = self.devices[device].memory
@@ -157,8 +159,8 @@ class Memory:
             self._reserved[device] += nbytes
         if res.wait is not None:
             now = self.env.now
-            self.log.add(res.asked, now, "memwait", res.short, "memory", res.label, 0.0,
-                         res.shares[res.short], res.request, res.step)
+            res.log.add(res.asked, now, "memwait", res.short, "memory", res.label, 0.0,
+                        res.shares[res.short], res.request, res.step)
             res.wait.succeed(res)
 
     def _grant(self) -> None:

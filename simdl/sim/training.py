@@ -52,19 +52,30 @@ def execute(plan: TrainPlan, world: World, sim: Simulator,
             progress: Callable[[int], None] | None = None) -> Job:
     """Run the plan's training to its last step (or its target accuracy); the Job holds
     the workers' replicas, the evaluated model (`job.model()`) and the metrics."""
-    if plan.sync.kind not in PROTOCOLS:
-        raise PlanError("sync.kind", plan.sync.kind,
-                        f"choose one of: {', '.join(sorted(PROTOCOLS))}")
-    job = PROTOCOLS[plan.sync.kind](plan, world, sim, progress)
+    job = start(plan, world, sim, progress)
     try:
         sim.run(until=job.finished)
     except DeviceGone as gone:  # a loss the protocol cannot work around: the run ends here
-        job.metrics.extra["outcome"] = (f"stopped at t={gone.at:.6g} s: {gone.device} left "
-                                        f"({gone.why})")
+        stopped(job, gone)
     lost = lost_work(sim)
     if lost["departures"]:  # only runs in which a device left report what it cost
         job.metrics.extra.update(lost)
     return job
+
+
+def start(plan: TrainPlan, world: World, sim: Simulator,
+          progress: Callable[[int], None] | None = None) -> Job:
+    """Start the plan's training on `sim`'s clock; `job.finished` is its end."""
+    if plan.sync.kind not in PROTOCOLS:
+        raise PlanError("sync.kind", plan.sync.kind,
+                        f"choose one of: {', '.join(sorted(PROTOCOLS))}")
+    return PROTOCOLS[plan.sync.kind](plan, world, sim, progress)
+
+
+def stopped(job: Job, gone: DeviceGone) -> None:
+    """The job's outcome when a device left in a way its protocol cannot work around."""
+    job.metrics.extra["outcome"] = (f"stopped at t={gone.at:.6g} s: {gone.device} left "
+                                    f"({gone.why})")
 
 
 def train(plan: TrainPlan, world: World, sim: Simulator,

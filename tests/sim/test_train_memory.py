@@ -10,16 +10,18 @@ from simdl import api
 from simdl.errors import PlanError
 from simdl.plan import train_memory
 from simdl.plan import training as T
+from simdl.scenario_jobs import is_jobs
 from simdl.nn.models import mlp, tiny_transformer
 from simdl.sim.engine import Simulator
 from simdl.sim.training import PROTOCOLS, execute
 from simdl.world import build, data_for
+from simdl.yamlfile import read
 
 from test_training_sync import PLANS, world
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAINING = sorted(p for p in (ROOT / "scenarios").glob("*.yaml")
-                  if api.resolve(p).workload.kind == "training")
+                  if not is_jobs(read(p)) and api.resolve(p).workload.kind == "training")
 
 
 def peaks(plan, w):
