@@ -27,6 +27,14 @@ from simdl.yamlfile import read
 #: Whole numbers are strict: YAML's `true` is not taken for 1, nor 2.5 for 2.
 Count = Annotated[int, Field(strict=True, gt=0)]
 Natural = Annotated[int, Field(strict=True, ge=0)]
+def _folder_name(name: str) -> str:
+    """A name that is also the folder of its results (results/<name>/): store.NAME only."""
+    if not NAME.fullmatch(name):
+        raise PydanticCustomError("folder_name", NAME_RULE)
+    return name
+
+
+FolderName = Annotated[str, AfterValidator(_folder_name)]
 #: A positive, finite number; `true` is not taken for 1.
 Factor = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
 #: A learning rate above this is a slip (1e6 for 1e-6), not a setting to explore.
@@ -291,7 +299,7 @@ class Generation(Strict):
 
 
 class Scenario(Strict):
-    name: str
+    name: FolderName
     seed: Natural = 0
     description: str = ""
     devices: list[DeviceEntry] = Field(min_length=1)
@@ -302,14 +310,6 @@ class Scenario(Strict):
     constraints: Constraints = Constraints()
     strategies: list[StrategyEntry] = Field(min_length=1)
     changes: Annotated[list[Any], AfterValidator(pool_changes.read)] | None = None  # simdl.changes
-
-    @field_validator("name")
-    @classmethod
-    def _name_names_a_folder(cls, name: str) -> str:
-        """The name is the folder of its runs (results/<name>/), so store.NAME only."""
-        if not NAME.fullmatch(name):
-            raise PydanticCustomError("folder_name", NAME_RULE)
-        return name
 
     @field_validator("strategies", mode="before")
     @classmethod

@@ -12,13 +12,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
-from pydantic_core import PydanticCustomError
 
 from simdl.errors import ScenarioError
-from simdl.report.store import NAME, NAME_RULE
-from simdl.scenario import (Constraints, DeviceEntry, Generation, Inference, ModelEntry,
-                            Natural, NetworkEntry, Scenario, StrategyEntry, Strict,
-                            TrainingEntry, dump, load, parse)
+from simdl.scenario import (Constraints, DeviceEntry, FolderName, Generation, Inference,
+                            ModelEntry, Natural, NetworkEntry, Scenario, StrategyEntry,
+                            Strict, TrainingEntry, dump, load, parse)
 from simdl.scenario_params import scenario_error
 from simdl.yamlfile import read
 
@@ -30,19 +28,12 @@ class JobEntry(Strict):
     """One job: its name (its results folder), model (and extra `models`), workload,
     one strategy, and its priority on every unit (0 is served first)."""
 
-    name: str
+    name: FolderName
     model: ModelEntry
     models: dict[str, ModelEntry] = {}
     workload: Annotated[Inference | TrainingEntry | Generation, Field(discriminator="kind")]
     strategy: StrategyEntry
     priority: Natural = 0
-
-    @field_validator("name")
-    @classmethod
-    def _name_names_a_folder(cls, name: str) -> str:
-        if not NAME.fullmatch(name):
-            raise PydanticCustomError("folder_name", NAME_RULE)
-        return name
 
     @field_validator("strategy", mode="before")
     @classmethod
