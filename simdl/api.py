@@ -28,7 +28,7 @@ from simdl.plan.lm_model import is_shape_only
 from simdl.plan.world import Generation, World
 from simdl.report.result import Result, write_run
 from simdl.report.tables import compare as compare_summaries
-from simdl.scenario import DeployEntry, Scenario, StrategyEntry, dump, load, parse
+from simdl.scenario import DeployEntry, Scenario, StrategyEntry, dump, load, parse, set_path
 from simdl.scenario_params import call, choose
 from simdl.report import generation as gen_metrics
 from simdl.sim import generation, generation_plan
@@ -140,32 +140,8 @@ def override(scenario: Scenario | str | Path, changes: Mapping[str, Any],
     world is built). `base`: the folder file paths in values are read from."""
     data = dump(resolve(scenario))
     for path, value in changes.items():
-        _put(data, path, value)
+        set_path(data, path, value)
     return parse(data, base)
-
-
-#: Keys of a component picked by name: beside them, a parameter may be set that the file left out.
-_PICKED = {"name", "kind", "type"}
-
-
-def _put(data: dict[str, Any], path: str, value: Any) -> None:
-    keys = path.split(".")
-    node: Any = data
-    for depth, key in enumerate(keys):
-        at, last = ".".join(keys[:depth + 1]), depth == len(keys) - 1
-        if isinstance(node, list):
-            names = [str(e.get("label") or e.get("name")) if isinstance(e, dict) else ""
-                     for e in node]
-            if not (key.isdigit() and int(key) < len(node)) and names.count(key) != 1:
-                raise ScenarioError(at, key, f"an index below {len(node)} or one of: "
-                                    f"{', '.join(names)}")
-            key = int(key) if key.isdigit() and int(key) < len(node) else names.index(key)
-        elif not isinstance(node, dict) or key not in node and not (last and _PICKED & node.keys()):
-            raise ScenarioError(at, key, f"one of: {', '.join(map(str, node))}"
-                                if isinstance(node, dict) else "a path into mappings and lists")
-        if last:
-            node[key] = value
-        node = node[key]
 
 
 def label(entry: StrategyEntry) -> str:

@@ -370,3 +370,27 @@ def dump(scenario: Scenario) -> dict[str, Any]:
     """The scenario as plain data, every default filled in, ready for YAML."""
     return scenario.model_dump(mode="json", exclude_none=True)
 
+
+#: Keys of a component picked by name: beside them, a parameter may be set that the file left out.
+PICKED = {"name", "kind", "type"}
+
+
+def set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set the dotted `path` (`api.override`'s) in a dumped scenario, in place."""
+    keys = path.split(".")
+    node: Any = data
+    for depth, key in enumerate(keys):
+        at, last = ".".join(keys[:depth + 1]), depth == len(keys) - 1
+        if isinstance(node, list):
+            names = [str(e.get("label") or e.get("name")) if isinstance(e, dict) else ""
+                     for e in node]
+            if not (key.isdigit() and int(key) < len(node)) and names.count(key) != 1:
+                raise ScenarioError(at, key, f"an index below {len(node)} or one of: "
+                                    f"{', '.join(names)}")
+            key = int(key) if key.isdigit() and int(key) < len(node) else names.index(key)
+        elif not isinstance(node, dict) or key not in node and not (last and PICKED & node.keys()):
+            raise ScenarioError(at, key, f"one of: {', '.join(map(str, node))}"
+                                if isinstance(node, dict) else "a path into mappings and lists")
+        if last:
+            node[key] = value
+        node = node[key]
