@@ -25,7 +25,7 @@ of. The profiles shipped (`hw/runtimes.yaml`) are fitted on every row.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -194,8 +194,8 @@ def setups(measured: pd.DataFrame) -> pd.DataFrame:
                            runtime=[f"{f}-{p}" for f, p in zip(family, measured.precision)])
 
 
-def calibrate(measured: pd.DataFrame, specs: dict[str, DeviceSpec] | None = None,
-              work_of: Callable[..., Work] = work) -> tuple[pd.DataFrame, dict]:
+def calibrate(measured: pd.DataFrame, specs: dict[str, DeviceSpec] | None = None
+              ) -> tuple[pd.DataFrame, dict]:
     """(one row per usable measurement with its predictions and errors, the profiles
     fitted on every row). Rows on no catalogued device are left out.
 
@@ -204,7 +204,7 @@ def calibrate(measured: pd.DataFrame, specs: dict[str, DeviceSpec] | None = None
     over the devices with a unit of its kind, else the catalogue's figures."""
     specs = specs or load_catalogue()
     rows = setups(measured[measured["device"].isin(list(specs))].reset_index(drop=True))
-    works = [work_of(specs[r.device], r.unit, r.model, r.precision, int(r.batch))
+    works = [work(specs[r.device], r.unit, r.model, r.precision, int(r.batch))
              for r in rows.itertuples()]
     y = rows["latency_ms"].to_numpy(float) / 1e3
     units = [specs[r.device].units[r.unit] for r in rows.itertuples()]

@@ -42,7 +42,7 @@ class JobEntry(Strict):
 
 
 class JobsScenario(Strict):
-    name: str
+    name: FolderName
     seed: Natural = 0
     description: str = ""
     devices: list[DeviceEntry] = Field(min_length=1)
