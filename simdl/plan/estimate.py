@@ -131,11 +131,18 @@ class Estimate:
         return not self.why
 
 
-def estimate(plan: Plan, world: World, costs: Costs | None = None) -> Estimate:
-    """Score an inference plan without running it (`costs` caches lookups across plans)."""
+def capacity(plan: Plan, world: World, costs: Costs | None = None) -> tuple[float, str]:
+    """(requests per second the plan sustains, its busiest server): 1 / that server's
+    seconds per request, requests shared out as dispatch shares them at saturation."""
+    alone, weights, _ = _alone(plan, world, costs or Costs(world))
+    return _busiest(alone, weights)[:2]
+
+
+def _alone(plan: Plan, world: World, costs: Costs) -> tuple[list[Lone], list[float], list[int]]:
+    """Each entry's lone timeline (one for split or all dispatch: every replica at once),
+    the share of requests it takes at saturation, and the replicas it stands for."""
     load = world.workload
     assert isinstance(load, Inference), "estimate scores inference plans"
-    costs = costs or Costs(world)
     parts = [(i, rep, n) for i, (rep, n) in enumerate(zip(plan.replicas,
                                                           replica_batches(plan, load.batch)))
              if n > 0]
@@ -143,18 +150,30 @@ def estimate(plan: Plan, world: World, costs: Costs | None = None) -> Estimate:
         together = Lone()
         for i, rep, n in parts:
             lone(plan, rep, n, costs, tag=i, into=together)
-        alone, weights = [finish(together, costs)], [1.0]
-        replicas = [0]
-    else:
-        alone = [finish(lone(plan, rep, n, costs, tag=i), costs) for i, rep, n in parts]
-        replicas = [i for i, _, _ in parts]
-        weights = _shares(plan, alone, replicas)
+        return [finish(together, costs)], [1.0], [0]
+    alone = [finish(lone(plan, rep, n, costs, tag=i), costs) for i, rep, n in parts]
+    replicas = [i for i, _, _ in parts]
+    return alone, _shares(plan, alone, replicas), replicas
+
+
+def _busiest(alone: list[Lone], weights: list[float]) -> tuple[float, str, tuple[str, ...]]:
+    """(capacity, the bottleneck's name, its key): each server's seconds per request
+    summed over the entries by their shares; the most loaded (ties: the first by key)."""
     loads: dict[tuple[str, ...], float] = defaultdict(float)
     for w, part in zip(weights, alone):
         for server, busy in part.busy.items():
             loads[server] += w * busy
     server = max(sorted(loads), key=lambda s: loads[s])
     period = loads[server]
+    return 1.0 / period if period > 0 else float("inf"), "/".join(server[1:]), server
+
+
+def estimate(plan: Plan, world: World, costs: Costs | None = None) -> Estimate:
+    """Score an inference plan without running it (`costs` caches lookups across plans)."""
+    load = world.workload
+    costs = costs or Costs(world)
+    alone, weights, replicas = _alone(plan, world, costs)
+    rate, bottleneck, server = _busiest(alone, weights)
     served = replay(plan, world, [a.latency for a in alone],
                     [max(a.busy.values(), default=0.0) for a in alone],
                     [plan.replicas[i].share for i in replicas],
@@ -183,8 +202,7 @@ def estimate(plan: Plan, world: World, costs: Costs | None = None) -> Estimate:
             why.append(f"{d}'s battery empties during the run")
     latencies = served.latency
     return Estimate(
-        plan=plan, capacity=1.0 / period if period > 0 else float("inf"),
-        bottleneck="/".join(server[1:]), throughput=len(latencies) / makespan if makespan else
+        plan=plan, capacity=rate, bottleneck=bottleneck, throughput=len(latencies) / makespan if makespan else
         float("nan"), latency=float(np.dot(weights, [a.latency for a in alone])),
         p50=percentile(latencies, 50), p95=percentile(latencies, 95),
         p99=percentile(latencies, 99), makespan=makespan,
@@ -230,25 +248,30 @@ def _peak_memory(plan: Plan, world: World, costs: Costs, acts: dict[str, float] 
                 held = shard_stage(world.models[rep.model], s)
                 for d, b in zip(s.devices, shard_weights(held, len(s.devices))):
                     weights[d] += b
+    if acts is not None:
+        return {d: weights[d] + acts.get(d, 0.0) for d in world.devices}
+    using: dict[str, set[int]] = defaultdict(set)  # device -> the entries of `alone` using it
+    for k, lone in enumerate(alone):
+        for d, held in lone.held.items():
+            if held > 0:
+                using[d].add(k)
+    edges: dict[int, list[tuple[float, int]]] = defaultdict(list)  # entry -> its requests' edges
+    for a, f, used in zip(served.arrival, served.finish, served.replicas):
+        edges[used[0]] += ((a, 1), (f, -1))
     out = {}
     for d in world.devices:
-        if acts is not None:
-            out[d] = weights[d] + acts.get(d, 0.0)
-            continue
-        using = {k for k, a in enumerate(alone) if a.held.get(d, 0.0) > 0}
-        lone_peak = max((alone[k].held[d] for k in using), default=0.0)
+        lone_peak = max((alone[k].held[d] for k in using[d]), default=0.0)
         room = max(world.devices[d].memory - weights[d], lone_peak)
-        out[d] = weights[d] + min(_in_flight(served, using) * lone_peak, room)
+        out[d] = weights[d] + min(_in_flight(edges, using[d]) * lone_peak, room)
     return out
 
 
-def _in_flight(served: Served, entries: set[int]) -> int:
-    """The most requests in flight at once among those served by `entries` (a finish
-    and an arrival at one instant do not overlap)."""
-    edges = sorted((t, step) for a, f, used in zip(served.arrival, served.finish, served.replicas)
-                   if used[0] in entries for t, step in ((a, 1), (f, -1)))
+def _in_flight(edges: dict[int, list[tuple[float, int]]], entries: set[int]) -> int:
+    """The most requests in flight at once among those served by `entries`, from each
+    entry's (time, +1 arrival / -1 finish) edges (a finish and an arrival at one instant
+    do not overlap)."""
     level = most = 0
-    for _, step in edges:
+    for _, step in sorted(e for k in entries for e in edges[k]):
         level += step
         most = max(most, level)
     return most

@@ -82,7 +82,7 @@ def replay(plan: Plan, world: World, latency: list[float], service: list[float],
     pick, moved = dispatcher(plan.dispatch, shares, busy)
     free_at = [float("-inf")] * reps            # when each bottleneck is free again
     shared_free = float("-inf")                 # ... and the plan's busiest server
-    in_flight: list[list[float]] = [[] for _ in range(reps)]  # finish times, as heaps
+    in_flight: list[tuple[float, int]] = []  # (finish, replica) of requests in flight, a heap
     arrivals, finishes, used = np.empty(n), np.empty(n), []
     waited, overlap, ends = False, 1, []         # ends: a heap of finish times in flight
     times = arrival_times(world)
@@ -92,12 +92,13 @@ def replay(plan: Plan, world: World, latency: list[float], service: list[float],
             a = float(times[r])
         else:
             a, c = heapq.heappop(clients)
-        for i in range(reps):
-            while in_flight[i] and in_flight[i][0] <= a:
-                heapq.heappop(in_flight[i])
-            if busy[i] != len(in_flight[i]):
-                busy[i] = len(in_flight[i])
-                moved(i)
+        finished = set()
+        while in_flight and in_flight[0][0] <= a:
+            i = heapq.heappop(in_flight)[1]
+            busy[i] -= 1
+            finished.add(i)
+        for i in sorted(finished):
+            moved(i)
         chosen = [0] if together else [pick(busy)]
         done = 0.0
         for i in chosen:
@@ -110,7 +111,7 @@ def replay(plan: Plan, world: World, latency: list[float], service: list[float],
             if uses:
                 shared_free = start + common[i]
             done = max(done, start + latency[i])
-            heapq.heappush(in_flight[i], done)
+            heapq.heappush(in_flight, (done, i))
             busy[i] += 1
             moved(i)
         while ends and ends[0] <= a:

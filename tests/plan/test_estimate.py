@@ -17,8 +17,8 @@ from simdl.nn.layers import Linear, Sequential
 from simdl.nn.models import MODELS
 from simdl.plan.auto import alone
 from simdl.plan.costs import Costs
-from simdl.plan.estimate import (balanced_cuts, block_times, estimate, group_block_times,
-                                 transfer_time)
+from simdl.plan.estimate import (balanced_cuts, block_times, capacity, estimate,
+                                 group_block_times, transfer_time)
 from simdl.plan.strategies import (data_parallel, hybrid, offload, pipeline, single,
                                    tensor_parallel)
 from simdl.plan.world import Arrival, Inference, World
@@ -329,3 +329,4 @@ def test_capacity_combines_the_replicas_as_the_dispatch_sends_them_work(dispatch
     plan = data_parallel(world, ["a", "b", "c"], dispatch=dispatch)
     scored = estimate(plan, world)
     assert scored.capacity == pytest.approx(rps, rel=1e-6) and scored.bottleneck == where
+    assert capacity(plan, world) == (scored.capacity, where)  # without the run's replay
