@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from simdl import __version__, planner
 from simdl.errors import PlanError, ScenarioError
 from simdl.plan import train_memory
-from simdl.plan.estimate import estimate, transfer_time
+from simdl.plan.estimate import capacity, transfer_time
 from simdl.plan.plan import Plan, Stage, check
 from simdl.plan.space import Space
 from simdl.plan.strategies import STRATEGIES, PositiveInt
@@ -36,6 +36,7 @@ from simdl.sim.changes import start_changes
 from simdl.sim.engine import Simulator
 from simdl.sim.inference import Outputs, execute, fuse, inputs, labels
 from simdl.sim.metrics import TrainingMetrics
+from simdl.sim.recorder import by_key, total
 from simdl.sim.serving import Policy
 from simdl.sim.stages import prepare
 from simdl.sim.training import train, undecided
@@ -359,11 +360,14 @@ def deployment_cost(p: Plan, world: World, sim: Simulator) -> dict[str, Any]:
     from serving: bytes, and the time if all devices load in parallel (each alone on its route);
     then the offered load beside the plan's capacity (`serving_load`)."""
     log = sim.log.frame()
-    placed = log[(log.kind == "alloc") & (log.request < 0) & (log.device != p.source)]
-    weights = placed[placed.label.str.startswith("weights")].groupby(
-        "device", sort=True).nbytes.sum()
-    times = [transfer_time(world, p.source, d, b) for d, b in weights.items()]
-    return ({"deploy_MB": float(weights.sum()) / 1e6, "deploy_s": max(times, default=0.0)}
+    kind, request = log["kind"].to_numpy(dtype=object), log["request"].to_numpy()
+    rows = np.flatnonzero((kind == "alloc") & (request < 0))  # held outside any request
+    device, label = (log[c].to_numpy(dtype=object)[rows] for c in ("device", "label"))
+    placed = [i for i, (d, what) in enumerate(zip(device.tolist(), label.tolist()))
+              if d != p.source and what.startswith("weights")]
+    devices, weights = by_key("sum", device[placed], log["nbytes"].to_numpy()[rows][placed])
+    times = [transfer_time(world, p.source, d, b) for d, b in zip(devices, weights)]
+    return ({"deploy_MB": total(weights) / 1e6, "deploy_s": max(times, default=0.0)}
             | serving_load(p, world))
 
 
@@ -390,6 +394,5 @@ def serving_load(p: Plan, world: World) -> dict[str, Any]:
     rate = offered_rps(world)
     if rate is not None:
         out |= {"offered_rps": rate, "offered_samples_per_s": rate * load.batch}
-    scored = estimate(p, world)
-    out["capacity_rps"], out["capacity_bottleneck"] = scored.capacity, scored.bottleneck
+    out["capacity_rps"], out["capacity_bottleneck"] = capacity(p, world)
     return out

@@ -34,6 +34,7 @@ from simdl.sim import generation
 from simdl.sim.changes import start_changes
 from simdl.sim.engine import Simulator
 from simdl.sim.inference import execute
+from simdl.sim.recorder import Columns
 from simdl.sim.stages import prepare
 from simdl.train_rescore import TrainChoice, rank_key, train_choice, why
 
@@ -62,7 +63,7 @@ def simulate(plan: Plan, world: World, *, timing_only: bool = True) -> Measured:
     with threadpool_limits(limits=1, user_api="blas"):
         sim = Simulator(world.devices, world.network, timing_only=timing_only)
         execute(plan, world, sim, prepare(plan, world))
-    events = tables.clean(sim.log.frame())
+    events = Columns(sim.log.frame())  # coded once for the four tables
     energy = {d: sim.energy(d) for d in world.devices}
     devices = tables.devices_table(events, world.devices, energy, sim.now)
     stats = sim.flows.link_stats() if sim.flows is not None else []

@@ -1,9 +1,11 @@
-"""The run-folder tables, derived from the event log with pandas group-bys only.
+"""The run-folder tables, derived from the event log's columns (`recorder.Columns`).
 
 Owns the meaning of every reported number (requests, devices, links, summary,
 comparison) and the terminal table. Knows the log's columns and row kinds;
 knows nothing of the engine's objects: specs and energy come in as plain
 mappings, link counters as dicts, so a table never measures anything twice.
+Each kind's rows are found once and shared; sums add as pandas' group-by and
+Series.sum add (`recorder.by_key`, `recorder.total`), so every figure keeps its bits.
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ import numpy as np
 import pandas as pd
 
 from simdl.report import faults
-from simdl.sim.recorder import COLUMNS
+from simdl.sim.recorder import Coded, Columns, Log, by_key, clean, lookup, total  # noqa: F401
+
+# `clean` (the log with its dtypes) lives beside the log; callers still take it from here.
 
 NAN = float("nan")
 REQUEST_COLUMNS = ["request", "class", "status", "cause", "attempts", "arrival", "start",
@@ -26,8 +30,6 @@ WORK_KINDS = ("compute", "transfer", "request", "failed", "step")
 #: Rows that held a unit: a kernel lost mid-run occupied (and powered) its unit too.
 BUSY_KINDS = ("compute", "lost")
 PERCENTILES = (50, 95, 99)
-#: Log columns with few distinct values, which the tables compare and group by.
-CODED = ("kind", "device", "resource")
 #: The summary columns worth a terminal line (pass as `format_table(df, HEADLINE)`).
 HEADLINE = ("scenario", "strategy", "seed", "requests_completed", "requests_failed", "makespan_s",
             "offered_rps", "throughput_rps", "capacity_rps", "latency_p50_ms", "latency_p95_ms",
@@ -62,40 +64,7 @@ class EnergyLike(Protocol):
     def total(self) -> float: ...
 
 
-def clean(events: pd.DataFrame) -> pd.DataFrame:
-    """The log with its fixed columns and dtypes (also for a log read back from CSV)."""
-    missing = [c for c in COLUMNS if c not in events.columns]
-    if missing:
-        raise ValueError(f"event log lacks columns {missing}; expected {list(COLUMNS)}")
-    out = events if list(events.columns) == list(COLUMNS) else events.loc[:, list(COLUMNS)]
-    fixes: dict[str, pd.Series] = {}
-    for c in ("t_start", "t_end", "flops", "nbytes"):
-        if out[c].dtype != "float64":
-            fixes[c] = out[c].astype("float64")
-    for c in ("request", "step"):
-        if out[c].dtype != "int64":
-            fixes[c] = out[c].astype("int64")
-    for c in ("kind", "device", "resource", "label"):
-        if not pd.api.types.is_string_dtype(out[c]) or out[c].isna().any():
-            fixes[c] = out[c].fillna("").astype(str)
-    # A log that is already clean is returned as is (the tables never modify it).
-    return out.assign(**fixes) if fixes else out
-
-
-def coded(events: pd.DataFrame) -> pd.DataFrame:
-    """The log with its kinds, devices and resources as categories (sorted, so groups
-    come out in text order): the tables' many selections and group-bys then compare
-    small codes, not text. The log callers see keeps its text columns."""
-    out = {}
-    for c in CODED:
-        if not isinstance(events[c].dtype, pd.CategoricalDtype):
-            codes, names = pd.factorize(events[c].to_numpy(dtype=object), sort=True)
-            out[c] = pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(
-                pd.Index(names, dtype="str")))
-    return events.assign(**out) if out else events
-
-
-def requests_table(events: pd.DataFrame) -> pd.DataFrame:
+def requests_table(events: Log) -> pd.DataFrame:
     """One row per request: `completed`, or `failed` with its `cause`; `attempts` is
     1 + its retries.
 
@@ -104,47 +73,60 @@ def requests_table(events: pd.DataFrame) -> pd.DataFrame:
     waited for memory (`memory_waits`), plan_wait how long it waited for a plan to
     serve it (weights moving after a re-plan). Times in seconds, sorted by request.
     """
-    return _requests(coded(clean(events)))
+    return _requests(Columns.of(events))
 
 
-def _requests(events: pd.DataFrame) -> pd.DataFrame:
-    kind = events["kind"]
-    rows = events.loc[kind.isin(("request", "failed")), ["kind", "resource", "t_start",
-                                                         "t_end", "label", "request"]]
-    compute = events.loc[kind == "compute", ["request", "t_start"]]
-    first = compute.groupby("request")["t_start"].min()
-    done = rows["kind"] == "request"
-    out = pd.DataFrame({
-        "request": rows["request"],
-        "class": rows["resource"].astype("str"),
+def _requests(log: Columns) -> pd.DataFrame:
+    rows = log.rows("request", "failed")
+    rows = rows[np.argsort(log.request[rows], kind="stable")]
+    request = log.request[rows]
+    kind = log.coded("kind")
+    done = kind.codes[rows] == kind.code("request")
+    compute = log.rows("compute")
+    started = by_key("min", log.request[compute], log.t_start[compute])
+    cause, attempts, plan_wait = faults.fates(log, request)
+    arrival, finish = log.t_start[rows], np.where(done, log.t_end[rows], NAN)
+    return pd.DataFrame({
+        "request": request,
+        "class": pd.array(log.coded("resource").of(rows), dtype="str"),
         "status": np.where(done, "completed", "failed").astype(object),
-        "arrival": rows["t_start"],
-        "start": rows["request"].map(first).astype("float64"),
-        "finish": rows["t_end"].where(done),
-        "path": rows["label"].where(done, ""),
-    })
-    fate = faults.fates(events)
-    out["cause"] = out["request"].map(fate["cause"]).astype(object).fillna("")
-    out["attempts"] = out["request"].map(fate["attempts"]).fillna(1).astype("int64")
-    out["latency"] = out["finish"] - out["arrival"]
-    out["memory_wait"] = out["request"].map(memory_waits(events)).fillna(0.0).astype("float64")
-    out["plan_wait"] = out["request"].map(fate["plan_wait"]).fillna(0.0).astype("float64")
-    return out[REQUEST_COLUMNS].sort_values("request", kind="stable").reset_index(drop=True)
+        "cause": pd.Series(cause, dtype=object, copy=False),  # plain objects, as ever
+        "attempts": attempts,
+        "arrival": arrival,
+        "start": lookup(*started, request, NAN),
+        "finish": finish,
+        "latency": finish - arrival,
+        "memory_wait": lookup(*_memory_waits(log), request, 0.0),
+        "plan_wait": plan_wait,
+        "path": pd.array(np.where(done, log.label[rows], ""), dtype="str"),
+    }, columns=REQUEST_COLUMNS)
 
 
-def memory_waits(events: pd.DataFrame) -> pd.Series:
+def memory_waits(events: Log) -> pd.Series:
     """Seconds each request (the index) had work waiting for memory: the union of its
     memwait rows, so micro-batches that wait side by side count once."""
-    w = events.loc[events["kind"] == "memwait", ["request", "t_start", "t_end"]]
-    w = w.sort_values(["request", "t_start", "t_end"], kind="stable")
-    by = w["request"]
-    reach = w["t_end"].groupby(by).cummax()  # the furthest end so far, this row's included
-    before = reach.groupby(by).shift(1, fill_value=-np.inf)  # ... of the rows before it
-    new = (w["t_end"] - np.maximum(w["t_start"], before)).clip(lower=0.0)
-    return new.groupby(by).sum()
+    keys, waits = _memory_waits(Columns.of(events))
+    return pd.Series(waits, index=pd.Index(keys, name="request"), name="memory_wait")
 
 
-def devices_table(events: pd.DataFrame, specs: Mapping[str, DeviceLike],
+def _memory_waits(log: Columns) -> tuple[np.ndarray, np.ndarray]:
+    rows = log.rows("memwait")
+    rows = rows[np.lexsort((log.t_end[rows], log.t_start[rows], log.request[rows]))]
+    by, start, end = log.request[rows], log.t_start[rows], log.t_end[rows]
+    # The furthest end so far in each request: rows sorted by (request, end) rank above
+    # every row of an earlier request, so a running max of ranks restarts per request.
+    order = np.lexsort((end, by))
+    rank = np.empty(len(rows), dtype=np.intp)
+    rank[order] = np.arange(len(rows))
+    reach = end[order][np.maximum.accumulate(rank)]
+    before = np.full(len(rows), -np.inf)
+    same = by[1:] == by[:-1]
+    before[1:][same] = reach[:-1][same]
+    new = end - np.maximum(start, before)
+    return by_key("sum", by, np.where(np.isnan(new) | (new >= 0.0), new, 0.0))
+
+
+def devices_table(events: Log, specs: Mapping[str, DeviceLike],
                   energy: Mapping[str, EnergyLike], duration: float) -> pd.DataFrame:
     """One row per device of `specs`, in its order.
 
@@ -153,47 +135,54 @@ def devices_table(events: pd.DataFrame, specs: Mapping[str, DeviceLike],
     sum of alloc rows in log order (0 if none); left_at is NaN if it stayed;
     availability is the share of `duration` it was in the pool (`faults.away`).
     """
-    return _devices(coded(clean(events)), specs, energy, duration)
+    return _devices(Columns.of(events), specs, energy, duration)
 
 
-def _devices(events: pd.DataFrame, specs: Mapping[str, DeviceLike],
+def _by_name(column: Coded, got: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+    """Per-code figures (`by_key`) as a dict by name."""
+    return {column.names[k]: float(v) for k, v in zip(got[0].tolist(), got[1].tolist())}
+
+
+def _devices(log: Columns, specs: Mapping[str, DeviceLike],
              energy: Mapping[str, EnergyLike], duration: float) -> pd.DataFrame:
     units = sorted({u for spec in specs.values() for u in spec.units})
-    kind = events["kind"]
-    worked = events.loc[kind.isin(BUSY_KINDS), ["device", "resource", "t_start", "t_end"]]
-    busy = (worked["t_end"] - worked["t_start"]).groupby(
-        [worked["device"], worked["resource"]], observed=True).sum().to_dict()
-    # Plain dicts below: a Series on a categorical index cannot look up a name it lacks
-    # once its codes pass int8 (more than 127 devices).
-    compute = events.loc[kind == "compute", ["device", "flops"]]
-    flops = compute.groupby("device", observed=True)["flops"].sum().to_dict()
-    transfers = events.loc[kind == "transfer", ["device", "resource", "nbytes"]]
-    sent = transfers.groupby("device", observed=True)["nbytes"].sum().to_dict()
-    received = transfers.groupby("resource", observed=True)["nbytes"].sum().to_dict()
-    allocs = events.loc[kind == "alloc", ["device", "nbytes"]]
-    held = allocs.groupby("device", observed=True)["nbytes"].cumsum()
-    peak = held.groupby(allocs["device"], observed=True).max().clip(lower=0.0).to_dict()
-    leaves = events.loc[kind == "leave", ["device", "t_start"]]
-    left = leaves.groupby("device", observed=True)["t_start"].min().to_dict()
-    absent = faults.away(events, duration)
+    device, resource = log.coded("device"), log.coded("resource")
+    worked = log.rows(*BUSY_KINDS)
+    n = max(len(resource.names), 1)
+    keys, seconds = by_key("sum", device.codes[worked] * n + resource.codes[worked],
+                         log.t_end[worked] - log.t_start[worked])
+    busy = {(device.names[k // n], resource.names[k % n]): float(v)
+            for k, v in zip(keys.tolist(), seconds.tolist())}
+    compute, moved = log.rows("compute"), log.rows("transfer")
+    flops = _by_name(device, by_key("sum", device.codes[compute], log.flops[compute]))
+    sent = _by_name(device, by_key("sum", device.codes[moved], log.nbytes[moved]))
+    received = _by_name(resource, by_key("sum", resource.codes[moved], log.nbytes[moved]))
+    allocs = log.rows("alloc")
+    held = (pd.Series(log.nbytes[allocs], copy=False).groupby(device.codes[allocs]).cumsum()
+            .to_numpy())  # compensated, as pandas adds
+    peak = {name: max(v, 0.0) for name, v in  # clipped at 0 as pandas clips (NaN, -0.0 kept)
+            _by_name(device, by_key("max", device.codes[allocs], held)).items()}
+    leaves = log.rows("leave")
+    left = _by_name(device, by_key("min", device.codes[leaves], log.t_start[leaves]))
+    absent = faults.away(log, duration)
     records = []
     for name, spec in specs.items():
         row: dict[str, Any] = {"device": name, "type": spec.type}
         for u in units:
-            row[f"busy_{u}_s"] = float(busy.get((name, u), 0.0)) if u in spec.units else NAN
+            row[f"busy_{u}_s"] = busy.get((name, u), 0.0) if u in spec.units else NAN
         busiest = max((busy.get((name, u), 0.0) for u in spec.units), default=0.0)
         e = energy.get(name)
         row.update(
             utilisation=_ratio(busiest, duration),
-            flops=float(flops.get(name, 0.0)),
-            bytes_sent=float(sent.get(name, 0.0)),
-            bytes_received=float(received.get(name, 0.0)),
+            flops=flops.get(name, 0.0),
+            bytes_sent=sent.get(name, 0.0),
+            bytes_received=received.get(name, 0.0),
             energy_J=float(e.total) if e is not None else NAN,
             energy_idle_J=float(e.idle) if e is not None else NAN,
             energy_compute_J=float(e.compute) if e is not None else NAN,
             energy_radio_J=float(e.radio) if e is not None else NAN,
-            peak_memory_bytes=float(peak.get(name, 0.0)),
-            left_at=float(left.get(name, NAN)),
+            peak_memory_bytes=peak.get(name, 0.0),
+            left_at=left.get(name, NAN),
             availability=1.0 - _ratio(absent.get(name, 0.0), duration) if duration > 0 else NAN,
         )
         records.append(row)
@@ -206,14 +195,14 @@ def _devices(events: pd.DataFrame, specs: Mapping[str, DeviceLike],
 
 def links_table(link_stats: Sequence[Mapping[str, Any]], duration: float) -> pd.DataFrame:
     """One row per link: bytes carried, seconds busy, busy share of `duration`."""
-    df = pd.DataFrame.from_records(
-        [(str(s["resource"]), float(s["bytes"]), float(s["busy_time"])) for s in link_stats],
-        columns=LINK_COLUMNS[:3])
-    df["bytes"] = df["bytes"].astype("float64")
-    df["busy_s"] = df["busy_s"].astype("float64")
-    df["utilisation"] = [_ratio(b, duration) for b in df["busy_s"]]
-    df["utilisation"] = df["utilisation"].astype("float64")
-    return df.sort_values("resource", kind="stable").reset_index(drop=True)
+    links = sorted(((str(s["resource"]), float(s["bytes"]), float(s["busy_time"]))
+                    for s in link_stats), key=lambda link: link[0])  # stable, as text sorts
+    return pd.DataFrame({
+        "resource": np.array([r for r, _, _ in links], dtype=object),
+        "bytes": np.array([b for _, b, _ in links], dtype="float64"),
+        "busy_s": np.array([t for _, _, t in links], dtype="float64"),
+        "utilisation": np.array([_ratio(t, duration) for _, _, t in links], dtype="float64"),
+    }, columns=LINK_COLUMNS)
 
 
 class RunTables(NamedTuple):
@@ -227,22 +216,22 @@ class RunTables(NamedTuple):
     faults: pd.DataFrame  # one row per device leave (`faults.faults_table`)
 
 
-def run_tables(events: pd.DataFrame, specs: Mapping[str, DeviceLike],
+def run_tables(events: Log, specs: Mapping[str, DeviceLike],
                energy: Mapping[str, EnergyLike], link_stats: Sequence[Mapping[str, Any]],
                duration: float, **context: Any) -> RunTables:
-    """`requests_table`, `devices_table`, `links_table` and `summary` of one run, the
-    log cleaned and coded once and the requests table made once."""
-    events = clean(events)
-    log = coded(events)
+    """`requests_table`, `devices_table`, `links_table`, `summary` and the faults table of
+    one run, from one `Columns` of the log: each selection made once, each table once."""
+    log = Columns.of(events)
     requests = _requests(log)
     devices = _devices(log, specs, energy, duration)
     links = links_table(link_stats, duration)
-    return RunTables(events, requests, devices, links,
-                     _summary(log, requests, devices, links, duration, context, specs),
-                     faults.faults_table(log))
+    fault_rows = faults.faults_table(log)
+    return RunTables(log.events, requests, devices, links,
+                     _summary(log, requests, devices, links, duration, context, specs,
+                              fault_rows), fault_rows)
 
 
-def summary(events: pd.DataFrame, devices_df: pd.DataFrame, links_df: pd.DataFrame,
+def summary(events: Log, devices_df: pd.DataFrame, links_df: pd.DataFrame,
             duration: float, specs: Mapping[str, DeviceLike] | None = None,
             **context: Any) -> pd.DataFrame:
     """One row: the context (scenario, strategy, seed, ...) then the run's headline numbers.
@@ -261,61 +250,74 @@ def summary(events: pd.DataFrame, devices_df: pd.DataFrame, links_df: pd.DataFra
     energy_J is the whole pool's; energy_used_J only the devices the strategy used (any
     FLOP computed or byte sent or received), so idle bystanders do not count against it.
     """
-    events = coded(clean(events))
-    return _summary(events, _requests(events), devices_df, links_df, duration, context, specs)
+    log = Columns.of(events)
+    return _summary(log, _requests(log), devices_df, links_df, duration, context, specs,
+                    faults.faults_table(log))
 
 
-def _summary(events: pd.DataFrame, reqs: pd.DataFrame, devices_df: pd.DataFrame,
+def _summary(log: Columns, reqs: pd.DataFrame, devices_df: pd.DataFrame,
              links_df: pd.DataFrame, duration: float, context: dict[str, Any],
-             specs: Mapping[str, DeviceLike] | None = None) -> pd.DataFrame:
-    done = reqs[reqs["status"] == "completed"]
-    failed = reqs.loc[reqs["status"] == "failed", "cause"]
-    work = events.loc[events["kind"].isin(WORK_KINDS), "t_end"]
-    makespan = float(work.max()) if len(work) else 0.0
-    answers = len(done) + int((events["kind"] == "late").sum())
+             specs: Mapping[str, DeviceLike] | None, fault_rows: pd.DataFrame) -> pd.DataFrame:
+    status, latency = reqs["status"].to_numpy(), reqs["latency"].to_numpy()
+    done = status == "completed"
+    failed = reqs["cause"].to_numpy()[status == "failed"]
+    work = log.t_end[log.rows(*WORK_KINDS)]
+    makespan = float(np.fmax.reduce(work)) if len(work) else 0.0
+    completed = int(done.sum())
+    answers = completed + len(log.rows("late"))
     row: dict[str, Any] = dict(context)
     row.update(
-        requests_completed=len(done),
+        requests_completed=completed,
         requests_failed=len(failed),
         duration_s=float(duration),
         makespan_s=makespan,
         throughput_rps=_ratio(answers, makespan) if len(reqs) else NAN,
-        goodput_rps=_ratio(len(done), makespan) if len(reqs) else NAN,
+        goodput_rps=_ratio(completed, makespan) if len(reqs) else NAN,
     )
     row.update({f"failed_{c}": int((failed == c).sum()) for c in faults.CAUSES})
-    row["retries"] = int(reqs["attempts"].sum() - len(reqs))
-    row.update(_latency_percentiles(done["latency"], ""))
-    for cls in sorted(set(reqs["class"]) - {""}):
-        row.update(_latency_percentiles(done.loc[done["class"] == cls, "latency"], f"_{cls}"))
-    sent = events.loc[events["kind"] == "transfer", "nbytes"]
+    row["retries"] = int(reqs["attempts"].to_numpy().sum() - len(reqs))
+    row.update(_latency_percentiles(latency[done], ""))
+    classes = reqs["class"].to_numpy(dtype=object)
+    for cls in sorted(set(classes.tolist()) - {""}):
+        row.update(_latency_percentiles(latency[done & (classes == cls)], f"_{cls}"))
+    some = len(devices_df) > 0
+    is_used = _used(devices_df) if some else np.zeros(0, dtype=bool)
+    energy = devices_df["energy_J"].to_numpy() if some else np.zeros(0)
+    utilisation = devices_df["utilisation"].to_numpy() if some else np.zeros(0)
+    counted = int((~np.isnan(utilisation)).sum())
+    link_use = links_df["utilisation"].to_numpy()
     row.update(
-        network_bytes=float(sent.sum()),
-        energy_used_J=float(devices_df.loc[used(devices_df), "energy_J"].sum())
-        if len(devices_df) else 0.0,
-        energy_J=float(devices_df["energy_J"].sum()) if len(devices_df) else 0.0,
-        peak_memory_max_MiB=(float(devices_df["peak_memory_bytes"].max()) / MIB
-                             if len(devices_df) else 0.0),
-        memory_wait_s=float(reqs["memory_wait"].sum()),
-        plan_wait_s=float(reqs["plan_wait"].sum()),
-        mean_utilisation=float(devices_df["utilisation"].mean()) if len(devices_df) else NAN,
-        max_link_utilisation=float(links_df["utilisation"].max()) if len(links_df) else NAN,
+        network_bytes=total(log.nbytes[log.rows("transfer")]),
+        energy_used_J=total(energy[is_used]),
+        energy_J=total(energy),
+        peak_memory_max_MiB=(float(np.fmax.reduce(devices_df["peak_memory_bytes"].to_numpy()))
+                             / MIB if some else 0.0),
+        memory_wait_s=total(reqs["memory_wait"].to_numpy()),
+        plan_wait_s=total(reqs["plan_wait"].to_numpy()),
+        mean_utilisation=(total(utilisation) / counted if counted else NAN) if some else NAN,
+        max_link_utilisation=float(np.fmax.reduce(link_use)) if len(link_use) else NAN,
     )
-    row.update(faults.wasted(events, specs))
-    recovery = faults.faults_table(events)["recovery_s"]
-    row["recovery_s_max"] = float(recovery.max()) if recovery.notna().any() else NAN
-    busy = set(devices_df.loc[used(devices_df), "device"]) if len(devices_df) else set()
-    row["degraded_s"] = faults.degraded(events, {str(d) for d in busy}, duration)
+    row.update(faults.wasted(log, specs))
+    recovery = fault_rows["recovery_s"].to_numpy()
+    row["recovery_s_max"] = (float(np.fmax.reduce(recovery)) if (~np.isnan(recovery)).any()
+                             else NAN)
+    busy = set(devices_df["device"].to_numpy()[is_used].tolist()) if some else set()
+    row["degraded_s"] = faults.degraded(log, {str(d) for d in busy}, duration)
     return pd.DataFrame([row])
 
 
 def used(devices_df: pd.DataFrame) -> pd.Series:
     """Which rows of a devices table did work: computed FLOPs, or sent or received bytes."""
-    return ((devices_df["flops"] > 0) | (devices_df["bytes_sent"] > 0)
-            | (devices_df["bytes_received"] > 0))
+    return pd.Series(_used(devices_df), index=devices_df.index)
 
 
-def _latency_percentiles(latency: pd.Series, suffix: str) -> dict[str, float]:
-    values = latency.to_numpy(dtype="float64") * 1e3
+def _used(devices_df: pd.DataFrame) -> np.ndarray:
+    return ((devices_df["flops"].to_numpy() > 0) | (devices_df["bytes_sent"].to_numpy() > 0)
+            | (devices_df["bytes_received"].to_numpy() > 0))
+
+
+def _latency_percentiles(latency: np.ndarray, suffix: str) -> dict[str, float]:
+    values = latency.astype("float64") * 1e3
     if values.size == 0:
         return {f"latency_p{q}_ms{suffix}": NAN for q in PERCENTILES}
     got = np.percentile(values, PERCENTILES, method="linear")

@@ -1,6 +1,6 @@
 """The event log becomes columns in one pass, and equals the row-by-row DataFrame
 (`pd.DataFrame.from_records`) of the same rows; every table, CSV and trace made from
-it (the tables on kinds, devices and resources coded as categories) equals the one
+it (the tables on kinds, devices and resources coded as sorted codes) equals the one
 made from the row-by-row frame."""
 import numpy as np
 import pandas as pd
@@ -12,7 +12,7 @@ from stand_ins import Joules, Spec, every_kind_log
 from simdl.report import tables
 from simdl.report.csvtext import FLOAT_FORMAT, csv_text
 from simdl.report.trace import trace_text
-from simdl.sim.recorder import COLUMNS, KINDS, EventLog
+from simdl.sim.recorder import COLUMNS, KINDS, Columns, EventLog
 
 SPECS = {d: Spec("phone", ["cpu", "gpu", "npu"]) for d in
          ["phone", "tv", "watch0", "watch1", "pc10", "pc2", "idle"]}
@@ -43,11 +43,12 @@ def test_the_frame_is_the_row_by_row_frame_with_its_dtypes_fixed(rows):
         == rows
 
 
-def test_the_tables_code_kinds_devices_and_resources_as_sorted_categories(rows):
-    log = tables.coded(logged(rows).frame())
-    for c in tables.CODED:
-        assert list(log[c].cat.categories) == sorted(set(log[c]))  # sorted, as text sorts
-        assert log[c].astype(str).tolist() == [r[COLUMNS.index(c)] for r in rows]
+def test_the_columns_code_kinds_devices_and_resources_as_sorted_text(rows):
+    log = Columns(logged(rows).frame())
+    for c in ("kind", "device", "resource"):
+        coded = log.coded(c)
+        assert coded.names == sorted({r[COLUMNS.index(c)] for r in rows})  # as text sorts
+        assert coded.of(np.arange(len(rows))).tolist() == [r[COLUMNS.index(c)] for r in rows]
 
 
 def test_every_table_from_the_columns_equals_the_row_by_row_one(rows):
