@@ -64,6 +64,7 @@ class Simulator(PoolChanges):
         self.units: dict[tuple[str, str], Unit] = {
             (d, u): Unit(d, u, spec) for d, spec in self.devices.items() for u in spec.units}
         self.gone: dict[str, tuple[float, str]] = {}
+        self.leaves = 0
         self.memory = Memory(self.env, self.devices, self.log, self.gone)
         self.memory_used, self.memory_peak = self.memory.used, self.memory.peak
         # The memory calls, bound once (no wrapper on the path of every block).

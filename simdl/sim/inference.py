@@ -23,7 +23,7 @@ from simdl.plan.world import World
 from simdl.rng import stream
 from simdl.sim.engine import Simulator
 from simdl.sim.serving import Policy, Pool
-from simdl.sim.stages import ReplicaRunner, first_gone
+from simdl.sim.stages import ReplicaRunner, first_gone, waited
 
 
 @dataclass
@@ -58,43 +58,50 @@ def start(plan: Plan, world: World, sim: Simulator, runners: list[ReplicaRunner]
     (label: the cause) in the log, once. A `retry` row records each abandoned attempt
     (label: why); a late answer from an abandoned attempt is discarded.
     """
-    load, out = world.workload, Outputs()
+    load, out, env = world.workload, Outputs(), sim.env
     classes = _classes(world)
     pool = Pool(plan, world, sim, runners)
 
     def request(r: int) -> Generator[Any, Any, None]:
-        arrival, (cls, priority) = sim.now, classes[r]
+        arrival, (cls, priority) = env.now, classes[r]
         x = None if sim.timing_only else inputs(world, r)
         attempt = 0
         while True:
-            asked = sim.now
+            asked = env.now
             view = yield from pool.acquire()
-            if sim.now > asked:
-                sim.log.add(asked, sim.now, "planwait", plan.source, cls, "", request=r)
+            if env.now > asked:
+                sim.log.add(asked, env.now, "planwait", plan.source, cls, "", request=r)
             if view is None:
-                sim.log.add(arrival, sim.now, "failed", plan.source, cls, pool.why_not(),
+                sim.log.add(arrival, env.now, "failed", plan.source, cls, pool.why_not(),
                             request=r)
                 break
             routed = view.route(x, load.batch)
             chosen = [i for i, _, _ in routed]
             view.started(chosen)
-            began = sim.now
-            procs = [sim.process(view.runners[i].run(sim, r, px, n, priority, attempt))
-                     for i, px, n in routed]
-            answered = sim.all_of(procs)
-            answered.callbacks.append(lambda _e, view=view, chosen=chosen: view.ended(chosen))
-            if policy.timeout is None:
-                yield answered
+            began = env.now
+            answered, values = None, None
+            if policy.timeout is None and len(routed) == 1:  # one answer, no deadline
+                (i, px, n), = routed
+                values = [(yield from waited(env, view.runners[i].run(
+                    sim, r, px, n, priority, attempt)))]
+                view.ended(chosen)
             else:
-                yield sim.env.any_of([answered, sim.env.timeout(policy.timeout)])
-            if answered.triggered:
-                values = answered.value
-                gone = first_gone(values)
-                cause = None if gone is None else "device_left"
-            else:  # abandoned: its answer, if one comes, is discarded (a `late` row)
+                answered = sim.all_of([sim.process(view.runners[i].run(
+                    sim, r, px, n, priority, attempt)) for i, px, n in routed])
+                answered.callbacks.append(lambda _e, view=view, chosen=chosen:
+                                          view.ended(chosen))
+                yield (answered if policy.timeout is None
+                       else env.any_of([answered, env.timeout(policy.timeout)]))
+                if answered.triggered:
+                    values = answered.value
+            if values is None:  # abandoned: its answer, if one comes, is discarded (`late`)
+                assert answered is not None
                 cause = "timeout"
                 answered.callbacks.append(
                     lambda e, began=began: _late(sim, e.value, began, plan.source, cls, r))
+            else:
+                gone = first_gone(values)
+                cause = None if gone is None else "device_left"
             if cause is None:
                 if x is not None:
                     out.final[r] = _combine(view.plan, values)
@@ -102,14 +109,14 @@ def start(plan: Plan, world: World, sim: Simulator, runners: list[ReplicaRunner]
                         out.members[r] = dict(zip(chosen, values))
                 path = (view.runners[chosen[0]].path if len(chosen) == 1
                         else " | ".join([view.runners[i].path for i in chosen]))
-                sim.log.add(arrival, sim.now, "request", plan.source, cls, path, request=r)
+                sim.log.add(arrival, env.now, "request", plan.source, cls, path, request=r)
                 break
             if plan.source in sim.gone:  # nobody left to ask again or to answer
                 cause = "source_left"
             if attempt == policy.retries or cause == "source_left":
-                sim.log.add(arrival, sim.now, "failed", plan.source, cls, cause, request=r)
+                sim.log.add(arrival, env.now, "failed", plan.source, cls, cause, request=r)
                 break
-            sim.log.add(began, sim.now, "retry", plan.source, cls, cause, request=r)
+            sim.log.add(began, env.now, "retry", plan.source, cls, cause, request=r)
             attempt += 1
         if progress is not None:
             progress(1)

@@ -105,12 +105,17 @@ class Memory:
         its plain allocations could never be granted: CapacityError.
         """
         res = Reservation(dict(shares), label, request, step, self.log)
+        short = None  # as `_short(res, self._queued)` finds it, in the same pass
         for device, nbytes in res.shares.items():
-            plain = self.plain(device)
+            if device in self.gone:
+                continue
+            plain = self.used[device] - self._drawn[device]
             capacity = self.devices[device].memory
-            if device not in self.gone and plain + nbytes > capacity:
+            if plain + nbytes > capacity:
                 raise CapacityError(device, nbytes, capacity - plain, capacity, label)
-        short = self._short(res, self._queued)
+            if short is None and (device in self._queued
+                                  or plain + self._reserved[device] + nbytes > capacity):
+                short = device
         if short is None:
             self._take(res)
             return res

@@ -28,6 +28,7 @@ class PoolChanges:
     devices: dict[str, DeviceSpec]
     units: dict[tuple[str, str], Unit]
     gone: dict[str, tuple[float, str]]
+    leaves: int  # how many times a device has left so far: what changed since, if not this
     memory: Memory
     log: EventLog
     flows: Flows | None
@@ -92,6 +93,7 @@ class PoolChanges:
         now = self.env.now
         when = now if at is None else at
         self.gone[device] = (when, why)
+        self.leaves += 1
         self._lanes = {k: u for k, u in self._lanes.items() if k[0] != device}
         self.log.add(when, when, "leave", device, "", why)
         error = DeviceGone(device, when, why)

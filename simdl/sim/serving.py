@@ -103,6 +103,7 @@ class Pool:
         self.moving: simpy.Event | None = None  # pending while weights move to a new plan
         self.view: View | None = View(plan, runners, True)
         self._serving = list(range(len(runners)))
+        self._calm: int | None = None  # see `refresh`
         for d in world.devices:
             self._watch_departure(d)
 
@@ -121,19 +122,28 @@ class Pool:
         return "source_left" if self.original.source in self.sim.gone else "no_plan"
 
     def refresh(self) -> None:
-        """Bring the view up to date with the pool; start a re-plan or a restore when due."""
+        """Bring the view up to date with the pool; start a re-plan or a restore when due.
+
+        While the original plan serves whole, nothing changes until a device leaves:
+        the pool's count of leaves is all it looks at then (`_calm`, the count then)."""
+        if self._calm == self.sim.leaves:
+            return
         serving = [i for i, h in enumerate(self.held) if _intact(h)]
         if self.original.source in self.sim.gone:
             serving = []
         if serving != self._serving or (self.view is None) != (not serving):
             self._serving = serving
             self.view = self._view(serving) if serving else None
-        if self.moving is not None or self.original.source in self.sim.gone:
-            return
-        target, moves = self._target(serving)
-        if target is not None:
-            self.moving = self.sim.env.event()
-            self.sim.process(self._move(target, moves))
+        if self.moving is None and self.original.source not in self.sim.gone:
+            target, moves = self._target(serving)
+            if target is not None:
+                self.moving = self.sim.env.event()
+                self.sim.process(self._move(target, moves))
+        whole = (self.plan is self.original and self.moving is None
+                 and len(serving) == len(self.runners))
+        watched = [self.original.source, *self.original.devices]
+        self._calm = (self.sim.leaves if whole and not any(d in self.sim.gone for d in watched)
+                      else None)
 
     def _view(self, serving: list[int]) -> View:
         if len(serving) == len(self.runners):

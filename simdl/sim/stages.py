@@ -8,11 +8,14 @@ the run, so memory, kernel rates and numerics all follow the deployment.
 """
 from __future__ import annotations
 
+import heapq
 from collections.abc import Generator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import simpy
+from simpy.events import NORMAL, URGENT, Initialize
 
 from simdl.errors import DeviceGone
 from simdl.hw.devices import sparse_speedup
@@ -153,14 +156,16 @@ class ReplicaRunner:
         """A request's batch (or its share) through the stages; value: the output, or
         the DeviceGone that stopped it. A retry's labels end `/attempt` (`r3.0/1`)."""
         sizes = microbatch_sizes(batch, self.microbatches)
-        if x is None or len(sizes) == 1:
-            parts = [x] * len(sizes)
+        if len(sizes) == 1:
+            tag = f"r{r}.0/{attempt}" if attempt else f"r{r}.0"
+            values = [(yield from waited(sim.env, self._microbatch(sim, r, tag, x, sizes[0],
+                                                                   priority)))]
         else:
-            parts = np.split(x, np.cumsum(sizes)[:-1])
-        procs = [sim.process(self._microbatch(sim, r, f"r{r}.{j}/{attempt}" if attempt
-                                              else f"r{r}.{j}", p, n, priority))
-                 for j, (p, n) in enumerate(zip(parts, sizes))]
-        values = yield sim.all_of(procs)
+            parts = [x] * len(sizes) if x is None else np.split(x, np.cumsum(sizes)[:-1])
+            procs = [sim.process(self._microbatch(sim, r, f"r{r}.{j}/{attempt}" if attempt
+                                                  else f"r{r}.{j}", p, n, priority))
+                     for j, (p, n) in enumerate(zip(parts, sizes))]
+            values = yield sim.all_of(procs)
         gone = first_gone(values)
         if gone is not None:
             return gone
@@ -229,14 +234,15 @@ class ReplicaRunner:
                 res: Reservation) -> Generator[Any, Any, tuple[Any, float]]:
         """The stage's blocks as kernels on its one device, one after another with the
         unit kept between them (`order` is this invocation's ticket)."""
-        s, chain, act = w.stage, w.chain, f"act {tag}"
+        s, blocks, act = w.stage, w.chain.blocks, f"act {tag}"
         device, unit, dtype = s.device, s.unit, s.dtype
+        allocate, compute, free = sim.allocate, sim.compute, sim.free  # looked up once
         for b, name, flops, nbytes, out_bytes, keep in w.kernels(size):
-            sim.allocate(device, out_bytes, act, request=r, under=res)
-            x = yield sim.compute(device, flops, nbytes, _block, (chain, x, b), unit=unit,
-                                  dtype=dtype, label=f"{name} {tag}", priority=order,
-                                  request=r, keep=keep)
-            sim.free(device, held, act, request=r, under=res)
+            allocate(device, out_bytes, act, request=r, under=res)
+            x = yield compute(device, flops, nbytes, _layer, (blocks[b].layer, x), unit=unit,
+                              dtype=dtype, label=f"{name} {tag}", priority=order, request=r,
+                              keep=keep)
+            free(device, held, act, request=r, under=res)
             held = out_bytes
         return x, held
 
@@ -310,6 +316,46 @@ class ReplicaRunner:
         return xs[0], held
 
 
+def waited(env: simpy.Environment, steps: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+    """`steps` run inside the caller's process, on the timeline of `yield
+    sim.all_of([sim.process(steps)])`, without the Process and the AllOf: an event
+    stands where each of theirs would be (its start, urgent; its end; the all_of's),
+    so that work at the same instant runs in the same order -- unless it would
+    be the very next event anyway (`_next`), when the work it would resume runs now."""
+    if not _next(env, URGENT):
+        yield _Hop(env, URGENT)
+    value = yield from steps
+    for _ in range(2):
+        if not _next(env, NORMAL):
+            yield _Hop(env, NORMAL)
+    return value
+
+
+def _next(env: simpy.Environment, priority: int) -> bool:
+    """Whether an event scheduled now at `priority` would be the next one processed,
+    right after the running process yields it: nothing else is due before it at this
+    instant (simpy's queue is ordered by time, priority, then the order of scheduling),
+    and the event being processed now resumes nothing else after this process (it is
+    one of ours or a process start, whose one callback is this process's). A running
+    process's `_target` is the event that resumed it: simpy sets it when it yields."""
+    queue = env._queue
+    return (isinstance(env.active_process._target, _EXCLUSIVE)  # type: ignore[union-attr]
+            and not (queue and queue[0][0] == env._now and queue[0][1] <= priority))
+
+
+class _Hop(simpy.Event):
+    """An event that happens now, after what is due before it at `priority` (scheduled
+    as `env.schedule` would, without its call)."""
+
+    def __init__(self, env: simpy.Environment, priority: int):
+        self.env, self.callbacks, self._ok, self._value = env, [], True, None
+        heapq.heappush(env._queue, (env._now, priority, next(env._eid), self))
+
+
+#: Events whose only callback resumes the process that waits on them.
+_EXCLUSIVE = (_Hop, Initialize)
+
+
 def first_gone(values: list[Any]) -> DeviceGone | None:
     """The first of `values` that is a DeviceGone (work that stopped), if any."""
     for v in values:
@@ -318,9 +364,6 @@ def first_gone(values: list[Any]) -> DeviceGone | None:
     return None
 
 
-def _block(chain: Chain, x: np.ndarray, b: int) -> np.ndarray:
-    return chain.forward(x, start=b, stop=b + 1)[0]
-
-
 def _layer(layer: Any, x: np.ndarray) -> np.ndarray:
-    return layer.forward(x)[0]
+    """A block's layer (or a shard's) on `x`, as `Chain.forward` runs it (not training)."""
+    return layer.forward(x, False)[0]
