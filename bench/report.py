@@ -11,6 +11,11 @@ the tree at git revision REV (exported with `git archive`, the checkout untouche
 alternating scenario by scenario with this tree so load hits both alike, and
 prints new / old ratios. The tables part of `api.run` (event log -> DataFrame ->
 result tables) is timed apart per compute event, against a bare simpy timeout.
+
+What the CLI's user sees: the wall time of the whole `.venv/bin/simdl run SCENARIO
+--out DIR` process (start to exit, imports included), and, in a second such process
+under `--cli-child` (which times `api.run`/`jobs.run` and the run's `write` inside
+one `simdl.cli.main` call, simdl untouched), the write's share of that wall time.
 """
 from __future__ import annotations
 
@@ -30,6 +35,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from report_cli import cli, cli_child
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Synthetic runs, built from dicts (simdl.scenario.parse), beside the shipped scenarios.
@@ -75,12 +82,28 @@ def cases() -> list[str]:
 # -- one case, in a child process ----------------------------------------------
 
 def _scenario(name: str) -> tuple[Any, bool]:
-    from simdl.scenario import load, parse
+    from simdl.scenario import parse
+    from simdl.scenario_jobs import load_any
 
     if name in SYNTHETIC:
         make, timing_only = SYNTHETIC[name]
         return parse(make()), timing_only
-    return load(ROOT / "scenarios" / f"{name}.yaml"), False
+    return load_any(ROOT / "scenarios" / f"{name}.yaml"), False
+
+
+class _Runner:
+    """`api.run`, or `jobs.run` for a scenario with `jobs:`; a run's results (a jobs
+    run's: each job's in the shared run)."""
+
+    def __init__(self, sc: Any) -> None:
+        from simdl import api, jobs
+        from simdl.scenario_jobs import JobsScenario
+
+        self.run = jobs.run if isinstance(sc, JobsScenario) else api.run
+
+    @staticmethod
+    def results(run: Any) -> list[Any]:
+        return run.shared if hasattr(run, "shared") else run.results
 
 
 def _max_rss_mib() -> float:
@@ -125,22 +148,32 @@ class _Split:
             self.wrap(result, writer, file_of)
         self.wrap(result, "chrome_trace", lambda args, kwargs: "trace.json")  # an older tree
         self.wrap(timeline_plot, "timeline", file_of)
-        for figure in ("utilisation", "comparison", "training"):
+        for figure in ("utilisation", "comparison", "training", "memory"):
             self.wrap(plots, figure, file_of)
+
+
+def scenario_file(name: str, into: Path) -> Path:
+    """The scenario as a file the CLI reads: a shipped one's own, a synthetic one's
+    dict written as JSON (which YAML reads)."""
+    if name not in SYNTHETIC:
+        return ROOT / "scenarios" / f"{name}.yaml"
+    path = into / f"{name}.yaml"
+    path.write_text(json.dumps(SYNTHETIC[name][0]()))
+    return path
 
 
 def child(name: str) -> dict[str, Any]:
     """Run one case: times, memory and the write split, as one JSON-able dict."""
-    from simdl import api
-
     sc, timing_only = _scenario(name)
+    runner = _Runner(sc)
     gc.collect()
     t = time.perf_counter()
-    run = api.run(sc, timing_only=timing_only)
+    run = runner.run(sc, timing_only=timing_only)
     run_s = time.perf_counter() - t
     rss_run = _max_rss_mib()
-    events = sum(len(r.events) for r in run.results)
-    compute = sum(int((r.events["kind"] == "compute").sum()) for r in run.results)
+    results = runner.results(run)
+    events = sum(len(r.events) for r in results)
+    compute = sum(int((r.events["kind"] == "compute").sum()) for r in results)
     split = _Split()
     split.install()
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,26 +183,26 @@ def child(name: str) -> dict[str, Any]:
     rss_write = _max_rss_mib()
     out: dict[str, Any] = {
         "name": name, "run_s": run_s, "write_s": write_s, "events": events,
-        "compute_events": compute, "strategies": len(run.results),
+        "compute_events": compute, "strategies": len(results),
         "split": dict(split.seconds), "rss_run_MiB": rss_run, "rss_write_MiB": rss_write,
     }
     if name.startswith("many_small"):
         out |= _tables_part(run, sc)
-    del run
-    out |= _traced(api, sc, timing_only, events)
+    del run, results
+    out |= _traced(runner, sc, timing_only, events)
     return out
 
 
-def _traced(api: Any, sc: Any, timing_only: bool, events: int) -> dict[str, float]:
+def _traced(runner: _Runner, sc: Any, timing_only: bool, events: int) -> dict[str, float]:
     """tracemalloc around a second run: bytes a finished Run keeps per event of its log
     (its tables, the log as a DataFrame first), and the peaks of the run and the write."""
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    run = api.run(sc, timing_only=timing_only)
+    run = runner.run(sc, timing_only=timing_only)
     gc.collect()
     kept, run_peak = tracemalloc.get_traced_memory()
-    frame = sum(_frame_bytes(r.events) for r in run.results)
+    frame = sum(_frame_bytes(r.events) for r in runner.results(run))
     tracemalloc.reset_peak()
     with tempfile.TemporaryDirectory() as tmp:
         run.write(Path(tmp) / "out")
@@ -265,7 +298,13 @@ def measure(name: str, tree: Path | None) -> dict[str, Any] | str:
                           check=False)
     if done.returncode != 0:
         return (done.stderr.strip().splitlines() or ["no output"])[-1]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        seen = cli(scenario_file(name, Path(tmp)), name in SYNTHETIC and SYNTHETIC[name][1],
+                   tree, Path(__file__).resolve())
+    if isinstance(seen, str):
+        return seen
+    return out | {"cli": seen}
 
 
 def export(rev: str, into: Path) -> Path:
@@ -310,10 +349,25 @@ def show(new: dict[str, Any], old: dict[str, Any] | None) -> list[str]:
                  f"{old_share:4.0%}), peak {old['rss_run_MiB']:.0f} -> {old['rss_write_MiB']:.0f}"
                  f" MiB, kept {old['kept_B_per_event']:.0f} B/event")
     lines = [line]
+    c = new["cli"]
+    seen = (f"    CLI: simdl run {c['cli_wall_s']:.2f} s wall; inside it api.run {c['run_s']:.2f} s, "
+            f"write {c['write_s']:.2f} s: write/(run+write) "
+            f"{c['write_s'] / (c['run_s'] + c['write_s']):.0%}, write/wall "
+            f"{c['write_s'] / c['cli_wall_s']:.0%}")
+    if old is not None:
+        o = old["cli"]
+        seen += (f" | before {o['cli_wall_s']:.2f} s wall, write {o['write_s']:.2f} s "
+                 f"({o['write_s'] / (o['run_s'] + o['write_s']):.0%}, "
+                 f"{o['write_s'] / o['cli_wall_s']:.0%} of wall); wall "
+                 f"{c['cli_wall_s'] / o['cli_wall_s']:.2f}x")
+    lines.append(seen)
     total = new["write_s"] or 1.0
     parts = sorted(new["split"].items(), key=lambda kv: -kv[1])
     rest = new["write_s"] - sum(new["split"].values())
-    lines.append("    " + ", ".join(f"{k} {v:.2f} s ({v / total:.0%})" for k, v in parts)
+    was = old["split"] if old is not None else {}
+    lines.append("    " + ", ".join(f"{k} {v:.2f} s ({v / total:.0%}"
+                                    + (f"; was {was[k]:.2f} s, {v / was[k]:.2f}x)" if was.get(k)
+                                       else ")") for k, v in parts)
                  + f", folder and the rest {rest:.2f} s")
     if "tables_us_per_compute" in new:
         run_us = new["run_s"] / new["compute_events"] * 1e6
@@ -332,7 +386,11 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", help=f"cases (default all): {', '.join(cases())}")
     ap.add_argument("--base", help="also measure this git revision, interleaved")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--cli-child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.cli_child:
+        print(json.dumps(cli_child(args.cli_child)))
+        return 0
     if args.child:
         print(json.dumps(child(args.child)))
         return 0

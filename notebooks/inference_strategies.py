@@ -33,7 +33,7 @@ import simdl.api as sd
 from simdl import planner
 from simdl.report import plots, timeline_plot
 from simdl.report.pareto import plot_pareto
-from simdl.report.store import write_png
+from simdl.report.frame import png
 from simdl.world import build
 
 # The repository root, whether the kernel starts in notebooks/ or at the root.
@@ -59,15 +59,15 @@ Image(filename=OUT / "living_room.png")
 # the Wi-Fi hops between five devices. Utilisation per device, from the same log:
 
 # %%
-Image(filename=write_png(plots.utilisation_figure(room["every-device"].devices, "every-device"),
-                         OUT / "utilisation.png"))
+Image(filename=png(plots.utilisation_figure(room["every-device"].devices, "every-device"),
+                   OUT / "utilisation.png"))
 
 # %% [markdown]
 # The planner's choice, kernel by kernel and transfer by transfer:
 
 # %%
-Image(filename=write_png(timeline_plot.timeline_figure(room["auto"].events, "auto"),
-                         OUT / "timeline.png"))
+Image(filename=png(timeline_plot.timeline_figure(room["auto"].events, "auto"),
+                   OUT / "timeline.png"))
 
 # %% [markdown]
 # The planner's search (`simdl plan` from Python): its candidates beside the plans a user

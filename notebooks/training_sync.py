@@ -35,7 +35,7 @@ from IPython.display import Image
 
 import simdl.api as sd
 from simdl.report import plots
-from simdl.report.store import write_png
+from simdl.report.frame import png
 
 ROOT = Path.cwd() if (Path.cwd() / "scenarios").exists() else Path.cwd().parent
 OUT = Path(tempfile.mkdtemp(prefix="simdl-notebook-"))  # figures go here, not into the repo
@@ -51,8 +51,8 @@ sync.comparison[["strategy", "outcome", "steps", "time_to_target_s", "step_time_
 
 # %%
 curves = {r.strategy: r.extra["training"] for r in sync.results}
-Image(filename=write_png(plots.training_figure(curves, "Loss and accuracy, four phones"),
-                         OUT / "sync.png"))
+Image(filename=png(plots.training_figure(curves, "Loss and accuracy, four phones"),
+                   OUT / "sync.png"))
 
 # %% [markdown]
 # ## Compression on a slow link
@@ -79,7 +79,7 @@ reached
 # %%
 plots.comparison(packed.comparison, OUT / "compression.png")
 display(Image(filename=OUT / "compression.png"))
-Image(filename=write_png(plots.training_figure(
+Image(filename=png(plots.training_figure(
     {r.strategy: r.extra["training"] for r in packed.results}, "Two laptops, 20 Mb/s"),
     OUT / "compression_curves.png"))
 

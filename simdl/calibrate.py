@@ -41,11 +41,11 @@ from simdl.hw import measured
 from simdl.hw.devices import DeviceSpec, background_at, load_catalogue
 from simdl.nn import models
 from simdl.plan.plan import deployed_chain
+from simdl.report.frame import png
 from simdl.report.store import (
     atomic_write,
     check_folder,
     write_csv,
-    write_png,
     write_staged,
 )
 
@@ -301,7 +301,7 @@ def write(table: pd.DataFrame, profiles: dict, out: Path, source: str) -> None:
     into `out`, a folder being written whole."""
     write_csv(table, out / "calibration.csv")
     atomic_write(out / "runtimes.yaml", profiles_yaml(profiles, source))
-    write_png(figure(table), out / "calibration.png")
+    png(figure(table), out / "calibration.png")
 
 
 def run(data: str | Path | None, out: str | Path, *, overwrite: bool = False,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from simdl.report.store import write_png
+from simdl.report.frame import png
 
 
 def plot_pareto(points: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
@@ -32,4 +32,4 @@ def plot_pareto(points: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     ax.set_xlabel("capacity (requests/s, estimated)")
     ax.set_ylabel("p50 latency (ms, estimated)")
     ax.legend(loc="best", fontsize=8)
-    return write_png(fig, path)
+    return png(fig, path)

@@ -2,7 +2,8 @@
 
 Owns the drawing only; every number comes from the event log or the tables.
 Uses matplotlib's object API with the Agg canvas (no pyplot, no global backend,
-nothing at import time) and writes PNGs through the store's atomic write. Also
+nothing at import time); `report.frame` places the axes by their texts' measured
+extents (no layout engine), draws bars as one collection and writes the PNGs. Also
 holds what every figure shares (colours, size limits, row grouping); the timeline
 (Gantt) is `timeline_plot`. Past MAX_ROWS devices, neighbours share a row, and the
 figure says so.
@@ -21,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from simdl.errors import SimdlError
-from simdl.report.store import write_png
+from simdl.report import frame
 
 COLOURS = {"compute": "#4C72B0", "transfer": "#DD8452", "lost": "#C44E52", "join": "#55A868"}
 #: Taller figures stop helping beyond this; rows then get thinner.
@@ -52,7 +53,7 @@ def _busy_columns(devices_df: pd.DataFrame) -> list[str]:
 
 def utilisation(devices_df: pd.DataFrame, path: str | os.PathLike[str], title: str = "") -> Path:
     """Write `utilisation_figure` as a PNG."""
-    return write_png(utilisation_figure(devices_df, title), path)
+    return frame.png(utilisation_figure(devices_df, title), path)
 
 
 def _percent(v: float) -> str:
@@ -64,9 +65,8 @@ def utilisation_figure(devices_df: pd.DataFrame, title: str = "") -> Figure:
     Past MAX_ROWS devices, neighbours share a row: their mean, whiskers from min to max."""
     names = [str(d) for d in devices_df["device"]]
     rows = grouped(names, math.ceil(len(names) / MAX_ROWS) or 1)
-    fig = Figure(figsize=(11, min(MAX_HEIGHT_IN, 1.8 + 0.4 * max(len(rows), 1))),
-                 layout="constrained")
-    left, right = fig.subplots(1, 2, sharey=True)
+    fig, axes = frame.new(11, min(MAX_HEIGHT_IN, 1.8 + 0.4 * max(len(rows), 1)), 1, 2)
+    left, right = axes.flat
     pos = list(range(len(rows)))
     share = devices_df["utilisation"].fillna(0.0).to_numpy() * 100.0
     gone = (devices_df["left_at"].to_numpy() if "left_at" in devices_df
@@ -75,9 +75,10 @@ def utilisation_figure(devices_df: pd.DataFrame, title: str = "") -> Figure:
     low = np.array([share[part].min() for _, part in rows])
     high = np.array([share[part].max() for _, part in rows])
     many = len(rows) < len(names)
-    left.barh(pos, mean, color=COLOURS["compute"], height=0.6,
-              xerr=np.stack([mean - low, high - mean]).clip(min=0.0) if many else None,
-              error_kw={"ecolor": "0.35", "elinewidth": 0.8, "capsize": 2})
+    frame.hbars(left, pos, 0.0, mean, 0.6, color=COLOURS["compute"])
+    if many:
+        left.errorbar(mean, pos, xerr=np.stack([mean - low, high - mean]).clip(min=0.0),
+                      fmt="none", ecolor="0.35", elinewidth=0.8, capsize=2)
     for i, (_, part) in enumerate(rows):
         left_at = gone[part][~np.isnan(gone[part])]
         note = f"{_percent(mean[i])}%"
@@ -98,22 +99,26 @@ def utilisation_figure(devices_df: pd.DataFrame, title: str = "") -> Figure:
     columns = _busy_columns(devices_df)
     width = 0.8 / max(len(columns), 1)
     palette = ["#4C72B0", "#55A868", "#8172B2", "#CCB974", "#64B5CD"]
+    longest = 0.0
     for k, column in enumerate(columns):
         seconds = devices_df[column].fillna(0.0).to_numpy()
-        offsets = [i - 0.4 + width * (k + 0.5) for i in pos]
-        right.barh(offsets, [seconds[part].mean() for _, part in rows], height=width,
-                   color=palette[k % len(palette)], label=column[5:-2])
+        busy = [seconds[part].mean() for _, part in rows]
+        longest = max(longest, *busy)
+        frame.hbars(right, [i - 0.4 + width * (k + 0.5) for i in pos], 0.0, busy, width,
+                    color=palette[k % len(palette)], label=column[5:-2])
+    right.set_xlim(0, longest * 1.05 or 1.0)
     right.set_xlabel("busy time (s)" + ("\n(mean per row)" if many else ""))
     right.set_title("Busy time per unit")
     if columns:
         right.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     left.set_yticks(pos, [label for label, _ in rows])
-    left.set_ylim(len(rows) - 0.5, -0.5)
+    right.set_yticks([])
     for ax in (left, right):
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+        frame.value_ticks(ax.xaxis)
         ax.grid(axis="x", color="0.9", linewidth=0.6)
         ax.set_axisbelow(True)
-    if title:
-        fig.suptitle(title)
+    frame.fit(fig, axes, title)
     return fig
 
 
@@ -148,45 +153,55 @@ def _run_labels(compare_df: pd.DataFrame) -> list[str]:
 
 
 def _panel(ax: Axes, labels: list[str], values: pd.Series | None, title: str,
-           higher_is_better: bool) -> None:
+           higher_is_better: bool, named: bool) -> None:
+    """One measure's bars, one row per run; `named`: the rows' labels at the left
+    (the panels of a row of the figure share them)."""
     pos = list(range(len(labels)))
     ax.set_title(title, fontsize=10)
     if values is None or values.isna().all():
         ax.text(0.5, 0.5, "not measured", ha="center", va="center",
                 transform=ax.transAxes, color="0.4")
+        ax.set_xticks([])
     else:
-        shown = values.fillna(0.0)
+        shown = values.fillna(0.0).to_numpy()
         best = values.max() if higher_is_better else values.min()
         colours = [BEST if v == best else COLOURS["compute"] for v in values]
-        ax.barh(pos, shown, color=colours, height=0.6)
-        top = float(shown.max()) or 1.0
-        ax.set_xlim(0, top * 1.25)
+        frame.hbars(ax, pos, 0.0, shown, 0.6, facecolors=colours)
+        ax.set_xlim(0, (float(shown.max()) or 1.0) * 1.25)
         for i, v in enumerate(values):
             ax.annotate("-" if pd.isna(v) else f"{v:.4g}", (0 if pd.isna(v) else v, i),
                         xytext=(3, 0), textcoords="offset points", va="center", fontsize=8,
                         fontweight="bold" if v == best else "normal")
-    ax.set_yticks(pos, labels)
+        frame.value_ticks(ax.xaxis)
+    if named:
+        ax.set_yticks(pos, labels)
+    else:
+        ax.set_yticks([])
     ax.set_ylim(len(labels) - 0.5, -0.5)
     ax.grid(axis="x", color="0.9", linewidth=0.6)
     ax.set_axisbelow(True)
 
 
 def comparison(compare_df: pd.DataFrame, path: str | os.PathLike[str], title: str = "") -> Path:
-    """Strategies side by side on throughput, p95 latency, network bytes and energy;
-    the best bar of each panel is green."""
+    """Write `comparison_figure` as a PNG."""
+    return frame.png(comparison_figure(compare_df, title), path)
+
+
+def comparison_figure(compare_df: pd.DataFrame, title: str = "") -> Figure:
+    """Strategies side by side on throughput, p95 latency, network bytes and energy
+    (training and generation runs: their own four); the best bar of each panel is
+    green. The rows are named once, at the left of the figure."""
     labels = _run_labels(compare_df)
-    fig = Figure(figsize=(11, min(MAX_HEIGHT_IN, 2.6 + 0.7 * max(len(labels), 1))),
-                 layout="constrained")
-    axes = fig.subplots(2, 2)
+    fig, axes = frame.new(11, min(MAX_HEIGHT_IN, 2.6 + 0.7 * max(len(labels), 1)), 2, 2)
     panels = (TRAINING_COMPARED if "final_loss" in compare_df.columns else
               GENERATION_COMPARED if "tokens_per_s" in compare_df.columns else COMPARED)
-    for ax, (column, name, divisor, higher) in zip(axes.flat, panels):
+    for k, (ax, (column, name, divisor, higher)) in enumerate(zip(axes.flat, panels)):
         values = compare_df[column] / divisor if column in compare_df.columns else None
-        _panel(ax, labels, values, name, higher)
+        _panel(ax, labels, values, name, higher, named=k % 2 == 0)
     scenarios = compare_df["scenario"].unique() if "scenario" in compare_df.columns else []
-    fig.suptitle(title or ("Strategies compared" +
-                           (f": {scenarios[0]}" if len(scenarios) == 1 else "")))
-    return write_png(fig, path)
+    frame.fit(fig, axes, title or ("Strategies compared" +
+                                   (f": {scenarios[0]}" if len(scenarios) == 1 else "")))
+    return fig
 
 
 #: How a fault shows on the training curves: a departure dashed, a return dotted.
@@ -196,7 +211,7 @@ FAULT_LINES = {"leave": ("--", "device left"), "join": (":", "device rejoined")}
 def training(frames: dict[str, pd.DataFrame], path: str | os.PathLike[str], title: str = "",
              faults: dict[str, pd.DataFrame] | None = None) -> Path:
     """Write `training_figure` as a PNG."""
-    return write_png(training_figure(frames, title, faults), path)
+    return frame.png(training_figure(frames, title, faults), path)
 
 
 def training_figure(frames: dict[str, pd.DataFrame], title: str = "",
@@ -206,8 +221,8 @@ def training_figure(frames: dict[str, pd.DataFrame], title: str = "",
     departure with a dashed and each return with a dotted vertical line on both panels,
     in that strategy's colour and labelled with the device, so a jump in the curve can
     be read against the fault that caused it."""
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    loss_ax, acc_ax = fig.subplots(1, 2)
+    fig, axes = frame.new(11, 4.2, 1, 2)
+    loss_ax, acc_ax = axes.flat
     colour = {}
     for label, df in frames.items():
         (line,) = loss_ax.plot(df["t"], df["loss"], label=label, linewidth=1.2)
@@ -231,6 +246,8 @@ def training_figure(frames: dict[str, pd.DataFrame], title: str = "",
     loss_ax.set(xlabel="simulated time (s)", ylabel="training loss", title="Loss")
     acc_ax.set(xlabel="simulated time (s)", ylabel="held-out accuracy (%)", title="Accuracy")
     for ax in (loss_ax, acc_ax):
+        frame.value_ticks(ax.xaxis)
+        frame.value_ticks(ax.yaxis)
         ax.grid(color="0.9", linewidth=0.6)
     extra = [Line2D([], [], color="0.3", linestyle=style, linewidth=1.0, label=meaning)
              for kind, (style, meaning) in FAULT_LINES.items() if kind in marked]
@@ -239,21 +256,21 @@ def training_figure(frames: dict[str, pd.DataFrame], title: str = "",
         acc_ax.legend(handles=handles + extra, fontsize=8, frameon=False, loc="lower right")
     else:
         acc_ax.legend(fontsize=8, frameon=False, loc="lower right")
-    fig.suptitle(title or "Training over simulated time")
+    frame.fit(fig, axes, title or "Training over simulated time")
     return fig
 
 
 def memory(table: pd.DataFrame, path: str | os.PathLike[str], title: str = "") -> Path:
     """Write `memory_figure` as a PNG."""
-    return write_png(memory_figure(table, title), path)
+    return frame.png(memory_figure(table, title), path)
 
 
 def memory_figure(table: pd.DataFrame, title: str = "") -> Figure:
     """What each device's memory tier holds over simulated time (a generation run's
     `memory.csv`): weights plus KV cache, a step line each. Past MAX_ROWS tiers only the
     MAX_ROWS with the highest peaks are drawn, and the axis says so."""
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    ax = fig.subplots()
+    fig, axes = frame.new(11, 4.2)
+    ax = axes[0, 0]
     held = table.assign(MiB=(table["weights_bytes"] + table["kv_bytes"]) / 2**20)
     lanes = [(f"{d} ({tier})", rows) for (d, tier), rows in held.groupby(["device", "tier"],
                                                                          sort=True)]
@@ -264,8 +281,10 @@ def memory_figure(table: pd.DataFrame, title: str = "") -> Figure:
                 where="post", linewidth=1.2, label=name)
     note = f" ({MAX_ROWS} of {len(lanes)} tiers, highest peaks)" if len(lanes) > MAX_ROWS else ""
     ax.set(xlabel="simulated time (s)", ylabel="weights + KV cache held (MiB)" + note)
+    frame.value_ticks(ax.xaxis)
+    frame.value_ticks(ax.yaxis)
     ax.grid(color="0.9", linewidth=0.6)
     if lanes:
         ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle(title or "Memory over simulated time")
+    frame.fit(fig, axes, title or "Memory over simulated time")
     return fig

@@ -9,7 +9,6 @@ gives the same bytes. Knows nothing of what the tables mean.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -21,9 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.image import imsave
 
 from simdl.errors import ScenarioError, SimdlError
 from simdl.report.csvtext import csv_lines
@@ -118,22 +114,6 @@ def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
     """
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return atomic_write(path, text + "\n")
-
-
-def write_png(figure: Figure, path: str | os.PathLike[str], dpi: int = 100) -> Path:
-    """Render `figure` with Agg (no pyplot, no global backend) and write it atomically.
-
-    Drawn once: `savefig` would draw a figure with a layout engine twice (a dry run
-    to lay it out, then the real one); the canvas's own draw lays out and renders
-    in one pass, and the PNG bytes are the same."""
-    canvas = FigureCanvasAgg(figure)  # attaches itself as figure.canvas
-    figure.set_dpi(dpi)
-    canvas.draw()
-    buffer = io.BytesIO()
-    # No "Software" text chunk: the bytes then depend on the picture only.
-    imsave(buffer, canvas.buffer_rgba(), format="png", origin="upper", dpi=dpi,
-           metadata={"Software": None})
-    return atomic_write(path, buffer.getvalue())
 
 
 def new_run_id(root: str | os.PathLike[str], scenario: str = "", strategy: str = "",

@@ -4,8 +4,9 @@ and one value against one field with a line per strategy.
 
 Owns the drawing only; the table comes from whoever ran the sweep (`simdl.api` or a
 notebook's loop). Same conventions as `report.plots`: matplotlib's object API on the
-Agg canvas, a Figure returned, a PNG written through the store's atomic write when a
-`path` is given.
+Agg canvas, a Figure returned, a PNG written by `report.frame` when a `path` is given
+(the line plot placed by its measured margins; the heat map, with its colour bar,
+by matplotlib's constrained layout).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from simdl.errors import SimdlError
-from simdl.report.store import write_png
+from simdl.report import frame
 
 
 def _check(table: pd.DataFrame, columns: Sequence[tuple[str, str]], key: Sequence[str]) -> None:
@@ -51,7 +52,7 @@ def heatmap(table: pd.DataFrame, x: str, y: str, value: str, *,
     cells = grid.to_numpy(dtype=float)
     shown = np.log10(cells) if log_colour else cells
     fig = Figure(figsize=(1.6 + 0.9 * max(grid.shape[1], 4), 1.4 + 0.5 * max(grid.shape[0], 3)),
-                 layout="constrained")
+                 dpi=frame.DPI, layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(shown), aspect="auto", cmap="viridis",
                       origin="lower")
@@ -66,7 +67,7 @@ def heatmap(table: pd.DataFrame, x: str, y: str, value: str, *,
     ax.set_yticks(range(grid.shape[0]), [_label(v) for v in grid.index])
     ax.set(xlabel=x, ylabel=y, title=title or f"{value} over {x} and {y}")
     if path is not None:
-        write_png(fig, path)
+        frame.png(fig, path)
     return fig
 
 
@@ -76,8 +77,8 @@ def lines(table: pd.DataFrame, x: str, value: str, *, by: str = "strategy",
     """`value` against `x`, one line (with markers) per value of `by`, points in order
     of `x`; lines in order of first appearance in the table."""
     _check(table, (("x", x), ("value", value), ("by", by)), (by, x))
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
-    ax = fig.add_subplot()
+    fig, axes = frame.new(8, 4.5)
+    ax = axes[0, 0]
     for name, rows in table.groupby(by, sort=False):
         rows = rows.sort_values(x)
         ax.plot(rows[x], rows[value], marker="o", markersize=4, linewidth=1.3, label=str(name))
@@ -88,6 +89,7 @@ def lines(table: pd.DataFrame, x: str, value: str, *, by: str = "strategy",
     ax.set(xlabel=x, ylabel=value, title=title or f"{value} against {x}")
     ax.grid(color="0.9", linewidth=0.6)
     ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    frame.fit(fig, axes)
     if path is not None:
-        write_png(fig, path)
+        frame.png(fig, path)
     return fig

@@ -18,14 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
-from matplotlib.collections import PolyCollection
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from simdl.report import frame
 from simdl.report.plots import COLOURS, MAX_HEIGHT_IN, MAX_ROWS, grouped
-from simdl.report.store import write_png
 from simdl.report.tables import clean
 
 #: Up to this many bars, the timeline writes each bar's label inside it.
@@ -87,14 +86,14 @@ def busy_share(lane: np.ndarray, start: np.ndarray, end: np.ndarray, lanes: int,
     return (busy.reshape(lanes, bins) + full * widths) / widths
 
 
-def _lanes(frame: pd.DataFrame, columns: Sequence[str]) -> tuple[list[tuple[str, ...]],
+def _lanes(table: pd.DataFrame, columns: Sequence[str]) -> tuple[list[tuple[str, ...]],
                                                                   np.ndarray]:
-    """The distinct values of `columns` in `frame`, in natural order (the lanes), and
+    """The distinct values of `columns` in `table`, in natural order (the lanes), and
     each row's lane: found through codes, never by walking the rows in Python."""
-    key = np.zeros(len(frame), dtype=np.int64)
+    key = np.zeros(len(table), dtype=np.int64)
     parts = []
     for c in columns:
-        codes, values = pd.factorize(frame[c])
+        codes, values = pd.factorize(table[c])
         key = key * (len(values) + 1) + codes
         parts.append((codes, list(values)))
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
@@ -115,7 +114,7 @@ def _row_of(rows: list[tuple[str, slice]]) -> np.ndarray:
 
 def timeline(events: pd.DataFrame, path: str | os.PathLike[str], title: str = "") -> Path:
     """Write `timeline_figure` as a PNG."""
-    return write_png(timeline_figure(events, title), path)
+    return frame.png(timeline_figure(events, title), path)
 
 
 def timeline_figure(events: pd.DataFrame, title: str = "") -> Figure:
@@ -153,33 +152,40 @@ def timeline_figure(events: pd.DataFrame, title: str = "") -> Figure:
     labels = [name for name, _ in unit_rows + link_rows]
 
     height = min(MAX_HEIGHT_IN, 1.6 + 0.32 * max(len(labels), 1))
-    fig = Figure(figsize=(11, height), layout="constrained")
-    ax = fig.add_subplot()
+    fig, axes = frame.new(11, height)
+    ax = axes[0, 0]
     if binned:
         note = _binned(ax, worked, unit_lane, unit_rows, transfers, link_lane, link_rows,
                        end, scale)
     else:
         _bars(ax, worked, unit_lane, transfers, link_lane, len(units), end, scale)
         note = ""
-    # Departures: a red line across the leaving device's rows.
+    # Departures red and returns green: one line collection each, across the device's
+    # rows, each named; a pale band from a return back to the departure before it.
     row_of_unit = _row_of(unit_rows)
-    for device, when in sorted(set(zip(leaves["device"], leaves["t_start"]))):
+
+    def rows_of(device: str) -> tuple[float, float]:
         own = [row_of_unit[i] for i, (d, _) in enumerate(units) if d == device]
-        low, high = (min(own) - 0.5, max(own) + 0.5) if own else (-0.5, len(labels) - 0.5)
-        ax.vlines(when * scale, low, high, colors=COLOURS["lost"], linewidth=1.6)
-        ax.annotate(f"{device} left", (when * scale, high), xytext=(3, -10),
-                    textcoords="offset points", color=COLOURS["lost"], fontsize=8)
-    # Returns: a green line, and a pale band back to the departure before it.
-    for device, when in sorted(set(zip(joins["device"], joins["t_start"]))):
-        own = [row_of_unit[i] for i, (d, _) in enumerate(units) if d == device]
-        low, high = (min(own) - 0.5, max(own) + 0.5) if own else (-0.5, len(labels) - 0.5)
-        left = leaves.loc[(leaves["device"] == device) & (leaves["t_start"] <= when), "t_start"]
-        if len(left):
-            ax.fill_betweenx([low, high], float(left.max()) * scale, when * scale,
-                             color=COLOURS["lost"], alpha=0.12, linewidth=0)
-        ax.vlines(when * scale, low, high, colors=COLOURS["join"], linewidth=1.6)
-        ax.annotate(f"{device} joined", (when * scale, high), xytext=(3, -10),
-                    textcoords="offset points", color=COLOURS["join"], fontsize=8)
+        return (min(own) - 0.5, max(own) + 0.5) if own else (-0.5, len(labels) - 0.5)
+
+    bands = []
+    for marked, style, word in ((leaves, "lost", "left"), (joins, "join", "joined")):
+        marks = sorted(set(zip(marked["device"], marked["t_start"])))
+        spans = [rows_of(device) for device, _ in marks]
+        if marks:
+            ax.vlines([when * scale for _, when in marks], [low for low, _ in spans],
+                      [high for _, high in spans], colors=COLOURS[style], linewidth=1.6)
+        for (device, when), (low, high) in zip(marks, spans):
+            ax.annotate(f"{device} {word}", (when * scale, high), xytext=(3, -10),
+                        textcoords="offset points", color=COLOURS[style], fontsize=8)
+            left = leaves.loc[(leaves["device"] == device) & (leaves["t_start"] <= when),
+                              "t_start"]
+            if style == "join" and len(left):
+                bands.append((low, high, float(left.max()) * scale, when * scale))
+    if bands:
+        low, high, start, stop = (np.array(column) for column in zip(*bands))
+        frame.hbars(ax, (low + high) / 2, start, stop, high - low, color=COLOURS["lost"],
+                    alpha=0.12)
 
     if labels:
         ax.set_yticks(range(len(labels)), labels, fontsize=8 if len(labels) > 30 else 9)
@@ -203,16 +209,9 @@ def timeline_figure(events: pd.DataFrame, title: str = "") -> Figure:
                Patch(facecolor=COLOURS["transfer"], label="transfer"), lost]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8,
               frameon=False)
+    frame.value_ticks(ax.xaxis)
+    frame.fit(fig, axes)
     return fig
-
-
-def _rectangles(lane: np.ndarray, start: np.ndarray, end: np.ndarray,
-                scale: float) -> np.ndarray:
-    """(n, 4, 2) corners of one bar per span, 0.76 of a row high."""
-    x0, x1 = start * scale, end * scale
-    y0, y1 = lane - 0.38, lane + 0.38
-    return np.stack([np.stack([x0, y0], -1), np.stack([x0, y1], -1),
-                     np.stack([x1, y1], -1), np.stack([x1, y0], -1)], axis=1)
 
 
 def _bars(ax: Axes, worked: pd.DataFrame, unit_lane: np.ndarray, transfers: pd.DataFrame,
@@ -232,14 +231,13 @@ def _bars(ax: Axes, worked: pd.DataFrame, unit_lane: np.ndarray, transfers: pd.D
          {"facecolors": "none", "edgecolors": COLOURS["lost"], "hatch": "///",
           "linewidths": 0.8}),
     ]
-    for frame, lane, ink, style in styles:
-        if not len(frame):
+    for table, lane, ink, style in styles:
+        if not len(table):
             continue
-        start, stop = frame["t_start"].to_numpy(), frame["t_end"].to_numpy()
-        ax.add_collection(PolyCollection(_rectangles(lane, start, stop, scale), **style),
-                          autolim=False)
+        start, stop = table["t_start"].to_numpy(), table["t_end"].to_numpy()
+        frame.hbars(ax, lane, start * scale, stop * scale, 0.76, **style)
         if few:
-            for label, row, s, e in zip(frame["label"], lane, start, stop):
+            for label, row, s, e in zip(table["label"], lane, start, stop):
                 if label and (e - s) >= 0.06 * end:
                     ax.text((s + e) / 2 * scale, row, label, ha="center", va="center",
                             fontsize=7, color=ink, clip_on=True)
@@ -254,11 +252,11 @@ def _binned(ax: Axes, worked: pd.DataFrame, unit_lane: np.ndarray,
     edges = np.linspace(0.0, end if end > 0 else 1.0, BINS + 1)
     sections = ((worked, unit_lane, unit_rows, "compute", 0),
                 (transfers, link_lane, link_rows, "transfer", len(unit_rows)))
-    for frame, lane, rows, style, top in sections:
+    for table, lane, rows, style, top in sections:
         if not rows:
             continue
         lanes = rows[-1][1].stop
-        share = busy_share(lane, frame["t_start"].to_numpy(), frame["t_end"].to_numpy(),
+        share = busy_share(lane, table["t_start"].to_numpy(), table["t_end"].to_numpy(),
                            lanes, edges)
         shown = np.stack([share[part].mean(axis=0) for _, part in rows])
         # Any work at all shows as a tint; white is an idle bin.
