@@ -154,3 +154,14 @@ def test_when_the_device_whose_battery_dies_is_the_source_what_it_asked_fails():
     assert (reqs.loc[reqs.status == "completed", "finish"] < died).all()
     assert (result.events.loc[result.events.kind == "failed", "t_end"] == died).all()
     assert result.summary.failed_source_left.iloc[0] == len(failed)
+
+def test_building_again_reuses_the_last_draw_of_samples_and_a_new_seed_draws_anew():
+    from simdl.world import build
+    sc = api.resolve(Path("scenarios/quickstart.yaml"))
+    first, again = build(sc), build(sc)
+    assert again.data is first.data and again.train_data is first.train_data
+    assert not first.data.x.flags.writeable  # shared, so nobody may write into it
+    other = build(api.resolve(sc, seed=sc.seed + 1))
+    assert other.data is not first.data
+    assert not np.array_equal(other.data.x, first.data.x)
+    assert np.array_equal(build(sc).data.x, first.data.x)  # drawn again, the same bits
