@@ -26,6 +26,7 @@ from simdl.hw.devices import make_device
 from simdl.scenario import Scenario, parse
 from simdl.sim.engine import Simulator
 from simdl.sim.inference import execute, inputs
+from simdl.sim.serving import Policy
 from simdl.sim.stages import prepare
 from simdl.world import build
 
@@ -97,9 +98,10 @@ def phases(sc: Scenario, timing_only: bool) -> dict[str, float]:
         p = api.plan(world, entry, i)
         out["build"], t = time.process_time() - t, time.process_time()
         sim = Simulator(world.devices, world.network, timing_only=timing_only)
-        outputs = execute(p, world, sim, prepare(p, world))
+        outputs = execute(p, world, sim, prepare(p, world), None,
+                          Policy(world.workload.timeout, world.workload.retries))
         out["simulate"], t = time.process_time() - t, time.process_time()
-        api._result(sc, world, entry, p, sim, outputs)
+        api.strategy_result(sc, world, entry, p, sim, outputs)
         out["tables"] = time.process_time() - t
     out["events"] = sum(1 for row in sim.log.rows if row[2] == "compute")
     return out
