@@ -17,9 +17,7 @@ import numpy as np
 import pandas as pd
 
 from simdl.report import faults
-from simdl.sim.recorder import Coded, Columns, Log, by_key, clean, lookup, total  # noqa: F401
-
-# `clean` (the log with its dtypes) lives beside the log; callers still take it from here.
+from simdl.sim.recorder import Coded, Columns, Log, by_key, lookup, total
 
 NAN = float("nan")
 REQUEST_COLUMNS = ["request", "class", "status", "cause", "attempts", "arrival", "start",

@@ -14,8 +14,8 @@ from simdl.report.tables import (
     WORK_KINDS,
     _latency_percentiles,
     _ratio,
-    clean,
 )
+from simdl.sim.recorder import clean
 
 NAN = float("nan")
 ATTEMPT = re.compile(r"/(\d+)$")

@@ -12,7 +12,7 @@ from stand_ins import Joules, Spec, every_kind_log
 from simdl.report import tables
 from simdl.report.csvtext import FLOAT_FORMAT, csv_text
 from simdl.report.trace import trace_text
-from simdl.sim.recorder import COLUMNS, KINDS, Columns, EventLog
+from simdl.sim.recorder import COLUMNS, KINDS, Columns, EventLog, clean
 
 SPECS = {d: Spec("phone", ["cpu", "gpu", "npu"]) for d in
          ["phone", "tv", "watch0", "watch1", "pc10", "pc2", "idle"]}
@@ -38,7 +38,7 @@ def rows(request):
 
 
 def test_the_frame_is_the_row_by_row_frame_with_its_dtypes_fixed(rows):
-    pd.testing.assert_frame_equal(logged(rows).frame(), tables.clean(row_by_row(rows)))
+    pd.testing.assert_frame_equal(logged(rows).frame(), clean(row_by_row(rows)))
     assert [tuple(r) for r in logged(rows).frame().astype(object).itertuples(index=False)] \
         == rows
 
@@ -57,7 +57,7 @@ def test_every_table_from_the_columns_equals_the_row_by_row_one(rows):
         links = tables.links_table([{"resource": "wifi", "bytes": 8, "busy_time": 1.0}], 60.0)
         return {"requests": tables.requests_table(events), "devices": devices,
                 "summary": tables.summary(events, devices, links, 60.0, strategy="s"),
-                "waits": tables.memory_waits(tables.clean(events)).to_frame()}
+                "waits": tables.memory_waits(clean(events)).to_frame()}
 
     new, old = made(logged(rows).frame()), made(row_by_row(rows))
     for name in new:
@@ -65,7 +65,7 @@ def test_every_table_from_the_columns_equals_the_row_by_row_one(rows):
 
 
 def test_the_event_csv_and_trace_from_the_columns_equal_the_row_by_row_ones(rows):
-    new, old = logged(rows).frame(), tables.clean(row_by_row(rows))
+    new, old = logged(rows).frame(), clean(row_by_row(rows))
     assert csv_text(new) == old.to_csv(index=False, float_format=FLOAT_FORMAT,
                                        lineterminator="\n")
     assert trace_text(new, "t") == trace_text(old, "t")

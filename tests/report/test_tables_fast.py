@@ -12,7 +12,7 @@ import tables_reference as ref
 from stand_ins import Joules, every_kind_log
 
 from simdl.report import faults, tables
-from simdl.sim.recorder import COLUMNS, Columns, by_key, lookup
+from simdl.sim.recorder import COLUMNS, Columns, by_key, clean, lookup
 
 UNITS = {"phone": ["cpu", "gpu", "npu"], "tv": ["cpu", "gpu"], "watch0": ["cpu"],
          "watch1": ["cpu"], "pc10": ["cpu", "gpu"], "pc2": ["cpu", "gpu", "npu"],
@@ -61,17 +61,17 @@ def test_the_requests_and_devices_tables_equal_the_plain_pandas_ones(events):
     pd.testing.assert_frame_equal(tables.devices_table(events, SPECS, ENERGY, 60.0),
                                   ref.devices(events, SPECS, ENERGY, 60.0), check_exact=True)
     got = tables.memory_waits(events)
-    want = ref.memory_waits(tables.clean(events))
+    want = ref.memory_waits(clean(events))
     assert got.index.tolist() == want.index.tolist()
     assert [v.hex() for v in got.tolist()] == [v.hex() for v in want.tolist()]
 
 
 def test_the_faults_table_and_wasted_work_equal_the_plain_pandas_ones(events):
-    assert len(tables.clean(events).query("kind == 'leave'")) > 0
+    assert len(clean(events).query("kind == 'leave'")) > 0
     pd.testing.assert_frame_equal(faults.faults_table(events), ref.faults_table(events),
                                   check_exact=True)
     for specs in (SPECS, None):
-        assert bits(faults.wasted(events, specs)) == bits(ref.wasted(tables.clean(events),
+        assert bits(faults.wasted(events, specs)) == bits(ref.wasted(clean(events),
                                                                      specs))
 
 
@@ -151,7 +151,7 @@ def test_a_request_s_memory_wait_is_the_union_of_its_waits_even_when_one_covers_
         columns=list(COLUMNS))
     got = tables.memory_waits(events)
     assert got.to_dict() == {3: 11.0, 4: 2.0}
-    assert got.to_dict() == ref.memory_waits(tables.clean(events)).to_dict()
+    assert got.to_dict() == ref.memory_waits(clean(events)).to_dict()
 
 
 @pytest.mark.parametrize("duration", [7.0, 0.0])
