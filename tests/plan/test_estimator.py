@@ -144,3 +144,22 @@ def test_when_the_estimate_says_exact_it_is_even_on_a_shared_airtime():
 ])
 def test_processor_sharing_by_hand(starts, work, done):
     assert processor_sharing(starts, work) == pytest.approx(done, abs=1e-15)
+
+
+def test_where_requests_queue_the_peak_memory_bound_is_the_lone_peak_times_those_in_flight():
+    """A closed loop of 3 clients on one device keeps 3 requests in flight at once: the
+    bound is the weights plus 3 lone activation peaks (what one request alone holds,
+    read off the exact single-client estimate), well inside the device's memory."""
+    rng = np.random.default_rng(5)
+    lone_world = mesh_world(rng, 3, 2, batch=4, requests=6)
+    source, n = lone_world.workload.source, len(lone_world.chain)
+    plan = Plan("single", (Replica((Stage((source,), 0, n),)),), source)
+    weights = float(lone_world.chain.param_bytes(0, n))
+    alone = estimate(plan, lone_world)
+    assert alone.exact
+    queued = estimate(plan, World(**{**vars(lone_world), "workload": Inference(
+        6, Arrival("closed", concurrency=3), 4, source)}))
+    assert not queued.exact
+    peak = alone.peak_memory[source] - weights
+    assert peak > 0 and queued.peak_memory[source] == pytest.approx(weights + 3 * peak,
+                                                                     rel=1e-12)
