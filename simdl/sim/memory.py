@@ -105,17 +105,12 @@ class Memory:
         its plain allocations could never be granted: CapacityError.
         """
         res = Reservation(dict(shares), label, request, step, self.log)
-        short = None  # as `_short(res, self._queued)` finds it, in the same pass
         for device, nbytes in res.shares.items():
-            if device in self.gone:
-                continue
-            plain = self.used[device] - self._drawn[device]
+            plain = self.plain(device)
             capacity = self.devices[device].memory
-            if plain + nbytes > capacity:
+            if device not in self.gone and plain + nbytes > capacity:
                 raise CapacityError(device, nbytes, capacity - plain, capacity, label)
-            if short is None and (device in self._queued
-                                  or plain + self._reserved[device] + nbytes > capacity):
-                short = device
+        short = self._short(res, self._queued)
         if short is None:
             self._take(res)
             return res
