@@ -26,6 +26,7 @@ from simdl.plan.strategies import STRATEGIES, PositiveInt
 from simdl.plan.training import TRAIN_STRATEGIES, Compression, TrainPlan
 from simdl.plan.lm_model import is_shape_only
 from simdl.plan.world import Generation, World
+from simdl.report.columns import by_key, total
 from simdl.report.result import Result, write_run
 from simdl.report.tables import compare as compare_summaries
 from simdl.scenario import DeployEntry, Scenario, StrategyEntry, dump, load, parse, set_path
@@ -36,7 +37,6 @@ from simdl.sim.changes import start_changes
 from simdl.sim.engine import Simulator
 from simdl.sim.inference import Outputs, execute, fuse, inputs, labels
 from simdl.sim.metrics import TrainingMetrics
-from simdl.sim.recorder import by_key, total
 from simdl.sim.serving import Policy
 from simdl.sim.stages import prepare
 from simdl.sim.training import train, undecided

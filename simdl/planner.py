@@ -29,12 +29,12 @@ from simdl.plan.strategies import entry as written_entry
 from simdl.plan.train_search import TO_TARGET, TrainSpace
 from simdl.plan.world import Arrival, Generation, Inference, World
 from simdl.report import tables
+from simdl.report.columns import Columns
 from simdl.scenario import Scenario, dump
 from simdl.sim import generation
 from simdl.sim.changes import start_changes
 from simdl.sim.engine import Simulator
 from simdl.sim.inference import execute
-from simdl.sim.recorder import Columns
 from simdl.sim.stages import prepare
 from simdl.train_rescore import TrainChoice, rank_key, train_choice, why
 

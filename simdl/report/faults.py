@@ -3,7 +3,7 @@
 Derived from the event log alone (leave and join rows, the engine's `lost` rows, and
 inference's `request`, `failed`, `retry`, `late` and `planwait` rows) plus the units'
 active power for joules. `report.tables` puts these beside its other numbers. Each
-function takes the log as a DataFrame or as the tables' `recorder.Columns`.
+function takes the log as a DataFrame or as the tables' `report.columns.Columns`.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simdl.sim.recorder import Columns, Log, by_key, lookup, total
+from simdl.report.columns import Columns, Log, by_key, lookup, total
 
 #: Why a request failed (`sim.serving.CAUSES`), one summary column each.
 CAUSES = ("device_left", "timeout", "no_plan", "source_left")

@@ -1,11 +1,11 @@
-"""The run-folder tables, derived from the event log's columns (`recorder.Columns`).
+"""The run-folder tables, derived from the event log's columns (`report.columns`).
 
 Owns the meaning of every reported number (requests, devices, links, summary,
 comparison) and the terminal table. Knows the log's columns and row kinds;
 knows nothing of the engine's objects: specs and energy come in as plain
 mappings, link counters as dicts, so a table never measures anything twice.
 Each kind's rows are found once and shared; sums add as pandas' group-by and
-Series.sum add (`recorder.by_key`, `recorder.total`), so every figure keeps its bits.
+Series.sum add (`columns.by_key`, `columns.total`), so every figure keeps its bits.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from simdl.report import faults
-from simdl.sim.recorder import Coded, Columns, Log, by_key, lookup, total
+from simdl.report.columns import Coded, Columns, Log, by_key, lookup, total
 
 NAN = float("nan")
 REQUEST_COLUMNS = ["request", "class", "status", "cause", "attempts", "arrival", "start",

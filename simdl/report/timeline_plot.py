@@ -25,7 +25,7 @@ from matplotlib.patches import Patch
 
 from simdl.report import frame
 from simdl.report.plots import COLOURS, MAX_HEIGHT_IN, MAX_ROWS, grouped
-from simdl.sim.recorder import clean
+from simdl.report.columns import clean
 
 #: Up to this many bars, the timeline writes each bar's label inside it.
 LABELLED_BARS = 60

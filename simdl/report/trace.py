@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from simdl.report.store import atomic_write
-from simdl.sim.recorder import clean
+from simdl.report.columns import clean
 
 #: Kinds drawn on a device's own process.
 DEVICE_KINDS = ("compute", "lost", "leave", "join", "speed", "alloc", "step")

@@ -15,7 +15,7 @@ from simdl.report.tables import (
     _latency_percentiles,
     _ratio,
 )
-from simdl.sim.recorder import clean
+from simdl.report.columns import clean
 
 NAN = float("nan")
 ATTEMPT = re.compile(r"/(\d+)$")

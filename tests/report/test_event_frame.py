@@ -12,7 +12,8 @@ from stand_ins import Joules, Spec, every_kind_log
 from simdl.report import tables
 from simdl.report.csvtext import FLOAT_FORMAT, csv_text
 from simdl.report.trace import trace_text
-from simdl.sim.recorder import COLUMNS, KINDS, Columns, EventLog, clean
+from simdl.report.columns import Columns, clean
+from simdl.sim.recorder import COLUMNS, KINDS, EventLog
 
 SPECS = {d: Spec("phone", ["cpu", "gpu", "npu"]) for d in
          ["phone", "tv", "watch0", "watch1", "pc10", "pc2", "idle"]}

@@ -1,4 +1,4 @@
-"""The tables made from the log's columns (`recorder.Columns`) equal the plain pandas
+"""The tables made from the log's columns (`report.columns.Columns`) equal the plain pandas
 ones (`tables_reference`) value for value and bit for bit, on random logs whose times
 and sizes are not exact binary fractions (so an order of addition other than pandas'
 shows), with leaves and joins, lost and retried work, priorities and memory waits."""
@@ -12,7 +12,8 @@ import tables_reference as ref
 from stand_ins import Joules, every_kind_log
 
 from simdl.report import faults, tables
-from simdl.sim.recorder import COLUMNS, Columns, by_key, clean, lookup
+from simdl.report.columns import Columns, by_key, clean, lookup
+from simdl.sim.recorder import COLUMNS
 
 UNITS = {"phone": ["cpu", "gpu", "npu"], "tv": ["cpu", "gpu"], "watch0": ["cpu"],
          "watch1": ["cpu"], "pc10": ["cpu", "gpu"], "pc2": ["cpu", "gpu", "npu"],
@@ -134,7 +135,7 @@ def test_lookup_gives_each_wanted_key_its_value_or_the_missing_one():
 
 def test_each_kind_s_rows_are_found_once_in_log_order():
     log = Columns(random_log(1))
-    kinds = log.coded("kind").of(np.arange(log.size))
+    kinds = log.coded("kind").of(np.arange(len(log.t_start)))
     both = log.rows("leave", "join")
     assert both.tolist() == [i for i, k in enumerate(kinds) if k in ("leave", "join")]
     assert log.rows("leave", "join") is both
