@@ -202,8 +202,9 @@ def estimate(plan: Plan, world: World, costs: Costs | None = None) -> Estimate:
             why.append(f"{d}'s battery empties during the run")
     latencies = served.latency
     return Estimate(
-        plan=plan, capacity=rate, bottleneck=bottleneck, throughput=len(latencies) / makespan if makespan else
-        float("nan"), latency=float(np.dot(weights, [a.latency for a in alone])),
+        plan=plan, capacity=rate, bottleneck=bottleneck,
+        throughput=len(latencies) / makespan if makespan else float("nan"),
+        latency=float(np.dot(weights, [a.latency for a in alone])),
         p50=percentile(latencies, 50), p95=percentile(latencies, 95),
         p99=percentile(latencies, 99), makespan=makespan,
         per_request_J=float(sum(w * sum(a.energy.values()) for w, a in zip(weights, alone))),

@@ -56,9 +56,12 @@ def new(width: float, height: float, rows: int = 1, cols: int = 1, **subplots: o
     return fig, axes
 
 
-def hbars(ax: Axes, rows: Sequence[float] | np.ndarray, starts: Sequence[float] | np.ndarray | float,
-          ends: Sequence[float] | np.ndarray, height: float | np.ndarray,
-          **style: object) -> PolyCollection:
+#: Numbers per bar, as a list or an array.
+Values = Sequence[float] | np.ndarray
+
+
+def hbars(ax: Axes, rows: Values, starts: Values | float, ends: Values,
+          height: float | np.ndarray, **style: object) -> PolyCollection:
     """Horizontal bars as one collection (Axes.barh makes an artist per bar, each
     costing about as much to add as to draw): bar i spans x from starts[i] (or one
     `starts` for all) to ends[i], centred on y = rows[i], height (or height[i]) tall. The axes'
@@ -89,7 +92,7 @@ def _points(renderer: RendererAgg, text: Text) -> tuple[float, float]:
 
 def _extent(renderer: RendererAgg, texts: Sequence[Text]) -> tuple[float, float]:
     """The widest and tallest of the visible, non-empty `texts`, in points."""
-    sizes = [_points(renderer, t) for t in texts if t.get_visible() and t.get_text()]
+    sizes = [_points(renderer, t) for t in texts if _visible(t)]
     return (max((w for w, _ in sizes), default=0.0), max((h for _, h in sizes), default=0.0))
 
 

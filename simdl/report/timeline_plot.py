@@ -178,9 +178,11 @@ def timeline_figure(events: pd.DataFrame, title: str = "") -> Figure:
         for (device, when), (low, high) in zip(marks, spans):
             ax.annotate(f"{device} {word}", (when * scale, high), xytext=(3, -10),
                         textcoords="offset points", color=COLOURS[style], fontsize=8)
+            if style != "join":
+                continue
             left = leaves.loc[(leaves["device"] == device) & (leaves["t_start"] <= when),
                               "t_start"]
-            if style == "join" and len(left):
+            if len(left):
                 bands.append((low, high, float(left.max()) * scale, when * scale))
     if bands:
         low, high, start, stop = (np.array(column) for column in zip(*bands))
