@@ -298,12 +298,19 @@ class Generation(Strict):
     max_batch: Count = 1  # sequences decoded together per step
 
 
-class Scenario(Strict):
+class PoolScenario(Strict):
+    """What every scenario file starts with: its name, seed and description, and the
+    pool (devices and network) its work runs on; a one-job `Scenario` and a several-jobs
+    `scenario_jobs.JobsScenario` go on from here."""
+
     name: FolderName
     seed: Natural = 0
     description: str = ""
     devices: list[DeviceEntry] = Field(min_length=1)
     network: NetworkEntry
+
+
+class Scenario(PoolScenario):
     model: ModelEntry
     models: dict[str, ModelEntry] = {}  # extra named models, e.g. ensemble members
     workload: Annotated[Inference | TrainingEntry | Generation, Field(discriminator="kind")]

@@ -14,9 +14,9 @@ from typing import Annotated, Any
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from simdl.errors import ScenarioError
-from simdl.scenario import (Constraints, DeviceEntry, FolderName, Generation, Inference,
-                            ModelEntry, Natural, NetworkEntry, Scenario, StrategyEntry,
-                            Strict, TrainingEntry, dump, load, parse)
+from simdl.scenario import (Constraints, FolderName, Generation, Inference, ModelEntry,
+                            Natural, PoolScenario, Scenario, StrategyEntry, Strict,
+                            TrainingEntry, dump, load, parse)
 from simdl.scenario_params import scenario_error
 from simdl.yamlfile import read
 
@@ -41,12 +41,7 @@ class JobEntry(Strict):
         return {"name": entry} if isinstance(entry, str) else entry
 
 
-class JobsScenario(Strict):
-    name: FolderName
-    seed: Natural = 0
-    description: str = ""
-    devices: list[DeviceEntry] = Field(min_length=1)
-    network: NetworkEntry
+class JobsScenario(PoolScenario):
     constraints: Constraints = Constraints()
     changes: list[Any] | None = None  # checked by Scenario, per job (`alone`)
     jobs: list[JobEntry] = Field(min_length=1)
