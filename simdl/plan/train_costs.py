@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from simdl.hw.devices import kernel_time
 from simdl.hw.maxmin import max_min_few
 from simdl.nn.dense import SoftmaxCrossEntropy
 from simdl.plan.costs import Costs, Hop
-from simdl.plan.plan import input_bytes
 from simdl.plan.training import optimizer
 from simdl.plan.world import World
 
@@ -55,11 +52,6 @@ def trained_params(world: World, freeze: int) -> dict[str, int]:
     chain = world.chain
     return {f"{b.name}.{p}": int(a.size) for b in chain.blocks[freeze:]
             for p, a in b.layer.params.items()}
-
-
-def batch_bytes(world: World, n: int) -> float:
-    y = world.train_data.y
-    return float(input_bytes(world.chain, n) + n * y.itemsize * int(np.prod(y.shape[1:], dtype=np.int64)))
 
 
 def alone(hop: Hop, nbytes: float) -> float:

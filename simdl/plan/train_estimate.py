@@ -19,7 +19,6 @@ from simdl.plan.costs import Costs
 from simdl.plan.timeline import ring_rounds
 from simdl.plan.train_costs import (
     alone,
-    batch_bytes,
     fluid,
     kernel,
     kernels,
@@ -27,7 +26,7 @@ from simdl.plan.train_costs import (
     trained_params,
 )
 from simdl.plan.train_pipeline import pipeline_step
-from simdl.plan.training import TrainPlan, deal, owner_sizes, shard_params
+from simdl.plan.training import TrainPlan, batch_bytes, deal, owner_sizes, shard_params
 from simdl.plan.world import Training, World
 
 
@@ -85,7 +84,7 @@ def _data_parallel(plan: TrainPlan, world: World, costs: Costs) -> tuple[float, 
     raw = 4.0 * count
     why: list[str] = []
     local = []
-    moves = [(owners[j], device, batch_bytes(world, sizes[j]), 0.0)
+    moves = [(owners[j], device, batch_bytes(world, world.chain, sizes[j]), 0.0)
              for device, mine in zip(plan.workers, dealt) for j in mine if owners[j] != device]
     done = fluid(costs, moves)
     for device, k in zip(plan.workers, samples):

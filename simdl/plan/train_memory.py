@@ -19,7 +19,14 @@ from simdl.nn.chain import Chain
 from simdl.nn.dense import SoftmaxCrossEntropy
 from simdl.nn.distill import DistillationLoss
 from simdl.plan.plan import input_bytes
-from simdl.plan.training import TrainPlan, deal, optimizer, owner_sizes, shard_params
+from simdl.plan.training import (
+    TrainPlan,
+    batch_bytes,
+    deal,
+    optimizer,
+    owner_sizes,
+    shard_params,
+)
 from simdl.plan.world import Training, World
 
 
@@ -56,7 +63,7 @@ def need(plan: TrainPlan, world: World) -> dict[str, float]:
             held[device] += world.chain.param_bytes()
         costs = chain.costs(n)
         loss = DistillationLoss() if kind == "distill" else SoftmaxCrossEntropy()
-        step[device] += (_batch_bytes(world, chain, n) + sum(c.saved_bytes for c in costs[k:])
+        step[device] += (batch_bytes(world, chain, n) + sum(c.saved_bytes for c in costs[k:])
                          + loss.cost(costs[-1].out_shape).saved_bytes)
     if kind == "ps":
         _servers(plan, chain, slots, held)
@@ -76,11 +83,6 @@ def check(plan: TrainPlan, world: World) -> None:
                             f"the plan must fit in {capacity / 2**20:.1f} MiB")
 
 
-def _batch_bytes(world: World, chain: Chain, n: int) -> float:
-    y = world.train_data.y
-    return float(input_bytes(chain, n) + n * y.itemsize * int(np.prod(y.shape[1:], dtype=np.int64)))
-
-
 def _servers(plan: TrainPlan, chain: Chain, slots: int, held: Counter[str]) -> None:
     """Each parameter server's shard, its gradient sum and its optimizer state."""
     k = plan.freeze
@@ -95,7 +97,7 @@ def _pipeline(plan: TrainPlan, world: World, chain: Chain, slots: int,
               held: Counter[str]) -> None:
     p, m, batch = len(plan.stages), plan.microbatches, world.workload.batch
     sizes = [len(a) for a in np.array_split(np.arange(batch), m)]
-    labels = _batch_bytes(world, chain, batch) - input_bytes(chain, batch)
+    labels = batch_bytes(world, chain, batch) - input_bytes(chain, batch)
     loss = SoftmaxCrossEntropy()
     for s, st in enumerate(plan.stages):
         held[st.device] += chain.param_bytes(st.start, st.stop)
@@ -115,6 +117,6 @@ def _pipeline(plan: TrainPlan, world: World, chain: Chain, slots: int,
             if st.device != spec["to"]:
                 held[st.device] += nbytes
     first, last = plan.stages[0].device, plan.stages[-1].device
-    held[first] += _batch_bytes(world, chain, batch)
+    held[first] += batch_bytes(world, chain, batch)
     if last != first:
         held[last] += labels

@@ -15,12 +15,11 @@ from simdl.plan.schedules import SCHEDULES
 from simdl.plan.timeline import processor_sharing
 from simdl.plan.train_costs import (
     alone,
-    batch_bytes,
     fluid,
     optimizer_time,
     split_kernels,
 )
-from simdl.plan.training import TrainPlan, owner_sizes
+from simdl.plan.training import TrainPlan, batch_bytes, owner_sizes
 from simdl.plan.world import World
 
 
@@ -35,7 +34,7 @@ def pipeline_step(plan: TrainPlan, world: World, costs: Costs) -> tuple[float, f
     sizes = [load.batch // m + (j < load.batch % m) for j in range(m)]
     owners = list(load.data_on)
     first, last = plan.stages[0].device, plan.stages[-1].device
-    moves = [(o, first, batch_bytes(world, n), 0.0)
+    moves = [(o, first, batch_bytes(world, world.chain, n), 0.0)
              for o, n in zip(owners, owner_sizes(load.batch, len(owners))) if o != first]
     t0 = max(fluid(costs, moves), default=0.0)
     y = world.train_data.y

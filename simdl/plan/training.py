@@ -11,13 +11,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from annotated_types import Ge, Gt, Lt
 
 from simdl import units
 from simdl.errors import PlanError
 from simdl.hw.topologies import MaybeTime
+from simdl.nn.chain import Chain
 from simdl.nn.optim import OPTIMIZERS, Optimizer
-from simdl.plan.plan import Stage
+from simdl.plan.plan import Stage, input_bytes
 from simdl.plan.strategies import _stages, distinct
 from simdl.plan.world import Training, World
 
@@ -276,3 +278,10 @@ TRAIN_STRATEGIES: dict[str, TrainStrategy] = {
     "personalise": personalise,
     "distill": distill,
 }
+
+
+def batch_bytes(world: World, chain: Chain, n: int) -> float:
+    """Bytes of n training samples of `chain`'s input as drawn: inputs and labels."""
+    y = world.train_data.y
+    per_label = y.itemsize * int(np.prod(y.shape[1:], dtype=np.int64))
+    return float(input_bytes(chain, n) + n * per_label)

@@ -33,8 +33,7 @@ from simdl.nn.dense import SoftmaxCrossEntropy
 from simdl.nn.fit import evaluate
 from simdl.nn.gradcomp import Compressor, make, wire_bytes
 from simdl.nn.optim import Optimizer
-from simdl.plan.plan import input_bytes
-from simdl.plan.training import TrainPlan, deal, optimizer, owner_sizes
+from simdl.plan.training import TrainPlan, batch_bytes, deal, optimizer, owner_sizes
 from simdl.plan.world import Training, World
 from simdl.sim.batches import owner_batches
 from simdl.sim.engine import Simulator
@@ -103,6 +102,9 @@ class Job:
         self.size = {n: int(every[n].size) for n in self.names}
         self.raw = {n: int(every[n].nbytes) for n in self.names}  # float32 bytes as stored
         self.trainable = sum(self.raw.values())
+        self.count = sum(self.size.values())      # trained parameters
+        self._loss_costs: dict[int, Cost] = {}    # see loss_cost
+        self._batch_bytes: dict[int, float] = {}  # see batch_bytes
         sync = plan.sync
         self.wire = {n: wire_bytes(sync.compression, self.size[n], sync.ratio) for n in self.names}
         if not load.data_on:
@@ -140,7 +142,11 @@ class Job:
         return optimizer(self.load)
 
     def loss_cost(self, n: int) -> Cost:
-        return self.loss.cost(self.chain.costs(n)[-1].out_shape)
+        """The loss's cost on n samples, computed once per n."""
+        got = self._loss_costs.get(n)
+        if got is None:
+            got = self._loss_costs[n] = self.loss.cost(self.chain.costs(n)[-1].out_shape)
+        return got
 
     # -- memory ------------------------------------------------------------------------
     def hold(self, w: Worker, state: bool = True) -> None:
@@ -156,11 +162,12 @@ class Job:
 
     # -- data --------------------------------------------------------------------------
     def batch_bytes(self, owners: Sequence[int]) -> float:
-        """Bytes of the owners' per-step draws: inputs and labels."""
-        y = self.world.train_data.y
-        per_label = y.itemsize * int(np.prod(y.shape[1:], dtype=np.int64))
+        """Bytes of the owners' per-step draws: inputs and labels (once per sample count)."""
         n = sum(self.owner_sizes[j] for j in owners)
-        return float(input_bytes(self.chain, n) + n * per_label)
+        got = self._batch_bytes.get(n)
+        if got is None:
+            got = self._batch_bytes[n] = batch_bytes(self.world, self.chain, n)
+        return got
 
     def fetch(self, owners: Sequence[int], device: str, step: int,
               tally: Tally | None = None) -> Gen:
@@ -276,8 +283,8 @@ class Job:
         """An optimizer step over `names` (default: every trained parameter) as a kernel:
         `Optimizer.cost`: its FLOPs per parameter, reading p, g and state, writing p and state.
         `fn` does the numerics (None in timing-only mode); its value is returned."""
-        names = self.names if names is None else names
-        flops, nbytes = opt.cost(sum(self.size[n] for n in names))
+        count = self.count if names is None else sum(self.size[n] for n in names)
+        flops, nbytes = opt.cost(count)
         t = self.sim.now
         value = yield self.sim.compute(device, flops, nbytes, fn if self.real else None,
                                        unit=unit, dtype=dtype, label=label, step=step)
