@@ -7,6 +7,7 @@ hw/maxmin.py; knows nothing of layers, plans or energy (the engine reads radio t
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +106,7 @@ class Flows:
         self._free: list[int] = []
         self._high = 0                                      # slots ever used
         self._n_live = 0                                    # flows in their bandwidth phase
+        self._slots: set[int] = set()                       # their slots
         self._t = env.now                                   # remaining bytes are as of _t
         self._version = 0                                   # of the one valid wake-up
         self._pending = False                               # a recompute is queued for now
@@ -163,6 +165,7 @@ class Flows:
         self._rate[slot] = 0.0
         self._live[slot] = True
         self._n_live += 1
+        self._slots.add(slot)
         self._info[slot] = (key, event, src, dst, nbytes, t_request, now, path, label, tags)
         self._started.append(slot)
         for r in path.unique:
@@ -215,43 +218,81 @@ class Flows:
         self._t = now
 
     def _recompute(self) -> None:
+        """Charge the time since the last change, end the flows that are done, re-solve
+        the rates the changes touch, and schedule a wake-up at the next end. Up to FEW
+        flows it runs in plain Python (numpy's fixed cost per call outweighs the work),
+        else vectorised; both do the same float operations in the same order."""
         now = self.env.now
-        self._advance(now)
         self._version += 1
         self.stalled = False
-        live = np.flatnonzero(self._live[:self._high])
-        if live.size:
-            # Done: less than DONE_RTOL of its bytes left, or less than one clock tick away.
-            left = self._remaining[live]
-            done = left <= np.maximum(DONE_RTOL * self._size[live],
-                                      self._rate[live] * np.spacing(now))
-            if done.any():
-                for slot in sorted(live[done].tolist(), key=lambda s: self._info[s][0]):
-                    self._end(slot, now)
-                live = np.flatnonzero(self._live[:self._high])   # callbacks may have changed it
-                left = self._remaining[live]
+        live = self._settle_few(now) if self._n_live <= FEW else self._settle(now)
         group = self._group()
-        if live.size == 0:
+        if not len(live):
             return
         if group is None:
-            hops = np.take(self._hops, live, axis=1)
-            self._rate[live] = (weighted_hops(hops, self._capacity, self._penalty[live])
-                                if self._rtt else max_min_hops(hops, self._capacity))
+            at = np.asarray(live)
+            hops = np.take(self._hops, at, axis=1)
+            self._rate[at] = (weighted_hops(hops, self._capacity, self._penalty[at])
+                              if self._rtt else max_min_hops(hops, self._capacity))
         elif group:
             paths = [self._info[s][7] for s in group]
             routes = [p.crossings for p in paths]
             self._rate[group] = (weighted_few(routes, self._capacity, [p.penalty for p in paths])
                                  if self._rtt else max_min_few(routes, self._capacity))
         self.recomputes += 1
-        rate = self._rate[live]
-        if not rate.all():  # a link at bandwidth 0 stalls its flows until it changes again
-            moving = rate > 0
-            self.stalled = not moving.any()
-            if self.stalled:
-                return
-            left, rate = left[moving], rate[moving]
-        wait = float((left / rate).min())
-        self.env.timeout(wait, self._version).callbacks.append(self._wake)
+        wait = self._next_end(live)
+        if wait is not None:
+            self.env.timeout(wait, self._version).callbacks.append(self._wake)
+
+    def _settle(self, now: float) -> np.ndarray:
+        """Charge the time to `now`, end every flow that is done (less than DONE_RTOL of
+        its bytes left, or less than one clock tick away) in transfer order; the live
+        slots, ascending."""
+        self._advance(now)
+        live = np.flatnonzero(self._live[:self._high])
+        left = self._remaining[live]
+        done = left <= np.maximum(DONE_RTOL * self._size[live], self._rate[live] * np.spacing(now))
+        if done.any():
+            for slot in sorted(live[done].tolist(), key=lambda s: self._info[s][0]):
+                self._end(slot, now)
+            live = np.flatnonzero(self._live[:self._high])   # callbacks may have changed it
+        return live
+
+    def _settle_few(self, now: float) -> list[int]:
+        """`_settle` one flow at a time: the same products, differences and comparisons
+        (math.ulp is np.spacing for a clock >= 0)."""
+        remaining, rate, size = self._remaining, self._rate, self._size
+        dt = now - self._t
+        self._t = now
+        tick = math.ulp(now)
+        done = []
+        for slot in sorted(self._slots):
+            r = remaining.item(slot)
+            if dt > 0:
+                r -= rate.item(slot) * dt
+                remaining[slot] = r
+            if r <= max(DONE_RTOL * size.item(slot), rate.item(slot) * tick):
+                done.append(slot)
+        for slot in sorted(done, key=lambda s: self._info[s][0]):
+            self._end(slot, now)
+        return sorted(self._slots)
+
+    def _next_end(self, live: np.ndarray | list[int]) -> float | None:
+        """Seconds to the first end among `live` at the current rates; None when every one
+        is stalled (a link at bandwidth 0 holds its flows until it changes again)."""
+        if len(live) > FEW:
+            left, rate = self._remaining[live], self._rate[live]
+            if not rate.all():
+                moving = rate > 0
+                if not moving.any():
+                    self.stalled = True
+                    return None
+                left, rate = left[moving], rate[moving]
+            return float((left / rate).min())
+        remaining, rates = self._remaining, self._rate
+        waits = [remaining.item(s) / r for s in live if (r := rates.item(s)) > 0]
+        self.stalled = not waits
+        return min(waits, default=None)
 
     def _group(self) -> list[int] | None:
         """The active slots whose rates the starts and ends since the last recompute can
@@ -313,6 +354,7 @@ class Flows:
         self._info[slot] = None
         self._live[slot] = False
         self._n_live -= 1
+        self._slots.discard(slot)
         self._rate[slot] = 0.0
         self._free.append(slot)
         count = nbytes if moved is None else moved

@@ -125,6 +125,19 @@ def test_a_transfer_stalled_on_a_dropped_link_waits_for_the_link_to_return():
     assert rows(sim, "link") == [("link", 5.0, "bandwidth x0"), ("link", 8.0, "bandwidth x1")]
 
 
+def test_a_link_down_past_the_transfers_first_end_still_revives_the_run():
+    """The same, down from 5 s to 12 s: the wake-up for the end at 10 s goes stale, and
+    from then on only the link's return is scheduled, a daemon that keeps the run going
+    because the flow is stalled. It ends at 17 s."""
+    devices = {"a": device(), "b": device()}
+    net = links(devices, links=[{"a": "a", "b": "b", "bandwidth": 1e6}], overhead=0.0)
+    sim = Simulator(devices, net)
+    played(sim, Change("bandwidth", "a-b", Profile(((5.0, 0.0), (12.0, 1.0)))))
+    flow = sim.transfer("a", "b", 1e7)
+    sim.run()
+    assert flow.value.t_end == 17.0 and sim.now == 17.0
+
+
 def test_a_speed_profile_and_a_loss_profile_take_effect_at_their_times():
     """A 4 s kernel at half speed from 1 s ends at 7 s; a 10 MB transfer at 1 MB/s with
     loss 0.5 from 2 s: 2 MB, then 8 MB at 0.5 MB/s, ends at 18 s."""

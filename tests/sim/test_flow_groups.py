@@ -71,9 +71,10 @@ def _timeline(seed, few, calls):
 @pytest.mark.parametrize("seed", range(6))
 def test_grouped_recomputes_give_the_global_timeline_bit_for_bit(seed):
     """FEW = 0 re-solves every active flow at every change, with numpy (what the engine
-    did before groups); the default solves small groups in Python and falls back to
-    numpy for large ones; FEW = 10**9 always solves the group, however large, in
-    Python. All three give the same records, counters and radio times (==)."""
+    did before groups), and charges time, finds ends and the next wake-up with numpy;
+    the default does all of it in Python for a few flows and with numpy for more;
+    FEW = 10**9 always does it in Python, however many. All three give the same
+    records, counters and radio times (==)."""
     every, default, groups = [], [], []
     reference = _timeline(seed, 0, every)
     assert set(every) == {"max_min_hops"}

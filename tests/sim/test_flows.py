@@ -1,9 +1,12 @@
 """Simulated transfers against hand-computed timelines (SimGrid's flow model)."""
+import math
+
 import pytest
 import simpy
 
 from simdl.errors import DeviceGone
 from simdl.hw.network import LinkSpec, Network
+from simdl.sim import flows as flows_module
 from simdl.sim.flows import Flows
 
 
@@ -187,3 +190,48 @@ def test_aborting_a_device_fails_its_flows_and_frees_the_link():
     links = {row["resource"]: row for row in flows.link_stats()}
     assert (links["x>y"]["bytes"], links["x>y"]["busy_time"]) == (10e6, 1.0)
     assert links["x>z"]["busy_time"] == 1.0 and flows.active == 0
+
+
+@pytest.mark.parametrize("few", [0, flows_module.FEW])
+def test_flows_that_end_at_one_instant_end_in_the_order_they_were_asked_for(few, monkeypatch):
+    """With numpy (few = 0) and in plain Python alike: x->y (1 MB) and u->v (3 MB) on links of their own at 1 MB/s start at 0 s; a second
+    x->y of 2 MB starts when the first ends, in the slot the first freed (lower than
+    u->v's). u->v and it both end at 3 s: u->v, asked for first, ends first."""
+    monkeypatch.setattr(flows_module, "FEW", few)
+    nodes = {n: "device" for n in "xyuv"}
+    net = Network(nodes, [LinkSpec("x", "y", 1e6, 0.0), LinkSpec("u", "v", 1e6, 0.0)])
+    env = simpy.Environment()
+    flows = Flows(env, net)
+    ended = []
+
+    def send(src, dst, nbytes):
+        flow = yield flows.transfer(src, dst, nbytes)
+        ended.append((flow.src, flow.nbytes, flow.t_end))
+
+    def twice():
+        yield from send("x", "y", 1e6)
+        yield from send("x", "y", 2e6)
+
+    env.process(twice())
+    env.process(send("u", "v", 3e6))
+    env.run()
+    assert ended == [("x", 1e6, 1.0), ("u", 3e6, 3.0), ("x", 2e6, 3.0)]
+
+
+@pytest.mark.parametrize("few", [0, flows_module.FEW])
+def test_a_flow_whose_rest_is_under_a_clock_tick_ends_instead_of_waking_forever(few, monkeypatch):
+    """With numpy (few = 0) and in plain Python alike: Late in a run (t = 1e9 s, where a clock tick is 1.2e-7 s) 100 B at 100 MB/s takes
+    1e-6 s: the wake-up lands on a tick, leaving a few bytes whose time is under one
+    tick. The flow ends there (within a tick of 1e-6 s) rather than wake up at the same
+    instant again and again."""
+    monkeypatch.setattr(flows_module, "FEW", few)
+    net = Network({"x": "device", "y": "device"}, [LinkSpec("x", "y", 1e8, 0.0)])
+    env = simpy.Environment(initial_time=1e9)
+    flows = Flows(env, net)
+    flow = flows.transfer("x", "y", 100.0)
+    for _ in range(1000):   # a bounded run: each step is one event
+        if flow.processed or env.peek() == float("inf"):
+            break
+        env.step()
+    assert flow.processed
+    assert abs(flow.value.t_end - (1e9 + 1e-6)) <= math.ulp(1e9)
