@@ -134,13 +134,17 @@ class Estimate:
 def capacity(plan: Plan, world: World, costs: Costs | None = None) -> tuple[float, str]:
     """(requests per second the plan sustains, its busiest server): 1 / that server's
     seconds per request, requests shared out as dispatch shares them at saturation."""
-    alone, weights, _ = _alone(plan, world, costs or Costs(world))
+    alone, weights, _ = _alone(plan, world, costs or Costs(world), closed=False)
     return _busiest(alone, weights)[:2]
 
 
-def _alone(plan: Plan, world: World, costs: Costs) -> tuple[list[Lone], list[float], list[int]]:
+def _alone(plan: Plan, world: World, costs: Costs, closed: bool = True
+           ) -> tuple[list[Lone], list[float], list[int]]:
     """Each entry's lone timeline (one for split or all dispatch: every replica at once),
-    the share of requests it takes at saturation, and the replicas it stands for."""
+    the share of requests it takes at saturation, and the replicas it stands for.
+    `closed`: each timeline `finish`ed (energy, peak memory, the overlap check); its
+    servers' busy times, all `capacity` reads, are known without."""
+    close = finish if closed else (lambda out, _costs: out)
     load = world.workload
     assert isinstance(load, Inference), "estimate scores inference plans"
     parts = [(i, rep, n) for i, (rep, n) in enumerate(zip(plan.replicas,
@@ -150,8 +154,8 @@ def _alone(plan: Plan, world: World, costs: Costs) -> tuple[list[Lone], list[flo
         together = Lone()
         for i, rep, n in parts:
             lone(plan, rep, n, costs, tag=i, into=together)
-        return [finish(together, costs)], [1.0], [0]
-    alone = [finish(lone(plan, rep, n, costs, tag=i), costs) for i, rep, n in parts]
+        return [close(together, costs)], [1.0], [0]
+    alone = [close(lone(plan, rep, n, costs, tag=i), costs) for i, rep, n in parts]
     replicas = [i for i, _, _ in parts]
     return alone, _shares(plan, alone, replicas), replicas
 
@@ -222,7 +226,8 @@ def _shares(plan: Plan, alone: list[Lone], replicas: list[int]) -> list[float]:
         speed = [1.0 / max(max(a.busy.values(), default=0.0), 1e-300) for a in alone]
     else:
         speed = [plan.replicas[i].share for i in replicas]
-    return [s / sum(speed) for s in speed]
+    whole = sum(speed)
+    return [s / whole for s in speed]
 
 
 def _battery_life(world: World, energy: dict[str, float], makespan: float) -> dict[str, float]:
