@@ -34,7 +34,7 @@ from simdl.scenario_params import call, choose
 from simdl.report import generation as gen_metrics
 from simdl.sim import generation, generation_plan
 from simdl.sim.changes import start_changes
-from simdl.sim.engine import Simulator
+from simdl.sim.engine import Simulator, frozen
 from simdl.sim.inference import Outputs, execute, fuse, inputs, labels
 from simdl.sim.metrics import TrainingMetrics
 from simdl.sim.serving import Policy
@@ -90,11 +90,12 @@ def run(scenario: Scenario | str | Path, strategy: str | None = None, *,
     sc = resolve(scenario, seed)
     # One BLAS thread: float sums in one order on any machine (bit-for-bit runs), and
     # sweeps parallelise over processes instead.
-    with threadpool_limits(limits=1, user_api="blas"):
+    with threadpool_limits(limits=1, user_api="blas"), frozen() as keep:
         world = build(sc, timing_only=timing_only)
         skipped = undecided(world) if timing_only else []
         results = []
         for i, entry in selected(sc, strategy):
+            keep()  # the world and the results so far outlive this strategy
             sim = Simulator(world.devices, world.network, timing_only=timing_only)
             start_changes(world, sim)  # the scenario's `changes:`, played on the clock
             if sc.workload.kind == "generation":
@@ -259,7 +260,16 @@ def strategy_result(sc: Scenario, world: World, entry: StrategyEntry, p: Plan | 
                     sim: Simulator, outputs: Outputs, metrics: TrainingMetrics | None = None,
                     generated: generation.Generated | None = None) -> Result:
     """One strategy's Result from its run on `sim`: the tables of its log, and the
-    summary's context (deployment, accuracy, training or generation figures)."""
+    summary's context (deployment, accuracy, training or generation figures). The
+    finished run is `frozen` meanwhile: it all outlives the tables."""
+    with frozen() as keep:
+        keep()
+        return _strategy_result(sc, world, entry, p, sim, outputs, metrics, generated)
+
+
+def _strategy_result(sc: Scenario, world: World, entry: StrategyEntry, p: Plan | TrainPlan,
+                     sim: Simulator, outputs: Outputs, metrics: TrainingMetrics | None,
+                     generated: generation.Generated | None) -> Result:
     context: dict[str, Any] = {"plan": p.describe()}
     if generated is not None:
         context |= gen_metrics.context(world, generated)

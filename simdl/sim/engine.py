@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import gc
 import heapq
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,37 @@ from simdl.sim.kernel import AllOf, Job, Unit, finished, new
 from simdl.sim.memory import Memory
 from simdl.sim.pool import PoolChanges
 from simdl.sim.recorder import EventLog
+
+@contextmanager
+def frozen() -> Iterator[Callable[[], None]]:
+    """Everything alive now outlives the work inside: frozen, the garbage collector does
+    not walk it again meanwhile (one full pass over a fresh interpreter's objects costs
+    as much as tens of thousands of events; over a world or a finished run of 1,024
+    replicas, as much as its plan or its result tables). Yields `keep`: freeze what
+    lives now too, once it is known to outlive the rest (a world built, a run done).
+    Not when someone else has frozen objects: unfreezing would undo theirs."""
+    global _frozen_depth
+    if not _frozen_depth and gc.get_freeze_count():
+        yield _nothing
+        return
+    if not _frozen_depth:
+        gc.freeze()
+    _frozen_depth += 1
+    try:
+        yield gc.freeze
+    finally:
+        _frozen_depth -= 1
+        if not _frozen_depth:
+            gc.unfreeze()
+
+
+#: `frozen` scopes open: the outermost froze the heap and unfreezes it.
+_frozen_depth = 0
+
+
+def _nothing() -> None:
+    pass
+
 
 #: A battery counts as empty below this fraction of its capacity (float guard).
 _EMPTY = 1e-12
@@ -271,15 +303,9 @@ class Simulator(PoolChanges):
         RuntimeError, as simpy raises when nothing is left to run.
 
         Everything alive when the run starts (the world, the interpreter's modules)
-        outlives it: frozen, the garbage collector does not walk it again while the
-        run makes and drops its events (one full pass over a fresh interpreter's
-        objects costs as much as tens of thousands of events). Not when someone else
-        has frozen objects: unfreezing would undo theirs.
+        outlives it: `frozen` while the run makes and drops its events.
         """
-        freeze = gc.get_freeze_count() == 0
-        if freeze:
-            gc.freeze()
-        try:
+        with frozen():
             waits = isinstance(until, simpy.Event)
             if (until is not None and not (waits and self._daemons)
                     or not (self._batteries or self._daemons)):
@@ -293,8 +319,5 @@ class Simulator(PoolChanges):
             if waits and until.callbacks is not None:
                 raise RuntimeError(f'No scheduled events left but "until" event was not '
                                    f'triggered: {until}')
-        finally:
-            if freeze:
-                gc.unfreeze()
 
 

@@ -324,3 +324,58 @@ def test_a_run_freezes_what_lives_before_it_and_leaves_the_collector_as_it_was()
         assert gc.get_freeze_count() == theirs
     finally:
         gc.unfreeze()
+
+
+def test_frozen_scopes_nest_and_keep_freezes_what_lives_now():
+    """The outermost scope freezes the heap and at its end unfreezes it; `keep`, even in
+    an inner scope, freezes what was made since, and an inner scope's end leaves it
+    frozen. With a caller's own objects frozen, scopes and `keep` do nothing."""
+    import gc
+
+    from simdl.sim.engine import frozen
+
+    assert gc.get_freeze_count() == 0
+    with frozen():
+        before = gc.get_freeze_count()
+        made = [[i] for i in range(1000)]  # 1,000 tracked objects
+        with frozen() as keep:
+            keep()
+            assert gc.get_freeze_count() >= before + len(made)
+        assert gc.get_freeze_count() >= before + len(made)
+    assert gc.get_freeze_count() == 0
+    del made
+    gc.freeze()
+    try:
+        theirs = gc.get_freeze_count()
+        with frozen() as keep:
+            more = [[i] for i in range(1000)]
+            keep()
+            assert gc.get_freeze_count() <= theirs < len(more) + theirs
+        assert gc.get_freeze_count() <= theirs
+    finally:
+        gc.unfreeze()
+
+
+def test_a_finished_run_is_frozen_while_its_result_tables_are_made(monkeypatch):
+    """api.run freezes the world before each strategy, and the finished run before its
+    tables: more is frozen then than while it ran; nothing after api.run returns."""
+    import gc
+
+    from simdl import api
+    from simdl.report import result as result_module
+
+    counts = {}
+    run, tables = Simulator.run, result_module.Result.from_log
+
+    def running(self, *args, **kwargs):
+        counts["run"] = gc.get_freeze_count()
+        return run(self, *args, **kwargs)
+
+    def tabling(*args, **kwargs):
+        counts["tables"] = gc.get_freeze_count()
+        return tables(*args, **kwargs)
+
+    monkeypatch.setattr(Simulator, "run", running)
+    monkeypatch.setattr(result_module.Result, "from_log", tabling)
+    api.run("scenarios/slow_link.yaml", timing_only=True)
+    assert counts["tables"] > counts["run"] > 0 and gc.get_freeze_count() == 0
