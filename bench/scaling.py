@@ -1,7 +1,7 @@
 """Scaling benchmark: simulator time per simulated event as the pool grows (issue 14).
 
 Run: .venv/bin/python bench/scaling.py [--families NAME ...] [--passes 2] [--gc off]
-[--json FILE] (about three minutes on 2 busy cores). For each family a scenario is built
+[--json FILE] (about ten minutes on 2 busy cores). For each family a scenario is built
 per pool size N, run timing-only through `simdl.api.run` (nothing written), and its
 events counted: the event log's compute and transfer rows, the kernels and flows that
 move the clock. The time is the whole `api.run` (world, plan, simulation, result
@@ -9,7 +9,10 @@ tables), so work that grows with the pool shows wherever it is. It is the proces
 time: on a shared machine, what the run itself costs (a run uses one thread; on an idle
 machine it is its wall time, printed beside it). Points run interleaved, every family's
 sizes in each pass, and each keeps its best pass. The figure per family is max/min of
-the per-event cost over its sizes: flat means <= 1.5.
+the per-event cost over its sizes: flat means <= 1.5. Each point also runs with twice
+the work (requests or steps, `doubled`): what that adds over the events it adds is the
+marginal cost per event, free of the fixed work of a run (world, plan, per-device
+setup), which at 1,024 replicas and 20,000 events is spread over 18 events a replica.
 
 Every pool is N desktop PCs on the `home` network, each wired by its own Ethernet port
 to the router: flows between different pairs share no link, so the network itself does
@@ -21,6 +24,7 @@ across N (a pipeline gets 2 blocks per stage).
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import math
@@ -162,6 +166,14 @@ def measure(sc: Scenario) -> tuple[float, float, int, int]:
     return cpu, wall, int(kinds.isin(("compute", "transfer")).sum()), len(kinds)
 
 
+def doubled(data: dict[str, Any]) -> dict[str, Any]:
+    """The same scenario with twice the work: twice the requests, or twice the steps."""
+    out = copy.deepcopy(data)
+    load = out["workload"]
+    load["steps" if load["kind"] == "training" else "requests"] *= 2
+    return out
+
+
 def planning(family: str, n: int) -> float:
     """CPU seconds of making the family's plan at N with `cuts: auto` (no run)."""
     data = FAMILIES[family].scenario(n, 1)
@@ -187,11 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     where = os.path.dirname(api.__file__)
     print(f"machine: {machine()}; simpy {simpy.__version__}; simdl from {where}; "
           f"gc {args.gc}; load average {os.getloadavg()[0]:.2f}", flush=True)
-    points = [(f, n) for f in args.families for n in FAMILIES[f].sizes]
-    scenarios = {p: parse(FAMILIES[p[0]].scenario(p[1], args.target)) for p in points}
+    sized = [(f, n) for f in args.families for n in FAMILIES[f].sizes]
+    points = [(f, n, k) for f, n in sized for k in (1, 2)]  # k: once or twice the work
+    data = {(f, n): FAMILIES[f].scenario(n, args.target) for f, n in sized}
+    scenarios = {(f, n, k): parse(data[f, n] if k == 1 else doubled(data[f, n]))
+                 for f, n, k in points}
     for f in args.families:  # imports and first-call caches are not the pool's cost
         measure(parse(FAMILIES[f].scenario(FAMILIES[f].sizes[0], 200)))
-    best: dict[tuple[str, int], tuple[float, float, int, int]] = {}
+    best: dict[tuple[str, int, int], tuple[float, float, int, int]] = {}
     t0 = time.perf_counter()
     for k in range(args.passes):
         for p in points:
@@ -202,21 +217,33 @@ def main(argv: list[str] | None = None) -> int:
             gc.enable()
             if p not in best or got[0] < best[p][0]:
                 best[p] = got
-            print(f"  pass {k + 1}: {p[0]} N={p[1]}: {got[0]:.2f} s", flush=True)
+            print(f"  pass {k + 1}: {p[0]} N={p[1]} x{p[2]}: {got[0]:.2f} s", flush=True)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; load average {os.getloadavg()[0]:.2f}\n")
-    print("| family | N | events | log rows | CPU s | wall s | us/event | / smallest N |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("us/event: the run's CPU time over its events; marginal: what twice the work adds,\n"
+          "over the events it adds (the run's fixed work, world, plan and per-device setup,\n"
+          "drops out); setup: the rest, CPU ms not proportional to events.\n")
+    print("| family | N | events | log rows | CPU s | wall s | us/event | / smallest N "
+          "| marginal us/event | / smallest N | setup ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     out: dict[str, Any] = {"machine": machine(), "simdl": where, "gc": args.gc, "families": {}}
     for f in args.families:
-        rows = [(n, *best[(f, n)]) for n in FAMILIES[f].sizes]
+        rows = [(n, *best[(f, n, 1)]) for n in FAMILIES[f].sizes]
         per = {n: cpu / events * 1e6 for n, cpu, _, events, _ in rows}
-        first = per[rows[0][0]]
+        twice = {n: best[(f, n, 2)] for n in FAMILIES[f].sizes}
+        marginal = {n: (twice[n][0] - cpu) / (twice[n][2] - events) * 1e6
+                    for n, cpu, _, events, _ in rows}
+        first, first_m = per[rows[0][0]], marginal[rows[0][0]]
         for n, cpu, wall, events, total in rows:
+            setup = (cpu - marginal[n] * events / 1e6) * 1e3
             print(f"| {f} | {n:,} | {events:,} | {total:,} | {cpu:.2f} | {wall:.2f} | "
-                  f"{per[n]:.1f} | {per[n] / first:.2f}x |")
+                  f"{per[n]:.1f} | {per[n] / first:.2f}x | {marginal[n]:.1f} | "
+                  f"{marginal[n] / first_m:.2f}x | {setup:.0f} |")
         ratio = max(per.values()) / min(per.values())
-        print(f"| **{f}** | | | | | | | **max/min {ratio:.2f}x** |")
+        ratio_m = max(marginal.values()) / min(marginal.values())
+        print(f"| **{f}** | | | | | | | **max/min {ratio:.2f}x** | | **max/min {ratio_m:.2f}x** | |")
         out["families"][f] = {"us_per_event": {str(n): per[n] for n in per}, "ratio": ratio,
+                              "marginal_us_per_event": {str(n): marginal[n] for n in marginal},
+                              "marginal_ratio": ratio_m,
                               "events": {str(n): e for n, _, _, e, _ in rows}}
     for f in ("pipeline", "pipeline-train"):
         if f in args.families:
