@@ -141,6 +141,8 @@ def start(plan: Plan, world: World, sim: Simulator) -> tuple[simpy.Event, Genera
     finished = sim.env.event()
     programs: dict[int, Any] = {}   # block -> its `member_steps` (real mode, groups)
 
+    names = chain.names  # block names, read for every kernel's label
+
     def kv_add(i: int, tokens: int, label: str, r: int = -1) -> None:
         for j in share[i]:
             ledger.hold(j, tokens * mem[j].kv_token, label, r)
@@ -152,7 +154,7 @@ def start(plan: Plan, world: World, sim: Simulator) -> tuple[simpy.Event, Genera
         for b in range(s.start, s.stop):
             x = yield sim.compute(s.device, flops[b], nbytes[b] + extra * chain_bytes[b],
                                   None if x is None else fn, (b, x), unit=s.unit,
-                                  dtype=s.dtype, label=f"{chain.names[b]} {tag}",
+                                  dtype=s.dtype, label=f"{names[b]} {tag}",
                                   priority=order, request=r, keep=b < s.stop - 1)
         return x
 
@@ -165,7 +167,7 @@ def start(plan: Plan, world: World, sim: Simulator) -> tuple[simpy.Event, Genera
         s, order = stages[i], sim.ticket()
         k, extra = len(s.devices), [paged[j] for j in share[i]]
         for b in range(s.start, s.stop):
-            label = f"{chain.names[b]} {tag}"
+            label = f"{names[b]} {tag}"
             if x is not None:
                 x = x[:, None] if x.ndim == 1 else x   # a decode step's tokens
                 x = x[:, -1:] if last_only and b == len(chain) - 1 else x
