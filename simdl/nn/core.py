@@ -106,7 +106,9 @@ class Layer:
         self.params, self.grads, self.buffers = {}, {}, {}
 
     def _init_grads(self) -> None:
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        # np.zeros, not zeros_like: fresh zero pages are mapped when first written, so a
+        # model that never trains (inference, timing-only) does not pay for its grads.
+        self.grads = {k: np.zeros(v.shape, v.dtype) for k, v in self.params.items()}
 
     def forward(self, x: np.ndarray, train: bool = False) -> tuple[np.ndarray, Cache]:
         raise NotImplementedError

@@ -16,7 +16,9 @@ from simdl.nn.core import DTYPE, Cache, Cost, Layer, Shape, nbytes
 
 def normal(rng: np.random.Generator, shape: Shape, std: float) -> np.ndarray:
     """float32 N(0, std^2) drawn from `rng` (never the global numpy state)."""
-    return rng.standard_normal(shape, dtype=DTYPE) * DTYPE(std)
+    x = rng.standard_normal(shape, dtype=DTYPE)
+    x *= DTYPE(std)  # in place: the same products without a second array
+    return x
 
 
 def kernel_cost(in_shape: Shape, out_shape: Shape, fwd_flops: float, bwd_flops: float,

@@ -37,7 +37,7 @@ class Optimizer:
     def _slot(self, slot: str, name: str, p: np.ndarray) -> np.ndarray:
         table = self.state[slot]
         if name not in table:
-            table[name] = np.zeros_like(p)
+            table[name] = np.zeros(p.shape, p.dtype)  # zero pages mapped when first written
         return table[name]
 
     def step(self, params: Arrays, grads: Arrays) -> None:
