@@ -136,12 +136,23 @@ def stored_bytes(dtype: str, sparsity: str, size: float, kept: float,
 def magnitude_prune(w: np.ndarray, fraction: float) -> np.ndarray:
     """A copy of w with its round(fraction * w.size) smallest-|w| entries set to zero.
 
-    Ties go by position (a stable sort), so the count is exact and repeatable.
+    Ties go by position (a stable sort), so the count is exact and repeatable. The k-th
+    smallest |w| is found by partition (linear time, not a sort): every entry below it
+    goes, and of those equal to it the first ones until k are gone.
     """
     flat = w.reshape(-1).copy()
     k = int(np.floor(fraction * flat.size + 0.5))
-    if k:
-        flat[np.argsort(np.abs(flat), kind="stable")[:k]] = 0
+    if not k:
+        return flat.reshape(w.shape)
+    size = np.abs(flat)
+    threshold = np.partition(size, k - 1)[k - 1]
+    if np.isnan(threshold):  # NaNs sort last: fewer than k numbers, so NaNs go by position
+        flat[np.argsort(size, kind="stable")[:k]] = 0
+        return flat.reshape(w.shape)
+    below = size < threshold
+    ties = np.flatnonzero(size == threshold)[:k - int(np.count_nonzero(below))]
+    flat[below] = 0
+    flat[ties] = 0
     return flat.reshape(w.shape)
 
 

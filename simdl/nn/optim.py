@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from simdl.errors import SimdlError
+from simdl.nn.core import scratch
 
 Arrays = dict[str, np.ndarray]
 
@@ -110,7 +111,7 @@ class SGD(Optimizer):
             v *= self.momentum
             v += g
             g = g + self.momentum * v if self.nesterov else v
-        p -= self.lr * g
+        p -= np.multiply(g, self.lr, out=scratch("optim", p.shape, p.dtype))  # lr * g
 
 
 class Adam(Optimizer):
@@ -138,13 +139,17 @@ class Adam(Optimizer):
         if self.weight_decay:
             g = g + self.weight_decay * p
         m, v = self._slot("m", name, p), self._slot("v", name, p)
+        # p -= lr * m_hat / (sqrt(v_hat) + eps), each operation in that order, through
+        # two reused buffers instead of eight fresh parameter-sized arrays.
+        t, u = scratch("optim", p.shape, p.dtype), scratch("optim_v", p.shape, p.dtype)
         m *= b1
-        m += (1 - b1) * g
+        m += np.multiply(g, 1 - b1, out=t)
         v *= b2
-        v += (1 - b2) * (g * g)
-        m_hat = m / (1 - b1 ** self.t)
-        v_hat = v / (1 - b2 ** self.t)
-        p -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+        v += np.multiply(np.multiply(g, g, out=t), 1 - b2, out=t)
+        m_hat = np.divide(m, 1 - b1 ** self.t, out=t)
+        v_hat = np.divide(v, 1 - b2 ** self.t, out=u)
+        denominator = np.add(np.sqrt(v_hat, out=u), self.eps, out=u)
+        p -= np.divide(np.multiply(m_hat, self.lr, out=t), denominator, out=t)
 
 
 OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {

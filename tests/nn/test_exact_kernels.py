@@ -235,3 +235,81 @@ def test_no_kernel_returns_or_caches_a_scratch_buffer(layer, shape):
                      if isinstance(c, np.ndarray)]]
     for buf in _SCRATCH.arrays.values():
         assert not any(np.shares_memory(a, buf) for a in held)
+
+
+def _plain_sgd(p, g, v, lr, momentum, weight_decay, nesterov):
+    """One SGD step as the formula reads (the code before its buffers were reused)."""
+    if weight_decay:
+        g = g + weight_decay * p
+    if momentum:
+        v *= momentum
+        v += g
+        g = g + momentum * v if nesterov else v
+    p -= lr * g
+
+
+def _plain_adam(p, g, m, v, t, lr, betas, eps, weight_decay):
+    b1, b2 = betas
+    if weight_decay:
+        g = g + weight_decay * p
+    m *= b1
+    m += (1 - b1) * g
+    v *= b2
+    v += (1 - b2) * (g * g)
+    m_hat = m / (1 - b1 ** t)
+    v_hat = v / (1 - b2 ** t)
+    p -= lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind, options", [
+    ("sgd", {}), ("sgd", {"momentum": 0.9}), ("sgd", {"momentum": 0.9, "nesterov": True}),
+    ("sgd", {"momentum": 0.5, "weight_decay": 1e-2}), ("adam", {}),
+    ("adam", {"weight_decay": 1e-2, "betas": (0.8, 0.99)})])
+def test_optimizer_steps_are_their_formulas_bit_for_bit(dtype, kind, options):
+    """Five steps on two parameters of different shapes (the buffers are shared between
+    them): the same bits as the formulas written out."""
+    from simdl.nn.optim import OPTIMIZERS
+
+    rng = np.random.default_rng(3)
+    shapes = {"W": (7, 5), "b": (5,)}
+    params = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+    mine = {k: p.copy() for k, p in params.items()}
+    opt = OPTIMIZERS[kind](lr=0.05, **options)
+    state = {k: [np.zeros_like(p), np.zeros_like(p)] for k, p in params.items()}
+    for step in range(1, 6):
+        grads = {k: awkward(rng, s, dtype) if step == 5 else rng.standard_normal(s).astype(dtype)
+                 for k, s in shapes.items()}
+        with np.errstate(all="ignore"):  # the last step's infinities and NaNs
+            opt.step(mine, grads)
+        for k, p in params.items():
+            a, b = state[k]
+            if kind == "sgd":
+                _plain_sgd(p, grads[k], a, 0.05, options.get("momentum", 0.0),
+                           options.get("weight_decay", 0.0), options.get("nesterov", False))
+            else:
+                with np.errstate(all="ignore"):
+                    _plain_adam(p, grads[k], a, b, step, 0.05,
+                                options.get("betas", (0.9, 0.999)), 1e-8,
+                                options.get("weight_decay", 0.0))
+        assert all(same_bits(mine[k], params[k]) for k in params), step
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.5, 0.73, 1.0])
+@pytest.mark.parametrize("values", ["normal", "ties", "nan"])
+def test_magnitude_prune_zeroes_what_a_stable_sort_of_sizes_picks(fraction, values):
+    """The k smallest |w|, ties by position, as a stable argsort picks them: with every
+    value distinct, with few distinct sizes (many ties, signed zeros), and with NaNs."""
+    from simdl.nn.formats import magnitude_prune
+
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((23, 17)).astype(np.float32)
+    if values == "ties":
+        w = np.round(w * 2) / 2
+        w[w == 0] = rng.choice(np.array([0.0, -0.0], np.float32), int((w == 0).sum()))
+    elif values == "nan":
+        w[rng.random(w.shape) < 0.4] = np.nan
+    flat = w.reshape(-1).copy()
+    k = int(np.floor(fraction * flat.size + 0.5))
+    flat[np.argsort(np.abs(flat), kind="stable")[:k]] = 0
+    assert same_bits(magnitude_prune(w, fraction), flat.reshape(w.shape))
