@@ -1,7 +1,7 @@
 """Scaling benchmark: simulator time per simulated event as the pool grows (issue 14).
 
 Run: .venv/bin/python bench/scaling.py [--families NAME ...] [--passes 2] [--gc off]
-[--json FILE] (about ten minutes on 2 busy cores). For each family a scenario is built
+[--json FILE] (about three minutes on 2 busy cores). For each family a scenario is built
 per pool size N, run timing-only through `simdl.api.run` (nothing written), and its
 events counted: the event log's compute and transfer rows, the kernels and flows that
 move the clock. The time is the whole `api.run` (world, plan, simulation, result

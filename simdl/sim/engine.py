@@ -28,6 +28,14 @@ from simdl.sim.memory import Memory
 from simdl.sim.pool import PoolChanges
 from simdl.sim.recorder import EventLog
 
+#: A battery counts as empty below this fraction of its capacity (float guard).
+_EMPTY = 1e-12
+#: Tickets per priority class: more than any run hands out.
+_TICKETS = 2**48
+#: `frozen` scopes open: the outermost froze the heap and unfreezes it.
+_frozen_depth = 0
+
+
 @contextmanager
 def frozen() -> Iterator[Callable[[], None]]:
     """Everything alive now outlives the work inside: frozen, the garbage collector does
@@ -51,18 +59,8 @@ def frozen() -> Iterator[Callable[[], None]]:
             gc.unfreeze()
 
 
-#: `frozen` scopes open: the outermost froze the heap and unfreezes it.
-_frozen_depth = 0
-
-
 def _nothing() -> None:
     pass
-
-
-#: A battery counts as empty below this fraction of its capacity (float guard).
-_EMPTY = 1e-12
-#: Tickets per priority class: more than any run hands out.
-_TICKETS = 2**48
 
 
 @dataclass(frozen=True)
