@@ -111,7 +111,7 @@ class SGD(Optimizer):
             v *= self.momentum
             v += g
             g = g + self.momentum * v if self.nesterov else v
-        p -= np.multiply(g, self.lr, out=scratch("optim", p.shape, p.dtype))  # lr * g
+        p -= np.multiply(g, self.lr, out=scratch("optim", g.shape, g.dtype))  # lr * g
 
 
 class Adam(Optimizer):
@@ -139,13 +139,15 @@ class Adam(Optimizer):
         if self.weight_decay:
             g = g + self.weight_decay * p
         m, v = self._slot("m", name, p), self._slot("v", name, p)
-        # p -= lr * m_hat / (sqrt(v_hat) + eps), each operation in that order, through
-        # two reused buffers instead of eight fresh parameter-sized arrays.
-        t, u = scratch("optim", p.shape, p.dtype), scratch("optim_v", p.shape, p.dtype)
+        # p -= lr * m_hat / (sqrt(v_hat) + eps), each operation in that order and in the
+        # dtype it has there (g's products in g's), through reused buffers instead of
+        # eight fresh parameter-sized arrays.
+        t = scratch("optim", g.shape, g.dtype)
         m *= b1
         m += np.multiply(g, 1 - b1, out=t)
         v *= b2
         v += np.multiply(np.multiply(g, g, out=t), 1 - b2, out=t)
+        t, u = scratch("optim", p.shape, p.dtype), scratch("optim_v", p.shape, p.dtype)
         m_hat = np.divide(m, 1 - b1 ** self.t, out=t)
         v_hat = np.divide(v, 1 - b2 ** self.t, out=u)
         denominator = np.add(np.sqrt(v_hat, out=u), self.eps, out=u)

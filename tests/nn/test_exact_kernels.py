@@ -261,14 +261,16 @@ def _plain_adam(p, g, m, v, t, lr, betas, eps, weight_decay):
     p -= lr * m_hat / (np.sqrt(v_hat) + eps)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype, grad_dtype", [(np.float32, np.float32), (np.float64, np.float64),
+                                               (np.float32, np.float64), (np.float64, np.float32)])
 @pytest.mark.parametrize("kind, options", [
     ("sgd", {}), ("sgd", {"momentum": 0.9}), ("sgd", {"momentum": 0.9, "nesterov": True}),
     ("sgd", {"momentum": 0.5, "weight_decay": 1e-2}), ("adam", {}),
     ("adam", {"weight_decay": 1e-2, "betas": (0.8, 0.99)})])
-def test_optimizer_steps_are_their_formulas_bit_for_bit(dtype, kind, options):
+def test_optimizer_steps_are_their_formulas_bit_for_bit(dtype, grad_dtype, kind, options):
     """Five steps on two parameters of different shapes (the buffers are shared between
-    them): the same bits as the formulas written out."""
+    them), gradients of the parameters' dtype or another: the same bits as the formulas
+    written out."""
     from simdl.nn.optim import OPTIMIZERS
 
     rng = np.random.default_rng(3)
@@ -278,8 +280,8 @@ def test_optimizer_steps_are_their_formulas_bit_for_bit(dtype, kind, options):
     opt = OPTIMIZERS[kind](lr=0.05, **options)
     state = {k: [np.zeros_like(p), np.zeros_like(p)] for k, p in params.items()}
     for step in range(1, 6):
-        grads = {k: awkward(rng, s, dtype) if step == 5 else rng.standard_normal(s).astype(dtype)
-                 for k, s in shapes.items()}
+        grads = {k: awkward(rng, s, grad_dtype) if step == 5
+                 else rng.standard_normal(s).astype(grad_dtype) for k, s in shapes.items()}
         with np.errstate(all="ignore"):  # the last step's infinities and NaNs
             opt.step(mine, grads)
         for k, p in params.items():
