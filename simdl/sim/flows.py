@@ -105,8 +105,7 @@ class Flows:
         self._info: list[tuple | None] = [None] * 16
         self._free: list[int] = []
         self._high = 0                                      # slots ever used
-        self._n_live = 0                                    # flows in their bandwidth phase
-        self._slots: set[int] = set()                       # their slots
+        self._slots: set[int] = set()                       # of flows in their bandwidth phase
         self._t = env.now                                   # remaining bytes are as of _t
         self._version = 0                                   # of the one valid wake-up
         self._pending = False                               # a recompute is queued for now
@@ -164,7 +163,6 @@ class Flows:
         self._penalty[slot] = path.penalty
         self._rate[slot] = 0.0
         self._live[slot] = True
-        self._n_live += 1
         self._slots.add(slot)
         self._info[slot] = (key, event, src, dst, nbytes, t_request, now, path, label, tags)
         self._started.append(slot)
@@ -225,7 +223,7 @@ class Flows:
         now = self.env.now
         self._version += 1
         self.stalled = False
-        live = self._settle_few(now) if self._n_live <= FEW else self._settle(now)
+        live = self._settle_few(now) if len(self._slots) <= FEW else self._settle(now)
         group = self._group()
         if not len(live):
             return
@@ -353,7 +351,6 @@ class Flows:
         _, event, src, dst, nbytes, t_request, t_start, path, label, tags = self._info[slot]
         self._info[slot] = None
         self._live[slot] = False
-        self._n_live -= 1
         self._slots.discard(slot)
         self._rate[slot] = 0.0
         self._free.append(slot)
@@ -421,7 +418,7 @@ class Flows:
     @property
     def active(self) -> int:
         """Flows in their bandwidth phase now."""
-        return self._n_live
+        return len(self._slots)
 
     def radio_state(self, device: str) -> tuple[bool, bool]:
         """(sending, receiving): at least one flow of `device` is in its bandwidth phase."""
