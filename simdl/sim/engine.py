@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import heapq
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,8 +33,9 @@ from simdl.sim.recorder import EventLog
 _EMPTY = 1e-12
 #: Tickets per priority class: more than any run hands out.
 _TICKETS = 2**48
-#: `frozen` scopes open: the outermost froze the heap and unfreezes it.
+#: `frozen` scopes open (on any thread): the first froze the heap, the last unfreezes it.
 _frozen_depth = 0
+_frozen_lock = threading.Lock()
 
 
 @contextmanager
@@ -43,20 +45,25 @@ def frozen() -> Iterator[Callable[[], None]]:
     as much as tens of thousands of events; over a world or a finished run of 1,024
     replicas, as much as its plan or its result tables). Yields `keep`: freeze what
     lives now too, once it is known to outlive the rest (a world built, a run done).
-    Not when someone else has frozen objects: unfreezing would undo theirs."""
+    Not when someone else has frozen objects: unfreezing would undo theirs. Scopes on
+    several threads count as one: the last to end unfreezes."""
     global _frozen_depth
-    if not _frozen_depth and gc.get_freeze_count():
+    with _frozen_lock:
+        ours = _frozen_depth > 0 or not gc.get_freeze_count()
+        if ours:
+            if not _frozen_depth:
+                gc.freeze()
+            _frozen_depth += 1
+    if not ours:
         yield _nothing
         return
-    if not _frozen_depth:
-        gc.freeze()
-    _frozen_depth += 1
     try:
         yield gc.freeze
     finally:
-        _frozen_depth -= 1
-        if not _frozen_depth:
-            gc.unfreeze()
+        with _frozen_lock:
+            _frozen_depth -= 1
+            if not _frozen_depth:
+                gc.unfreeze()
 
 
 def _nothing() -> None:

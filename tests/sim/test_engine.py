@@ -379,3 +379,28 @@ def test_a_finished_run_is_frozen_while_its_result_tables_are_made(monkeypatch):
     monkeypatch.setattr(result_module.Result, "from_log", tabling)
     api.run("scenarios/slow_link.yaml", timing_only=True)
     assert counts["tables"] > counts["run"] > 0 and gc.get_freeze_count() == 0
+
+
+def test_frozen_scopes_on_threads_unfreeze_when_the_last_ends():
+    """Two threads' scopes overlap: the heap stays frozen until the second ends."""
+    import gc
+    import threading
+
+    from simdl.sim.engine import frozen
+
+    entered, release = threading.Event(), threading.Event()
+
+    def other():
+        with frozen():
+            entered.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    entered.wait(10)
+    with frozen():
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() > 0  # the other thread's scope is still open
+    release.set()
+    thread.join(10)
+    assert gc.get_freeze_count() == 0
