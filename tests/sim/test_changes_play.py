@@ -2,14 +2,19 @@
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from test_engine import device
 
 from simdl.errors import DeviceGone
 from simdl.hw.topologies import links
 from simdl.plan.world import Change, Profile
 from simdl.rng import stream
+from simdl.sim import flows as flows_module
 from simdl.sim.changes import start_changes
 from simdl.sim.engine import Simulator
+
+#: The flow engine's paths: numpy for any number of flows (0), plain Python for a few.
+PATHS = [0, flows_module.FEW]
 
 
 def played(sim, *changes, seed=0):
@@ -113,8 +118,10 @@ def test_a_wait_for_a_device_that_never_returns_ends_the_run():
     assert sim.now == 2.0  # the lost kernel's end, still in simpy's queue, is the last event
 
 
-def test_a_transfer_stalled_on_a_dropped_link_waits_for_the_link_to_return():
+@pytest.mark.parametrize("few", PATHS)
+def test_a_transfer_stalled_on_a_dropped_link_waits_for_the_link_to_return(few, monkeypatch):
     """10 MB at 1 MB/s; the link is down from 5 s to 8 s: it ends at 13 s."""
+    monkeypatch.setattr(flows_module, "FEW", few)
     devices = {"a": device(), "b": device()}
     net = links(devices, links=[{"a": "a", "b": "b", "bandwidth": 1e6}], overhead=0.0)
     sim = Simulator(devices, net)
@@ -125,10 +132,12 @@ def test_a_transfer_stalled_on_a_dropped_link_waits_for_the_link_to_return():
     assert rows(sim, "link") == [("link", 5.0, "bandwidth x0"), ("link", 8.0, "bandwidth x1")]
 
 
-def test_a_link_down_past_the_transfers_first_end_still_revives_the_run():
+@pytest.mark.parametrize("few", PATHS)
+def test_a_link_down_past_the_transfers_first_end_still_revives_the_run(few, monkeypatch):
     """The same, down from 5 s to 12 s: the wake-up for the end at 10 s goes stale, and
     from then on only the link's return is scheduled, a daemon that keeps the run going
     because the flow is stalled. It ends at 17 s."""
+    monkeypatch.setattr(flows_module, "FEW", few)
     devices = {"a": device(), "b": device()}
     net = links(devices, links=[{"a": "a", "b": "b", "bandwidth": 1e6}], overhead=0.0)
     sim = Simulator(devices, net)
@@ -136,6 +145,20 @@ def test_a_link_down_past_the_transfers_first_end_still_revives_the_run():
     flow = sim.transfer("a", "b", 1e7)
     sim.run()
     assert flow.value.t_end == 17.0 and sim.now == 17.0
+
+
+@pytest.mark.parametrize("few", PATHS)
+def test_a_link_change_after_the_last_transfer_does_not_extend_the_run(few, monkeypatch):
+    """10 MB at 1 MB/s ends at 10 s; the link's bandwidth doubles at 20 s, a change that
+    could revive a stalled flow, but none is stalled: the run ends at 10 s."""
+    monkeypatch.setattr(flows_module, "FEW", few)
+    devices = {"a": device(), "b": device()}
+    net = links(devices, links=[{"a": "a", "b": "b", "bandwidth": 1e6}], overhead=0.0)
+    sim = Simulator(devices, net)
+    played(sim, Change("bandwidth", "a-b", Profile(((20.0, 2.0),))))
+    flow = sim.transfer("a", "b", 1e7)
+    sim.run()
+    assert flow.value.t_end == 10.0 and sim.now == 10.0
 
 
 def test_a_speed_profile_and_a_loss_profile_take_effect_at_their_times():
