@@ -134,17 +134,15 @@ class Estimate:
 def capacity(plan: Plan, world: World, costs: Costs | None = None) -> tuple[float, str]:
     """(requests per second the plan sustains, its busiest server): 1 / that server's
     seconds per request, requests shared out as dispatch shares them at saturation."""
-    alone, weights, _ = _alone(plan, world, costs or Costs(world), closed=False)
+    alone, weights, _ = _alone(plan, world, costs or Costs(world))
     return _busiest(alone, weights)[:2]
 
 
-def _alone(plan: Plan, world: World, costs: Costs, closed: bool = True
-           ) -> tuple[list[Lone], list[float], list[int]]:
+def _alone(plan: Plan, world: World, costs: Costs) -> tuple[list[Lone], list[float], list[int]]:
     """Each entry's lone timeline (one for split or all dispatch: every replica at once),
-    the share of requests it takes at saturation, and the replicas it stands for.
-    `closed`: each timeline `finish`ed (energy, peak memory, the overlap check); its
-    servers' busy times, all `capacity` reads, are known without."""
-    close = finish if closed else (lambda out, _costs: out)
+    the share of requests it takes at saturation, and the replicas it stands for. The
+    timelines are not yet `finish`ed (energy, peak memory, the overlap check): their
+    servers' busy times, all that `capacity` and the shares read, are known without."""
     load = world.workload
     assert isinstance(load, Inference), "estimate scores inference plans"
     parts = [(i, rep, n) for i, (rep, n) in enumerate(zip(plan.replicas,
@@ -154,8 +152,8 @@ def _alone(plan: Plan, world: World, costs: Costs, closed: bool = True
         together = Lone()
         for i, rep, n in parts:
             lone(plan, rep, n, costs, tag=i, into=together)
-        return [close(together, costs)], [1.0], [0]
-    alone = [close(lone(plan, rep, n, costs, tag=i), costs) for i, rep, n in parts]
+        return [together], [1.0], [0]
+    alone = [lone(plan, rep, n, costs, tag=i) for i, rep, n in parts]
     replicas = [i for i, _, _ in parts]
     return alone, _shares(plan, alone, replicas), replicas
 
@@ -177,6 +175,8 @@ def estimate(plan: Plan, world: World, costs: Costs | None = None) -> Estimate:
     load = world.workload
     costs = costs or Costs(world)
     alone, weights, replicas = _alone(plan, world, costs)
+    for part in alone:
+        finish(part, costs)
     rate, bottleneck, server = _busiest(alone, weights)
     served = replay(plan, world, [a.latency for a in alone],
                     [max(a.busy.values(), default=0.0) for a in alone],
