@@ -243,7 +243,7 @@ class Simulator(PoolChanges):
                       for name, unit in spec.units.items())
         radio = 0.0
         if self.flows is not None:
-            tx, rx = self.flows.radio_time(device, now)
+            tx, rx = self.flows.radios.time(device, now)
             radio = spec.radio_tx_power * tx + spec.radio_rx_power * rx
         return Energy(spec.idle_power * (now - self._away[device]), compute, radio)
 

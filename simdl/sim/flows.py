@@ -1,9 +1,10 @@
 """Active flows on a simpy clock: latency, then max-min shared bandwidth (SimGrid's flow model),
 plain or weighted by route latency (`sharing: rtt`, sim/sharing.py).
 
-Owns the flow state (numpy arrays with slot reuse), the one pending wake-up, and the byte,
-busy-time and radio counters. Knows routes and bytes from hw/network.py and rates from
-hw/maxmin.py; knows nothing of layers, plans or energy (the engine reads radio time).
+Owns the flow state (numpy arrays with slot reuse), the one pending wake-up, and the byte
+and busy-time counters; counts flows on and off the air in `radios` (sim/radios.py). Knows
+routes and bytes from hw/network.py and rates from hw/maxmin.py; knows nothing of layers,
+plans or energy (the engine reads radio time).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import simpy
 from simdl.errors import PlanError
 from simdl.hw.maxmin import max_min_few, max_min_hops
 from simdl.hw.network import Network, Route
+from simdl.sim.radios import Radios
 from simdl.sim.sharing import weighted_few, weighted_hops
 
 #: A flow is done when less than this fraction of its bytes is left: elapsed time is charged
@@ -67,7 +69,8 @@ class Flows:
     separate links the cost of a start or end does not grow with the pool.
 
     `on_record(flow)` is called as each transfer ends; `on_change(device)` (set by the
-    engine) after a device's radio_state flips, so radio energy can be charged up to now.
+    engine) after a device's radio comes on or goes off (`radios.state`), so radio energy
+    can be charged up to now.
     Wake-ups that went stale stay in simpy's queue (a timeout cannot be cancelled) and do
     nothing when they fire, but they do advance env.now: measure makespans from records.
     """
@@ -87,10 +90,7 @@ class Flows:
         self._on: list[dict[int, None]] = [{} for _ in range(n_res)]  # resource -> its flows' slots
         self._changed: dict[int, None] = {}                # resources that gained or lost a flow
         self._started: list[int] = []                      # slots begun since the last recompute
-        nodes = list(network.graph.nodes)
-        self._radio_n = {n: [0, 0] for n in nodes}         # flows sending, receiving
-        self._radio_since = {n: [0.0, 0.0] for n in nodes}
-        self._radio_time = {n: [0.0, 0.0] for n in nodes}
+        self.radios = Radios(env, network.graph.nodes)
         self._paths: dict[tuple[str, str], _Path] = {}
         self._waiting: dict[int, tuple] = {}                # transfer id -> latency phase
         self._next_id = 0
@@ -370,17 +370,7 @@ class Flows:
         return flow
 
     def _radio(self, path: _Path, delta: int, now: float) -> None:
-        flipped: dict[str, None] = {}
-        for side, nodes in ((0, path.tx), (1, path.rx)):
-            for node in nodes:
-                n = self._radio_n[node]
-                if delta > 0 and n[side] == 0:
-                    self._radio_since[node][side] = now
-                    flipped[node] = None
-                elif delta < 0 and n[side] == 1:
-                    self._radio_time[node][side] += now - self._radio_since[node][side]
-                    flipped[node] = None
-                n[side] += delta
+        flipped = self.radios.count(path.tx, path.rx, delta, now)
         if self.on_change is not None:
             for node in flipped:
                 self.on_change(node)
@@ -419,18 +409,6 @@ class Flows:
     def active(self) -> int:
         """Flows in their bandwidth phase now."""
         return len(self._slots)
-
-    def radio_state(self, device: str) -> tuple[bool, bool]:
-        """(sending, receiving): at least one flow of `device` is in its bandwidth phase."""
-        n = self._radio_n[device]
-        return n[0] > 0, n[1] > 0
-
-    def radio_time(self, device: str, now: float | None = None) -> tuple[float, float]:
-        """Seconds spent sending and receiving up to `now` (default env.now)."""
-        now = self.env.now if now is None else now
-        n, since, total = self._radio_n[device], self._radio_since[device], self._radio_time[device]
-        return (total[0] + (now - since[0] if n[0] else 0.0),
-                total[1] + (now - since[1] if n[1] else 0.0))
 
     def link_stats(self) -> list[dict[str, Any]]:
         """Per resource, in network order: bytes that crossed it (twice for a medium crossed

@@ -64,7 +64,7 @@ def _timeline(seed, few, calls):
             mp.setattr(flows_module, name,
                        lambda *a, _s=solver, _n=name: calls.append(_n) or _s(*a))
         env.run()
-    radio = [flows.radio_time(d) for d in names]
+    radio = [flows.radios.time(d) for d in names]
     return sorted(out, key=str), flows.link_stats(), radio, flows.recomputes
 
 

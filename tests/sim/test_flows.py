@@ -125,14 +125,14 @@ def test_byte_and_busy_time_counters_per_link_and_device():
     run(flows, [(0, "x", "y", 10e6), (2.0, "y", "x", 5e6)])
     links = {row["resource"]: (row["bytes"], row["busy_time"]) for row in flows.link_stats()}
     assert links == {"x>y": (10e6, 1.0), "y>x": (5e6, 0.5)}
-    assert flows.radio_time("x") == (1.0, 0.5) and flows.radio_time("y") == (0.5, 1.0)
+    assert flows.radios.time("x") == (1.0, 0.5) and flows.radios.time("y") == (0.5, 1.0)
 
 
 def test_radio_time_counts_the_current_partial_interval_and_state_flips_are_reported():
     """Same schedule as above, seen at t = 2.2 s: x sent for 1 s and receives since 2 s."""
     flows = one_link(10e6)
     seen = []
-    flows.on_change = lambda d: seen.append((flows.env.now, d, flows.radio_state(d)))
+    flows.on_change = lambda d: seen.append((flows.env.now, d, flows.radios.state(d)))
 
     def later():
         yield flows.env.timeout(2.0)
@@ -141,9 +141,9 @@ def test_radio_time_counts_the_current_partial_interval_and_state_flips_are_repo
     flows.transfer("x", "y", 10e6)
     flows.env.process(later())
     flows.env.run(until=2.2)
-    assert flows.radio_time("x") == (1.0, pytest.approx(0.2, rel=1e-12))
-    assert flows.radio_time("y", now=2.2) == (pytest.approx(0.2, rel=1e-12), 1.0)
-    assert flows.radio_state("x") == (False, True)
+    assert flows.radios.time("x") == (1.0, pytest.approx(0.2, rel=1e-12))
+    assert flows.radios.time("y", now=2.2) == (pytest.approx(0.2, rel=1e-12), 1.0)
+    assert flows.radios.state("x") == (False, True)
     assert seen[:4] == [(0, "x", (True, False)), (0, "y", (False, True)),
                         (1.0, "x", (False, False)), (1.0, "y", (False, False))]
 
@@ -152,7 +152,7 @@ def test_a_relaying_device_sends_and_receives():
     """A->C over the chain: B relays, so its radio both sends and receives for 1 s."""
     flows = chain()
     run(flows, [(0, "A", "C", 4e6)])
-    assert flows.radio_time("B") == (1.0, 1.0)
+    assert flows.radios.time("B") == (1.0, 1.0)
 
 
 def test_a_local_transfer_is_free_and_an_empty_one_costs_latency_only():

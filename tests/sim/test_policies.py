@@ -245,7 +245,7 @@ def test_radio_energy_is_power_times_the_bandwidth_phase_on_each_radio():
         e = sim.energy(d)
         assert (e.idle, e.compute, e.radio) == pytest.approx((idle, compute, radio), rel=1e-12)
         assert e.total == pytest.approx(idle + compute + radio, rel=1e-12)
-    assert sim.flows.radio_time("r") == pytest.approx((2.0, 2.0), rel=1e-12)
+    assert sim.flows.radios.time("r") == pytest.approx((2.0, 2.0), rel=1e-12)
 
 
 @pytest.mark.parametrize("who, watts_on_air", [("a", 0.5), ("r", 0.75), ("b", 0.25)])
