@@ -235,3 +235,22 @@ def test_a_flow_whose_rest_is_under_a_clock_tick_ends_instead_of_waking_forever(
         env.step()
     assert flow.processed
     assert abs(flow.value.t_end - (1e9 + 1e-6)) <= math.ulp(1e9)
+
+
+@pytest.mark.parametrize("few", [0, flows_module.FEW])
+def test_a_flow_left_a_rounding_remainder_at_its_wake_up_ends_there(few, monkeypatch):
+    """With numpy (few = 0) and in plain Python alike: six flows of up to 813 GB share a
+    100 GB/s link, starting at five instants in the first second. Charging rate x elapsed
+    leaves the last of them, at the wake-up meant for its end, a float remainder above what
+    one clock tick moves but far under DONE_RTOL of its size: it ends there. So there is
+    one recompute per instant a flow starts or ends (none after the last end), 10 for the
+    11 instants; taking the remainder for unfinished work would wake once more."""
+    monkeypatch.setattr(flows_module, "FEW", few)
+    requests = [(0.0, 813321438036.0687), (0.16022955651881965, 76090270692.00137),
+                (0.860161037286291, 421264573635.5329), (0.6858614854745947, 363.2248208138731),
+                (0.0, 583.3486242819658), (9.41002271395834e-07, 240183035249.80304)]
+    flows = one_link(1e11)
+    out = run(flows, [(t, "x", "y", nbytes) for t, nbytes in requests])
+    instants = {f.t_start for f in out} | {f.t_end for f in out}
+    assert len(instants) == 11
+    assert flows.recomputes == len(instants) - 1
