@@ -9,7 +9,8 @@ from simdl.hw.topologies import links
 from simdl.nn.data import gaussian_mixture
 from simdl.nn.models import mlp
 from simdl.plan.costs import Costs
-from simdl.plan.plan import Plan, Replica, Stage
+from simdl.plan.estimate import transfer_time
+from simdl.plan.plan import Plan, Replica, Stage, shard_stage, shard_weights
 from simdl.plan.replan import replan, slower, weights_to_move, without
 from simdl.plan.space import Space
 from simdl.plan.world import Arrival, Inference, World
@@ -108,3 +109,63 @@ def test_a_slower_link_divides_both_directions():
     assert w.network.capacity["c>sw"] == 1e8
     with pytest.raises(PlanError, match="link"):
         slower(world(), "b", "c", 2.0)
+
+
+# -- from an operator-mutation sweep of plan/replan.py: pieces no test could tell apart ------
+
+def test_of_two_holders_the_nearer_sends():
+    """b and c each hold the whole model; c's link is ten times b's: every block d needs
+    comes from c (not from b, which the name order would pick, nor the source)."""
+    w = world(bandwidths={"src": 1e6, "b": 1e7, "c": 1e8, "d": 1e8})
+    current = Plan("t", (Replica((Stage(("b",), 0, 6),)), Replica((Stage(("c",), 0, 6),))), "src")
+    moves = weights_to_move(current, pipeline(("d", 0, 6)), w)
+    assert [(m.src, m.dst, m.block) for m in moves] == [("c", "d", b) for b in range(6)]
+
+
+def test_moves_are_listed_by_destination_then_piece():
+    """The new plan names d before c; the moves still come c's first, each device's in
+    block order: the same inputs, the same list."""
+    moves = weights_to_move(pipeline(("src", 0, 6)), pipeline(("d", 0, 3), ("c", 3, 6)), world())
+    assert [(m.dst, m.block) for m in moves] == [("c", 3), ("c", 4), ("c", 5),
+                                                  ("d", 0), ("d", 1), ("d", 2)]
+
+
+def test_switching_takes_as_long_as_the_slowest_pair_of_devices():
+    """b is gone; the new plan (a replica on c and one on d) gets the model from the
+    source, to c and d at once, c over a link half as fast: the switch takes the longer
+    of the two pairs' transfer times, each pair's bytes summed."""
+    w = world(bandwidths={"src": 1e8, "b": 1e8, "c": 5e7, "d": 1e8})
+    current = pipeline(("src", 0, 1), ("b", 1, 6))
+    after = replan(current, without(w, ["b"]))
+    pairs = {}
+    for m in after.moves:
+        pairs[(m.src, m.dst)] = pairs.get((m.src, m.dst), 0.0) + m.nbytes
+    assert len(pairs) >= 2
+    times = [transfer_time(without(w, ["b"]), a, b, nb) for (a, b), nb in pairs.items()]
+    assert after.seconds == max(times) and max(times) > min(times)
+    assert after.nbytes == sum(m.nbytes for m in after.moves)
+
+
+def test_a_tensor_parallel_stage_takes_its_shards_from_a_whole_block_holder():
+    """c held blocks 0-5 whole; the new stage splits them over c and d: c keeps what it
+    has (its shards are in its whole blocks), and d's shards come from c, each the
+    bytes the shard program gives d, all less than the whole block."""
+    w = world()
+    new = Plan("t", (Replica((Stage(("c", "d"), 0, 6),)),), "src")
+    moves = weights_to_move(pipeline(("c", 0, 6)), new, w)
+    chain = w.models["main"]
+    whole = Costs(w).weights("fp32", 0.0, "unstructured", "main")
+    assert [(m.src, m.dst, m.block) for m in moves] == [("c", "d", b) for b in range(6)]
+    for m in moves:
+        part = shard_weights(shard_stage(chain, Stage(("c", "d"), m.block, m.block + 1)), 2)
+        assert m.nbytes == part[1] and 0 < m.nbytes < whole[m.block]
+
+
+def test_a_slowdown_of_one_changes_nothing_and_a_link_back_of_its_own_slows_too():
+    w = world()
+    assert slower(w, "b", "sw", 1.0).network.capacity == w.network.capacity
+    devs = w.devices
+    net = links(devs, [{"a": d, "b": "sw", "bandwidth": 1e8, "latency": 1e-4,
+                        "bandwidth_back": 2e7} for d in devs], overhead=0.0)
+    slow = slower(replace(w, network=net), "b", "sw", 4.0)
+    assert (slow.network.capacity["b>sw"], slow.network.capacity["sw>b"]) == (1e8 / 4, 2e7 / 4)
