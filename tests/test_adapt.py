@@ -26,8 +26,15 @@ def test_personalised_heads_beat_the_shared_model_on_each_devices_own_classes():
     assert e[e.kind == "transfer"].empty  # local data never leaves its device
 
 
-def test_distillation_ships_only_the_student_and_times_it_on_the_target():
-    run = api.run(ROOT / "scenarios" / "train_distill.yaml", "t4")
+@pytest.fixture(scope="module")
+def distilled():
+    """train_distill.yaml's t4 strategy, run once for the tests below: (scenario, run)."""
+    sc = api.resolve(ROOT / "scenarios" / "train_distill.yaml")
+    return sc, api.run(sc, "t4")
+
+
+def test_distillation_ships_only_the_student_and_times_it_on_the_target(distilled):
+    _, run = distilled
     row = run["t4"].summary.iloc[0]
     e = run["t4"].events
     shipped = e[e.kind == "transfer"]
@@ -38,12 +45,11 @@ def test_distillation_ships_only_the_student_and_times_it_on_the_target():
     assert row["student_accuracy"] > 0.5 and row["teacher_accuracy"] > 0.5
 
 
-def test_distillation_reports_what_it_shipped_and_the_targets_own_time():
+def test_distillation_reports_what_it_shipped_and_the_targets_own_time(distilled):
     """shipped_MB and student_MB are the student's weights (the one transfer), teacher_MB
     the teacher's; student_latency_ms is the student's inference kernels on the target,
     back to back, from the first's start to the last's end."""
-    sc = api.resolve(ROOT / "scenarios" / "train_distill.yaml")
-    run = api.run(sc, "t4")
+    sc, run = distilled
     row = run["t4"].summary.iloc[0]
     e = run["t4"].events
     transfer = e[e.kind == "transfer"]
