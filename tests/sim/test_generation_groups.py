@@ -88,6 +88,17 @@ def test_a_sequence_joins_the_group_holding_the_fewest():
     assert [made3.seqs[r].group for r in range(3)] == [0, 1, 0]   # a tie: the lowest
 
 
+def test_a_group_whose_sequences_ended_takes_the_next_to_join():
+    """K = 2, max_batch 2, four requests at t=0 with 2, 9, 2 and 3 tokens: r0 -> group 0,
+    r1 -> group 1. r0 ends after one step; r2 joins group 0 (0 against 1); r2 ends after
+    one step; r3 joins group 0 again, whose sequences have all ended (0 against group
+    1's 1), not group 1 as counting ended sequences would have it."""
+    sc, world = world_of(["a", "b"], [pipe()], requests=4)
+    world = replace(world, workload=replace(world.workload, token_counts=(2, 9, 2, 3)))
+    made, _ = run(sc, world, groups=2)
+    assert [made.seqs[r].group for r in range(4)] == [0, 1, 0, 0]
+
+
 @pytest.mark.parametrize("k", [2, 3])
 def test_real_tokens_of_decode_groups_equal_one_devices(k):
     """More groups than stages is allowed; the greedy tokens are one device's."""
