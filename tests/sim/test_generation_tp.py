@@ -79,13 +79,15 @@ def test_members_split_kv_heads_or_repeat_them():
 LLM = {"name": "llm", "preset": "llama3_2_1b", "weights": "q4_0"}
 
 
-def tp_run(collective, k, model=LLM, tokens=2, timing_only=True, wire="fp32"):
-    """One request on k laptops, every pair on its own full-duplex link (100 MB/s,
-    0.1 ms, no per-message overhead): alpha + S/B = latency + S / bandwidth."""
+def tp_run(collective, k, model=LLM, tokens=2, timing_only=True, wire="fp32", memory=None):
+    """One request on k laptops (of `memory` each when given), every pair on its own
+    full-duplex link (100 MB/s, 0.1 ms, no per-message overhead): alpha + S/B =
+    latency + S / bandwidth."""
     names = [f"pc{i}" for i in range(k)]
     mesh = [{"a": a, "b": b, "bandwidth": 1e8, "latency": 1e-4}
             for i, a in enumerate(names) for b in names[i + 1:]]
-    sc = parse({"name": "g", "devices": [{"name": "pc", "type": "laptop", "count": k}],
+    laptop = {"name": "pc", "type": "laptop", "count": k} | ({"memory": memory} if memory else {})
+    sc = parse({"name": "g", "devices": [laptop],
                 "network": {"kind": "links", "links": mesh, "overhead": 0},
                 "model": model | {"wire": wire},
                 "workload": {"kind": "generation", "requests": 1, "source": "pc0",
@@ -186,3 +188,22 @@ def test_a_group_split_other_than_auto_is_refused():
                                 "split": "column"}]})
     with pytest.raises(Exception, match=r"split: 'column'.*auto"):
         api.plan(build(sc), sc.strategies[0], 0)
+
+
+def test_a_members_paged_weights_are_charged_in_its_kernels_once_a_pass():
+    """Llama 3 8B in fp16 over two laptops of 6 GiB: each member pages part of its half.
+    A decode step reads every weight once, so each member's kernels of the step are
+    charged paged_extra x its weights' bytes more than on laptops where it all fits."""
+    big = {"name": "llm", "preset": "llama3_8b", "weights": "fp16"}
+    world, made, ev = tp_run("ring", 2, model=big, memory="6GiB")
+    _, roomy, ev_roomy = tp_run("ring", 2, model=big, memory="64GiB")
+    assert all(m.paged > 0 for m in made.memory) and all(m.paged == 0 for m in roomy.memory)
+    weights = GroupCosts(shape_of(world.chain), "fp16", 2).weight_bytes(0, len(world.chain))
+
+    def charged(log):
+        step = log[(log.kind == "compute") & log.label.str.endswith("step 0")]
+        return step.groupby("device").nbytes.sum()
+
+    extra = charged(ev) - charged(ev_roomy)
+    for m, held in zip(made.memory, weights):
+        assert extra[m.device] == pytest.approx(m.paged_extra * held, rel=1e-9)
