@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from test_training_churn import _join_at, _leave_at, _run
-from test_training_sync import S, SIZES, TEST, TRAIN, rows, world
+from test_training_sync import S, SIZES, rows, world
 
 from simdl.nn.chain import Block, Chain
 from simdl.nn.compose import Sequential
@@ -102,8 +102,7 @@ def _bn_world(steps):
     rng = stream(0, "mlp")
     chain = Chain([Block("fc1", Sequential([Linear(16, 32, rng), BatchNorm(32), ReLU()])),
                    Block("head", Sequential([Linear(32, 4, rng)]))], (16,), np.float32, 4, "bn")
-    w = world(RING, steps=steps)
-    return replace(w, models={"main": chain}, train_data=TRAIN, data=TEST)
+    return replace(world(RING, steps=steps), models={"main": chain})
 
 
 def test_after_a_worker_leaves_gossip_evaluates_the_mean_of_those_present():
