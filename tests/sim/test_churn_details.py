@@ -2,13 +2,11 @@
 and what a returning worker fetches when the optimizer has state. Each test pins a
 piece that an operator-mutation sweep of sim/churn.py found no test could tell from a
 wrong version. The model and pool are test_training_sync's."""
-from test_training_churn import _join_at, _kernel, _leave_at, _run
+from test_training_churn import _away_in_step_1, _kernel, _run
 from test_training_sync import S, rows, world
 
 from simdl.plan import training as T
 from simdl.sim.churn import lost_work
-from simdl.sim.engine import Simulator
-from simdl.sim.training import execute
 
 
 def test_lost_work_charges_the_units_power_and_the_cut_transfers_bytes():
@@ -40,14 +38,7 @@ def test_a_returning_allreduce_worker_fetches_the_weights_and_the_optimizers_sta
     """Momentum SGD keeps one slot per parameter: the pc, back after a leave, fetches the
     model's bytes and as many again of momentum (S each)."""
     w = world(steps=5, momentum=0.9)
-    _, probe = _run(T.allreduce(w), w, timing_only=True)
-    log = probe.log.frame()
-    bwd = _kernel(log, "pc", "bwd fc1", 1)
-    back = float(_kernel(log, "phone", "fwd fc1", 2).t_end)
-    sim = Simulator(w.devices, w.network, timing_only=True)
-    _leave_at(sim, "pc", (bwd.t_start + bwd.t_end) / 2)
-    _join_at(sim, "pc", back)
-    job = execute(T.allreduce(w), w, sim)
+    job, sim = _away_in_step_1(T.allreduce(w), w, timing_only=True)
     fetch = rows(sim, "transfer", "rejoin weights")
     assert w.chain.param_bytes() == S
     assert list(zip(fetch.resource, fetch.nbytes)) == [("pc", 2 * S)]

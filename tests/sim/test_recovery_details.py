@@ -3,17 +3,7 @@ they and a restore move with momentum, and the time and plan a recovery reports.
 test pins a piece that an operator-mutation sweep of sim/recovery.py found no test
 could tell from a wrong version. The pool and pipeline are test_training_churn's
 (stages on the phone, laptop and tablet; checkpoints and data on the pc)."""
-from test_training_churn import _blocks, _kernel, _run
-from test_training_sync import world
-
-from simdl.plan import training as T
-
-
-def _pipeline(steps, every, momentum=0.0):
-    w = world(("phone", "laptop", "pc", "tablet"), data_on=("pc",), steps=steps,
-              momentum=momentum)
-    return w, T.pipeline_train(w, ["phone", "laptop", "tablet"], microbatches=2,
-                               checkpoint_every=every, checkpoint_to="pc")
+from test_training_churn import _blocks, _kernel, _pipeline, _run
 
 
 def _state(w, start, stop, slots):

@@ -7,14 +7,12 @@ from dataclasses import replace
 
 import numpy as np
 from test_sync_details import _bn_world
-from test_training_churn import _join_at, _leave_at, _run
+from test_training_churn import _away_in_step_1, _run
 from test_training_sync import TYPES, rows, world
 
 from simdl.hw.devices import make_device
 from simdl.hw.topologies import wifi_star
 from simdl.plan import training as T
-from simdl.sim.engine import Simulator
-from simdl.sim.training import execute
 
 
 def test_ssp_holds_its_bound_over_the_workers_still_present_after_one_leaves():
@@ -67,15 +65,7 @@ def test_a_worker_returning_to_a_synchronous_server_fetches_the_weights_only():
     """Momentum SGD: the servers hold the optimizer state, so the pc, back after a leave,
     fetches the model's bytes and nothing of the optimizer's."""
     w = world(steps=5, momentum=0.9)
-    plan = T.parameter_server(w, ["laptop"])
-    _, probe = _run(plan, w, timing_only=True)
-    fwd = rows(probe, "compute", "fwd fc1")
-    at = fwd[(fwd.device == "pc") & (fwd.step == 1)].iloc[0]
-    back = float(fwd[(fwd.device == "phone") & (fwd.step == 2)].t_end.iloc[0])
-    sim = Simulator(w.devices, w.network, timing_only=True)
-    _leave_at(sim, "pc", (at.t_start + at.t_end) / 2)
-    _join_at(sim, "pc", back)
-    job = execute(plan, w, sim)
+    job, sim = _away_in_step_1(T.parameter_server(w, ["laptop"]), w, timing_only=True)
     fetch = rows(sim, "transfer", "rejoin weights")
     assert list(zip(fetch.resource, fetch.nbytes)) == [("pc", w.chain.param_bytes())]
     assert job.metrics.extra["rejoins"] == 1

@@ -229,20 +229,26 @@ def _join_at(sim, device, at):
     sim.process(go())
 
 
+def _away_in_step_1(plan, w, timing_only=False):
+    """`plan` run with the pc leaving halfway through its step-1 backward kernel and back
+    when the phone's step-2 forward ends (times read off an undisturbed run): (job, sim)."""
+    _, probe = _run(plan, w, timing_only=True)
+    log = probe.log.frame()
+    bwd = _kernel(log, "pc", "bwd fc1", 1)
+    back = float(_kernel(log, "phone", "fwd fc1", 2).t_end)
+    sim = Simulator(w.devices, w.network, timing_only=timing_only)
+    _leave_at(sim, "pc", (bwd.t_start + bwd.t_end) / 2)
+    _join_at(sim, "pc", back)
+    return execute(plan, w, sim), sim
+
+
 def test_a_returning_worker_fetches_the_weights_then_takes_part_again():
     """The pc leaves in step 1 and is back during step 2. At the start of step 3 the
     phone (the first member) sends it the weights (the model's bytes, timed alone: Tf);
     every worker's step 3 starts when that transfer ends; from then on the three
     replicas hold the same weights, bit for bit, and all three report steps 3 and 4."""
     w = world(steps=5)
-    _, probe = _run(T.allreduce(w), w, timing_only=True)
-    log = probe.log.frame()
-    bwd = _kernel(log, "pc", "bwd fc1", 1)
-    back = float(_kernel(log, "phone", "fwd fc1", 2).t_end)
-    sim = Simulator(w.devices, w.network)
-    _leave_at(sim, "pc", (bwd.t_start + bwd.t_end) / 2)
-    _join_at(sim, "pc", back)
-    job = execute(T.allreduce(w), w, sim)
+    job, sim = _away_in_step_1(T.allreduce(w), w)
     fetch = rows(sim, "transfer", "rejoin weights")
     assert list(zip(fetch.device, fetch.resource, fetch.nbytes, fetch.step)) == [
         ("phone", "pc", w.chain.param_bytes(), 3)]
@@ -264,8 +270,9 @@ def test_a_returning_worker_fetches_the_weights_then_takes_part_again():
 
 # -- pipeline training: checkpoints, re-planning, restore --------------------------------
 
-def _pipeline(steps=4, every=2):
-    w = world(("phone", "laptop", "pc", "tablet"), data_on=("pc",), steps=steps)
+def _pipeline(steps=4, every=2, momentum=0.0):
+    w = world(("phone", "laptop", "pc", "tablet"), data_on=("pc",), steps=steps,
+              momentum=momentum)
     return w, T.pipeline_train(w, ["phone", "laptop", "tablet"], microbatches=2,
                                checkpoint_every=every, checkpoint_to="pc")
 
